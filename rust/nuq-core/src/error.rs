@@ -1,0 +1,31 @@
+//! The one error type of the core. The binding maps each variant to a Python
+//! exception; every message says what is wrong and where.
+
+use thiserror::Error;
+
+/// Every way a core call can fail.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum NuqError {
+    /// A value is NaN or infinite; `index` is its flat position.
+    #[error("non-finite value {value} at flat index {index}")]
+    NonFinite { index: usize, value: f32 },
+    /// The bit width is outside 1..=8.
+    #[error("bits must be in 1..=8, got {0}")]
+    InvalidBits(u32),
+    /// The group size is zero or does not divide the row length.
+    #[error("group_size {group_size} must be > 0 and divide the row length {row_len}")]
+    InvalidGroupSize { group_size: usize, row_len: usize },
+    /// Two lengths that must agree do not.
+    #[error("{what}: expected length {expected}, got {actual}")]
+    LengthMismatch {
+        what: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    /// A code does not index the codebook.
+    #[error("code {code} at flat index {index} is outside a codebook of {levels} levels")]
+    CodeOutOfRange { index: usize, code: u8, levels: usize },
+}
+
+/// Shorthand used across the core.
+pub type Result<T> = std::result::Result<T, NuqError>;

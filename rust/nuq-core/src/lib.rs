@@ -1,0 +1,16 @@
+//! nuq-core: data-free, distribution-aware, non-uniform post-training weight
+//! quantization. Pure Rust, no Python: the `nuq-py` crate binds it.
+//!
+//! Pipeline for one weight tensor (see `quantize`): fit a Gaussian and a Laplace
+//! (`stats`), keep the family with the smaller Kolmogorov–Smirnov statistic,
+//! take the Lloyd–Max quantizer of the standardized density (`solve`), encode
+//! every weight as its cell index and bit-pack the indices (`pack`).
+
+pub mod error;
+pub mod family;
+pub mod pack;
+pub mod solve;
+pub mod stats;
+
+pub use error::NuqError;
+pub use family::Family;
