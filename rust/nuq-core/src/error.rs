@@ -24,7 +24,11 @@ pub enum NuqError {
     },
     /// A code does not index the codebook.
     #[error("code {code} at flat index {index} is outside a codebook of {levels} levels")]
-    CodeOutOfRange { index: usize, code: u8, levels: usize },
+    CodeOutOfRange {
+        index: usize,
+        code: u8,
+        levels: usize,
+    },
 }
 
 /// Shorthand used across the core.

@@ -1,1 +1,14 @@
-//! (filled by its own change)
+//! Bit-packing of cell indices ("codes"), any width 1..=8.
+//!
+//! Layout: a row of `n` codes of `bits` bits is an LSB-first bit stream of
+//! `packed_len(n, bits)` bytes: code `j` occupies stream bits `j*bits ..
+//! (j+1)*bits`, and stream bit `k` is bit `k % 8` of byte `k / 8`. At 4 bits a
+//! byte holds `c0 | c1 << 4`. Unused high bits of the last byte are zero. A
+//! weight matrix is packed row by row, each row starting on a byte boundary.
+
+pub mod scalar;
+
+/// Bytes needed for `n` codes of `bits` bits.
+pub fn packed_len(n: usize, bits: u32) -> usize {
+    (n * bits as usize).div_ceil(8)
+}
