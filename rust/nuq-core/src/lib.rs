@@ -9,8 +9,12 @@
 pub mod error;
 pub mod family;
 pub mod pack;
+pub mod quantize;
 pub mod solve;
 pub mod stats;
+pub mod weights;
 
 pub use error::NuqError;
 pub use family::Family;
+pub use quantize::{dequantize, quantize, Config, FamilyChoice, Granularity, Quantized};
+pub use weights::PackedWeights;

@@ -1,0 +1,202 @@
+//! The tensor pipeline: fit, choose, solve, encode and pack one weight matrix.
+//!
+//! A tensor is viewed as `rows x cols` (rows = output channels, cols = the
+//! product of the remaining dimensions). Every decoded weight is
+//! `loc[r] + scale[s] * levels[code]` in f32 (multiply, then add), where the
+//! codebook `levels` is shared by the whole tensor and `loc`/`scale` depend on
+//! the granularity:
+//!
+//! | granularity | `loc`        | `scale`                  | `levels`                              |
+//! |-------------|--------------|--------------------------|---------------------------------------|
+//! | tensor      | 1 value      | 1 value                  | Lloyd–Max of the chosen family        |
+//! | channel     | 1 per row    | 1 per row                | Lloyd–Max of the chosen family        |
+//! | group `g`   | none (0)     | 1 per group (fp16 absmax)| refined on the absmax-normalised data |
+
+mod affine;
+mod rows;
+mod decode;
+mod group;
+
+pub use decode::dequantize;
+
+use crate::error::{NuqError, Result};
+use crate::family::Family;
+use crate::pack::packed_len;
+use crate::weights::PackedWeights;
+
+/// How finely location and scale are fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// One fit for the whole tensor (the paper's method).
+    Tensor,
+    /// One location and scale per row (output channel); family chosen per tensor.
+    Channel,
+    /// Groups of this many consecutive weights of a row, each scaled by its absmax.
+    Group(usize),
+}
+
+/// Which density the quantizer is solved for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyChoice {
+    /// The family with the smaller Kolmogorov–Smirnov statistic (ties: Gaussian).
+    Auto,
+    /// Always this family (both statistics are still reported).
+    Fixed(Family),
+}
+
+/// Everything that selects a quantizer for one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub bits: u32,
+    pub granularity: Granularity,
+    pub family: FamilyChoice,
+}
+
+impl Config {
+    /// Checks the options against a `rows x cols` tensor.
+    pub fn validate(&self, cols: usize) -> Result<()> {
+        if !(1..=8).contains(&self.bits) {
+            return Err(NuqError::InvalidBits(self.bits));
+        }
+        if let Granularity::Group(g) = self.granularity {
+            if g == 0 || cols % g != 0 {
+                return Err(NuqError::InvalidGroupSize {
+                    group_size: g,
+                    row_len: cols,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A quantized tensor: packed codes plus everything needed to decode them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantized {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: u32,
+    pub granularity: Granularity,
+    /// The family the codebook was solved for.
+    pub family: Family,
+    /// KS statistic of the data against the fitted Gaussian / Laplace.
+    pub d_gaussian: f64,
+    pub d_laplace: f64,
+    /// Tensor-wide location and scale of the chosen family's fit (for reports).
+    pub fit_loc: f64,
+    pub fit_scale: f64,
+    /// The codebook, `2^bits` ascending entries.
+    pub levels: Vec<f32>,
+    pub loc: Vec<f32>,
+    pub scale: Vec<f32>,
+    /// `rows * packed_len(cols, bits)` bytes, one byte-aligned row after another.
+    pub packed: Vec<u8>,
+    /// Sum of squared errors and of squared weights, over all elements.
+    pub sse: f64,
+    pub energy: f64,
+}
+
+impl Quantized {
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// True for a tensor without elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The packed matrix as decoding and the LUT matmul read it.
+    pub fn view(&self) -> PackedWeights<'_> {
+        PackedWeights {
+            rows: self.rows,
+            cols: self.cols,
+            bits: self.bits,
+            packed: &self.packed,
+            levels: &self.levels,
+            loc: &self.loc,
+            scale: &self.scale,
+            group_size: match self.granularity {
+                Granularity::Group(g) => Some(g),
+                _ => None,
+            },
+        }
+    }
+
+    /// Bytes of one packed row.
+    pub fn row_bytes(&self) -> usize {
+        packed_len(self.cols, self.bits)
+    }
+
+    /// Mean squared error of the decoded weights.
+    pub fn mse(&self) -> f64 {
+        if self.is_empty() {
+            0.0
+        } else {
+            self.sse / self.len() as f64
+        }
+    }
+
+    /// Signal-to-quantization-noise ratio in dB (`inf` for an exact result).
+    pub fn sqnr_db(&self) -> f64 {
+        if self.sse == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (self.energy / self.sse).log10()
+        }
+    }
+
+    /// Largest distance from the location that a decoded weight can have:
+    /// weights beyond it were clipped.
+    pub fn clip(&self) -> f64 {
+        let reach = self.levels.iter().fold(0f32, |m, l| m.max(l.abs())) as f64;
+        let max_scale = self.scale.iter().fold(0f32, |m, s| m.max(s.abs())) as f64;
+        reach * max_scale
+    }
+
+    /// Storage in bytes: packed codes, codebook, locations (f32) and scales
+    /// (f32, or f16 for groups).
+    pub fn storage_bytes(&self) -> usize {
+        let scale_bytes = match self.granularity {
+            Granularity::Group(_) => 2,
+            _ => 4,
+        };
+        self.packed.len() + 4 * self.levels.len() + 4 * self.loc.len() + scale_bytes * self.scale.len()
+    }
+
+    /// Storage cost per weight in bits, all metadata included.
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.is_empty() {
+            0.0
+        } else {
+            8.0 * self.storage_bytes() as f64 / self.len() as f64
+        }
+    }
+}
+
+/// Quantizes a row-major `rows x cols` tensor.
+///
+/// Fails on a NaN or infinity (naming its flat index), a bit width outside
+/// 1..=8, or a group size that does not divide `cols`. Nothing is returned
+/// half-done: the result is built only after every check passed.
+pub fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Result<Quantized> {
+    if x.len() != rows * cols {
+        return Err(NuqError::LengthMismatch {
+            what: "tensor data (rows * cols)",
+            expected: rows * cols,
+            actual: x.len(),
+        });
+    }
+    cfg.validate(cols)?;
+    match cfg.granularity {
+        Granularity::Tensor | Granularity::Channel => affine::quantize(x, rows, cols, cfg),
+        Granularity::Group(g) => group::quantize(x, rows, cols, g, cfg),
+    }
+}
+
+/// Rows handed to one Rayon task: enough work to amortize scheduling, fixed so
+/// that reductions are identical for any thread count.
+pub(crate) fn rows_per_task(cols: usize) -> usize {
+    (1 << 16) / cols.max(1) + 1
+}

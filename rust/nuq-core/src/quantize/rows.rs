@@ -1,0 +1,74 @@
+//! Encoding, packing and error measurement of all rows, in parallel and with
+//! a reduction order that does not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::rows_per_task;
+use crate::encode::encode;
+use crate::pack::{pack, packed_len};
+
+/// What encoding a tensor produced.
+pub(super) struct Encoded {
+    pub packed: Vec<u8>,
+    pub sse: f64,
+    pub energy: f64,
+}
+
+/// The codebook and how rows are split into spans sharing one (loc, scale).
+pub(super) struct Codebook<'a> {
+    pub bits: u32,
+    pub levels: &'a [f32],
+    pub boundaries: &'a [f32],
+    /// Columns per (loc, scale) span: `cols` for tensor/channel, `g` for groups.
+    pub span: usize,
+}
+
+/// Encodes each span `s` of row `r` against `loc + scale * boundaries`, where
+/// `params(r, s)` gives `(loc, scale)`, packs the codes row by row and sums the
+/// squared errors and squared weights.
+pub(super) fn encode_rows<P>(x: &[f32], rows: usize, cols: usize, book: &Codebook, params: P) -> Encoded
+where
+    P: Fn(usize, usize) -> (f32, f32) + Sync,
+{
+    let row_bytes = packed_len(cols, book.bits);
+    let mut packed = vec![0u8; rows * row_bytes];
+    if rows * cols == 0 {
+        return Encoded { packed, sse: 0.0, energy: 0.0 };
+    }
+    let task_rows = rows_per_task(cols);
+    let sums: Vec<(f64, f64)> = packed
+        .par_chunks_mut(task_rows * row_bytes)
+        .zip(x.par_chunks(task_rows * cols))
+        .enumerate()
+        .map(|(task, (out, data))| {
+            let mut codes = vec![0u8; cols];
+            let mut acc = (0.0, 0.0);
+            for (i, (row_out, row)) in out.chunks_mut(row_bytes).zip(data.chunks(cols)).enumerate() {
+                let r = task * task_rows + i;
+                let (sse, energy) = encode_row(row, &mut codes, book, |s| params(r, s));
+                pack(&codes, book.bits, row_out);
+                acc.0 += sse;
+                acc.1 += energy;
+            }
+            acc
+        })
+        .collect();
+    let (sse, energy) = sums.iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+    Encoded { packed, sse, energy }
+}
+
+/// Encodes one row span by span; returns its squared error and energy.
+fn encode_row(row: &[f32], codes: &mut [u8], book: &Codebook, params: impl Fn(usize) -> (f32, f32)) -> (f64, f64) {
+    let (mut sse, mut energy) = (0.0f64, 0.0f64);
+    for (s, (xs, cs)) in row.chunks(book.span).zip(codes.chunks_mut(book.span)).enumerate() {
+        let (loc, scale) = params(s);
+        let mul = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        encode(xs, loc, mul, book.boundaries, cs);
+        for (&v, &c) in xs.iter().zip(cs.iter()) {
+            let w = loc + scale * book.levels[c as usize];
+            sse += f64::from(v - w) * f64::from(v - w);
+            energy += f64::from(v) * f64::from(v);
+        }
+    }
+    (sse, energy)
+}
