@@ -1,0 +1,140 @@
+//! The `#[pyfunction]`s: extract, release the GIL, call the core, convert back.
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use nuq_core::{Config, Family, FamilyChoice, Granularity, PackedWeights};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::convert::Weights;
+use crate::errors::CoreError;
+use crate::pool;
+
+fn parse_granularity(name: &str, group_size: Option<usize>) -> PyResult<Granularity> {
+    match (name, group_size) {
+        ("tensor", None) => Ok(Granularity::Tensor),
+        ("channel", None) => Ok(Granularity::Channel),
+        ("group", Some(g)) => Ok(Granularity::Group(g)),
+        ("group", None) => Err(PyValueError::new_err("granularity 'group' needs a group_size")),
+        ("tensor" | "channel", Some(_)) => Err(PyValueError::new_err(format!(
+            "group_size is only valid with granularity 'group', not {name:?}"
+        ))),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown granularity {name:?}; expected 'tensor', 'channel' or 'group'"
+        ))),
+    }
+}
+
+fn parse_family(name: &str) -> PyResult<FamilyChoice> {
+    match name {
+        "auto" => Ok(FamilyChoice::Auto),
+        "gaussian" => Ok(FamilyChoice::Fixed(Family::Gaussian)),
+        "laplace" => Ok(FamilyChoice::Fixed(Family::Laplace)),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown family {name:?}; expected 'auto', 'gaussian' or 'laplace'"
+        ))),
+    }
+}
+
+/// Quantizes a flat `rows x cols` array; returns the packed codes, codebook,
+/// locations, scales and fit statistics as a dict.
+#[pyfunction]
+#[pyo3(signature = (data, rows, cols, bits, granularity="tensor", group_size=None, family="auto", bfloat16=false))]
+#[allow(clippy::too_many_arguments)]
+fn quantize<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    granularity: &str,
+    group_size: Option<usize>,
+    family: &str,
+    bfloat16: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let cfg = Config {
+        bits,
+        granularity: parse_granularity(granularity, group_size)?,
+        family: parse_family(family)?,
+    };
+    let weights = Weights::extract(data, bfloat16)?;
+    let slice = weights.slice();
+    let q = py
+        .detach(|| pool::run(|| nuq_core::quantize(&slice.to_f32(), rows, cols, &cfg)))
+        .map_err(CoreError)?;
+    let out = PyDict::new(py);
+    out.set_item("family", q.family.name())?;
+    out.set_item("d_gaussian", q.d_gaussian)?;
+    out.set_item("d_laplace", q.d_laplace)?;
+    out.set_item("fit_loc", q.fit_loc)?;
+    out.set_item("fit_scale", q.fit_scale)?;
+    out.set_item("clip", q.clip())?;
+    out.set_item("sse", q.sse)?;
+    out.set_item("energy", q.energy)?;
+    out.set_item("storage_bytes", q.storage_bytes())?;
+    out.set_item("levels", q.levels.into_pyarray(py))?;
+    out.set_item("loc", q.loc.into_pyarray(py))?;
+    out.set_item("scale", q.scale.into_pyarray(py))?;
+    out.set_item("packed", q.packed.into_pyarray(py))?;
+    Ok(out)
+}
+
+/// Decodes packed codes back to a flat float32 array of `rows * cols` values.
+#[pyfunction]
+#[pyo3(signature = (packed, levels, loc, scale, rows, cols, bits, group_size=None))]
+#[allow(clippy::too_many_arguments)]
+fn dequantize<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray1<'py, u8>,
+    levels: PyReadonlyArray1<'py, f32>,
+    loc: PyReadonlyArray1<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group_size: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let view = PackedWeights {
+        rows,
+        cols,
+        bits,
+        packed: packed.as_slice()?,
+        levels: levels.as_slice()?,
+        loc: loc.as_slice()?,
+        scale: scale.as_slice()?,
+        group_size,
+    };
+    let out = py
+        .detach(|| {
+            view.validate()?;
+            let mut out = vec![0f32; rows * cols];
+            pool::run(|| nuq_core::dequantize(&view, &mut out)).map(|()| out)
+        })
+        .map_err(CoreError)?;
+    Ok(out.into_pyarray(py))
+}
+
+/// Sets the number of worker threads (`None`: `RAYON_NUM_THREADS` or one per CPU).
+#[pyfunction]
+#[pyo3(signature = (threads=None))]
+fn set_num_threads(threads: Option<usize>) -> PyResult<()> {
+    if threads == Some(0) {
+        return Err(PyValueError::new_err("threads must be >= 1 (or None for the default)"));
+    }
+    pool::set_threads(threads);
+    Ok(())
+}
+
+/// The number of worker threads quantization uses.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    pool::threads()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    Ok(())
+}
