@@ -1,0 +1,34 @@
+"""Type stub of the compiled extension ``nuq_rs._nuq_rs``."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class QuantizationError(ValueError): ...
+class NonFiniteError(QuantizationError): ...
+
+def quantize(
+    data: npt.NDArray[Any],
+    rows: int,
+    cols: int,
+    bits: int,
+    granularity: str = "tensor",
+    group_size: int | None = None,
+    family: str = "auto",
+    bfloat16: bool = False,
+) -> dict[str, Any]: ...
+def dequantize(
+    packed: npt.NDArray[np.uint8],
+    levels: npt.NDArray[np.float32],
+    loc: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    rows: int,
+    cols: int,
+    bits: int,
+    group_size: int | None = None,
+) -> npt.NDArray[np.float32]: ...
+def set_num_threads(threads: int | None = None) -> None: ...
+def get_num_threads() -> int: ...

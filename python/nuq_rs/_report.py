@@ -1,0 +1,135 @@
+"""Per-tensor quantization reports and their totals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    """What happened to one tensor. Kept tensors have ``bits`` = None."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bits: int | None
+    granularity: str | None
+    family: str | None
+    d_gaussian: float | None
+    d_laplace: float | None
+    loc: float | None
+    scale: float | None
+    clip: float | None
+    mse: float | None
+    sqnr_db: float | None
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per element, metadata included."""
+        return 8 * self.bytes_after / self.numel if self.numel else 0.0
+
+
+_COLUMNS = (
+    ("name", "{}"),
+    ("shape", "{}"),
+    ("bits", "{}"),
+    ("gran", "{}"),
+    ("family", "{}"),
+    ("D_gauss", "{:.4f}"),
+    ("D_laplace", "{:.4f}"),
+    ("scale", "{:.3g}"),
+    ("clip", "{:.3g}"),
+    ("mse", "{:.3g}"),
+    ("sqnr_dB", "{:.2f}"),
+    ("bytes", "{}"),
+    ("q_bytes", "{}"),
+    ("bpw", "{:.2f}"),
+)
+
+
+def _cells(t: TensorReport) -> list[str]:
+    values = (
+        t.name,
+        "x".join(map(str, t.shape)) or "scalar",
+        t.bits,
+        t.granularity,
+        t.family,
+        t.d_gaussian,
+        t.d_laplace,
+        t.scale,
+        t.clip,
+        t.mse,
+        t.sqnr_db,
+        t.bytes_before,
+        t.bytes_after,
+        t.bits_per_weight,
+    )
+    formats = [fmt for _, fmt in _COLUMNS]
+    return ["-" if v is None else fmt.format(v) for v, fmt in zip(values, formats, strict=True)]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Reports of every tensor of a state dict, in order, with totals."""
+
+    tensors: tuple[TensorReport, ...]
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(t.bytes_before for t in self.tensors)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(t.bytes_after for t in self.tensors)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Original bytes over stored bytes, all tensors included."""
+        return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per quantized weight, metadata included."""
+        quantized = [t for t in self.tensors if t.quantized]
+        numel = sum(t.numel for t in quantized)
+        return 8 * sum(t.bytes_after for t in quantized) / numel if numel else 0.0
+
+    def __getitem__(self, name: str) -> TensorReport:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One plain dict per tensor (JSON-friendly apart from ``inf`` SQNR)."""
+        return [asdict(t) | {"bits_per_weight": t.bits_per_weight} for t in self.tensors]
+
+    def __str__(self) -> str:
+        rows = [[c for c, _ in _COLUMNS]] + [_cells(t) for t in self.tensors]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+        lines = [
+            "  ".join(
+                c.ljust(w) if i < 5 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+            for r in rows
+        ]
+        n_q = sum(t.quantized for t in self.tensors)
+        lines.append(
+            f"{n_q} of {len(self.tensors)} tensors quantized: {self.bytes_before:,} -> "
+            f"{self.bytes_after:,} bytes ({self.compression_ratio:.2f}x), "
+            f"{self.bits_per_weight:.3f} bits per quantized weight"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Whole state dicts: :func:`quantize_state_dict` and :class:`QuantizedStateDict`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from . import _arrays
+from ._report import Report, TensorReport
+from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
+
+Override = int | Mapping[str, Any]
+
+
+class QuantizedStateDict(Mapping[str, Any]):
+    """Name -> :class:`QuantizedTensor` (quantized) or the original tensor (kept),
+    in the order of the input state dict."""
+
+    def __init__(self, entries: dict[str, Any]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, name: str) -> Any:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def quantized_names(self) -> list[str]:
+        return [k for k, v in self._entries.items() if isinstance(v, QuantizedTensor)]
+
+    def dequantize(self) -> dict[str, Any]:
+        """A plain state dict: decoded tensors in their original shapes and dtypes
+        (on the CPU), kept tensors as they were. Feeds ``model.load_state_dict``."""
+        return {
+            k: v.dequantize() if isinstance(v, QuantizedTensor) else v
+            for k, v in self._entries.items()
+        }
+
+    def report(self) -> Report:
+        """Per-tensor statistics and totals; ``print()`` it for a table."""
+        return Report(tuple(_report_of(k, v) for k, v in self._entries.items()))
+
+
+def _report_of(name: str, v: Any) -> TensorReport:
+    if isinstance(v, QuantizedTensor):
+        return TensorReport(
+            name,
+            v.shape,
+            v.dtype,
+            v.bits,
+            v.config.granularity,
+            v.family,
+            v.d_gaussian,
+            v.d_laplace,
+            v.fit_loc,
+            v.fit_scale,
+            v.clip,
+            v.mse,
+            v.sqnr_db,
+            v.bytes_before,
+            v.storage_bytes,
+        )
+    size = _arrays.nbytes(v)
+    shape = tuple(getattr(v, "shape", ()))
+    dtype = str(getattr(v, "dtype", type(v).__name__)).removeprefix("torch.")
+    return TensorReport(name, shape, dtype, *([None] * 10), size, size)
+
+
+def quantize_state_dict(
+    state_dict: Mapping[str, Any],
+    bits: int = 4,
+    *,
+    granularity: str = "tensor",
+    group_size: int | None = None,
+    family: str = "auto",
+    overrides: Mapping[str, Override] | None = None,
+    exclude: list[str] | tuple[str, ...] | None = None,
+) -> QuantizedStateDict:
+    """Quantize every floating tensor with 2+ dimensions of a state dict.
+
+    1-D tensors (biases, norms), integer tensors and names matching one of the
+    ``exclude`` regular expressions are kept as they are. ``overrides`` maps a
+    tensor name to its own bits (``{"fc.weight": 8}``) or options
+    (``{"conv1.weight": {"granularity": "channel"}}``); an override can also
+    quantize a 1-D tensor. Every option is checked before any work starts, and
+    an error names the tensor concerned. Accepts torch tensors (CPU or CUDA;
+    fp32, fp16, bf16) and NumPy arrays; results live on the CPU.
+
+    >>> import torch, nuq_rs
+    >>> model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(128, 10))
+    >>> q = nuq_rs.quantize_state_dict(model.state_dict(), bits=4)
+    >>> q.quantized_names
+    ['0.weight', '2.weight']
+    >>> model.load_state_dict(q.dequantize())
+    <All keys matched successfully>
+    >>> round(q.report().bits_per_weight, 2)
+    4.03
+    """
+    base = QuantConfig(bits, granularity, group_size, family)
+    plan = _plan(state_dict, base, overrides or {}, exclude or ())
+    entries = {}
+    for name, tensor in state_dict.items():
+        config = plan.get(name)
+        entries[name] = tensor if config is None else _quantize_with(tensor, config, name)
+    return QuantizedStateDict(entries)
+
+
+def _plan(
+    state_dict: Mapping[str, Any],
+    base: QuantConfig,
+    overrides: Mapping[str, Override],
+    exclude: list[str] | tuple[str, ...],
+) -> dict[str, QuantConfig]:
+    """The config of every tensor to quantize, all checked up front."""
+    unknown = [k for k in overrides if k not in state_dict]
+    if unknown:
+        raise ValueError(f"overrides name tensors not in the state dict: {unknown}")
+    patterns = [re.compile(p) for p in exclude]
+    unmatched = [p.pattern for p in patterns if not any(p.search(k) for k in state_dict)]
+    if unmatched:
+        raise ValueError(f"exclude patterns match no tensor of the state dict: {unmatched}")
+    plan = {}
+    for name, tensor in state_dict.items():
+        if name in overrides:
+            config = _override(base, name, overrides[name])
+            if not _arrays.is_floating(tensor):
+                raise ValueError(f"overrides: tensor {name!r} is not a floating tensor")
+        elif _eligible(tensor) and not any(p.search(name) for p in patterns):
+            config = base
+        else:
+            continue
+        _check_groups(name, tuple(tensor.shape), config)
+        plan[name] = config
+    return plan
+
+
+def _eligible(tensor: Any) -> bool:
+    return _arrays.is_floating(tensor) and len(tensor.shape) >= 2
+
+
+def _override(base: QuantConfig, name: str, value: Override) -> QuantConfig:
+    try:
+        if isinstance(value, Mapping):
+            extra = set(value) - {"bits", "granularity", "group_size", "family"}
+            if extra:
+                raise ValueError(f"unknown options {sorted(extra)}")
+            return base.replace(**value)
+        return base.replace(bits=value)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"overrides[{name!r}]: {e}") from None
+
+
+def _check_groups(name: str, shape: tuple[int, ...], config: QuantConfig) -> None:
+    g = config.group_size
+    cols = matrix_shape(shape)[1]
+    if g is not None and cols % g:
+        raise ValueError(
+            f"tensor {name!r} of shape {list(shape)}: group_size {g} does not divide its row "
+            f"length {cols}; give it its own options, e.g. overrides={{{name!r}: "
+            f"{{'granularity': 'channel'}}}}, or exclude it"
+        )

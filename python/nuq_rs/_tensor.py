@@ -1,0 +1,201 @@
+"""One tensor: :func:`quantize_tensor` and :class:`QuantizedTensor`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _arrays
+from ._nuq_rs import QuantizationError
+from ._nuq_rs import dequantize as _dequantize
+from ._nuq_rs import quantize as _quantize
+
+GRANULARITIES = ("tensor", "channel", "group")
+FAMILIES = ("auto", "gaussian", "laplace")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How one tensor is quantized; checked when made.
+
+    ``group_size`` implies ``granularity="group"``.
+    """
+
+    bits: int = 4
+    granularity: str = "tensor"
+    group_size: int | None = None
+    family: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
+            raise TypeError(f"bits must be an int, got {type(self.bits).__name__}")
+        if not 1 <= self.bits <= 8:
+            raise ValueError(f"bits must be in 1..8, got {self.bits}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"unknown granularity {self.granularity!r}; expected one of {GRANULARITIES}"
+            )
+        if self.group_size is not None:
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+                raise TypeError(f"group_size must be an int, got {type(self.group_size).__name__}")
+            if self.group_size <= 0:
+                raise ValueError(f"group_size must be > 0, got {self.group_size}")
+            if self.granularity == "channel":
+                raise ValueError("group_size cannot be combined with granularity='channel'")
+            object.__setattr__(self, "granularity", "group")
+        elif self.granularity == "group":
+            raise ValueError("granularity='group' needs a group_size, e.g. group_size=64")
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        """A copy with some fields changed (``group_size`` resets the granularity)."""
+        fields = {
+            "bits": self.bits,
+            "granularity": self.granularity,
+            "group_size": self.group_size,
+            "family": self.family,
+        }
+        if "group_size" in changes and "granularity" not in changes:
+            fields["granularity"] = "tensor" if changes["group_size"] is None else "group"
+        if changes.get("granularity") in ("tensor", "channel") and "group_size" not in changes:
+            fields["group_size"] = None
+        fields.update(changes)
+        return QuantConfig(**fields)
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols): rows = first dimension (output channels), cols = the rest."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, shape[0]
+    return shape[0], math.prod(shape[1:])
+
+
+@dataclass(eq=False)
+class QuantizedTensor:
+    """Packed codes of one tensor plus everything needed to decode and report them.
+
+    Weight ``(r, j)`` of the ``rows x cols`` matrix decodes to
+    ``loc[r] + scale[s] * levels[code]``, with ``s`` the row (channel), the
+    group, or 0 (tensor) and ``loc`` empty for groups.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    config: QuantConfig
+    family: str
+    d_gaussian: float
+    d_laplace: float
+    fit_loc: float
+    fit_scale: float
+    clip: float
+    sse: float
+    energy: float
+    storage_bytes: int
+    levels: np.ndarray = field(repr=False)
+    loc: np.ndarray = field(repr=False)
+    scale: np.ndarray = field(repr=False)
+    packed: np.ndarray = field(repr=False)
+    torch: bool = field(default=False, repr=False)
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def mse(self) -> float:
+        """Mean squared error of the decoded weights."""
+        return self.sse / self.numel if self.numel else 0.0
+
+    @property
+    def sqnr_db(self) -> float:
+        """Signal-to-quantization-noise ratio in dB (``inf`` when exact)."""
+        return math.inf if self.sse == 0 else 10 * math.log10(self.energy / self.sse)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage per weight, codebook, locations and scales included."""
+        return 8 * self.storage_bytes / self.numel if self.numel else 0.0
+
+    @property
+    def bytes_before(self) -> int:
+        return self.numel * {"float16": 2, "bfloat16": 2, "float64": 8}.get(self.dtype, 4)
+
+    def dequantize(self) -> Any:
+        """The decoded tensor in the original shape and dtype, as a CPU torch
+        tensor if a torch tensor was quantized, else a NumPy array."""
+        rows, cols = matrix_shape(self.shape)
+        values = _dequantize(
+            self.packed,
+            self.levels,
+            self.loc,
+            self.scale,
+            rows,
+            cols,
+            self.bits,
+            self.config.group_size,
+        )
+        return _arrays.restore(values, self.shape, self.dtype, self.torch)
+
+
+def quantize_tensor(
+    x: Any,
+    bits: int = 4,
+    *,
+    granularity: str = "tensor",
+    group_size: int | None = None,
+    family: str = "auto",
+    name: str | None = None,
+) -> QuantizedTensor:
+    """Quantize one floating tensor (torch or NumPy) to ``2**bits`` non-uniform levels.
+
+    Rows are the first dimension (output channels), columns the product of the
+    others; a 1-D tensor is one row. ``granularity`` is ``"tensor"`` (one
+    Gaussian/Laplace fit), ``"channel"`` (a location and scale per row) or
+    groups of ``group_size`` consecutive weights of a row (``group_size`` must
+    divide the row length). ``name`` only labels error messages.
+
+    >>> import numpy as np, nuq_rs
+    >>> w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    >>> q = nuq_rs.quantize_tensor(w, bits=4)
+    >>> q.family, round(q.sqnr_db, 1)
+    ('gaussian', 20.2)
+    >>> q.dequantize().shape
+    (64, 128)
+    """
+    config = QuantConfig(bits, granularity, group_size, family)
+    return _quantize_with(x, config, name)
+
+
+def _quantize_with(x: Any, config: QuantConfig, name: str | None) -> QuantizedTensor:
+    label = f"tensor {name!r}" if name else "tensor"
+    try:
+        flat = _arrays.flatten(x)
+    except TypeError as e:
+        raise TypeError(f"{label}: {e}") from None
+    rows, cols = matrix_shape(flat.shape)
+    try:
+        out = _quantize(
+            flat.data,
+            rows,
+            cols,
+            config.bits,
+            config.granularity,
+            config.group_size,
+            config.family,
+            flat.bfloat16,
+        )
+    except QuantizationError as e:
+        raise type(e)(f"{label} of shape {list(flat.shape)}: {e}") from None
+    return QuantizedTensor(
+        shape=flat.shape, dtype=flat.dtype, config=config, torch=flat.torch, **out
+    )

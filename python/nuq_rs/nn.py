@@ -1,0 +1,258 @@
+"""Layers that run on packed weights: :class:`NuqLinear`, :class:`NuqConv2d` and
+:func:`quantize_model`, which swaps them into a model.
+
+The weights stay packed (codes, codebook, locations and scales are buffers, so
+``state_dict()`` stays small); the forward pass runs the Rust lookup-table matmul,
+which decodes codes in registers and never builds the fp32 weight matrix.
+Inference only: the layers have no gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._nuq_rs import linear as _linear
+from ._report import Report
+from ._state_dict import _check_groups, _override, _report_of
+from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
+
+__all__ = ["NuqConv2d", "NuqLinear", "quantize_model"]
+
+
+class _Packed(nn.Module):
+    """Buffers of one packed weight matrix and the call into the LUT kernel."""
+
+    def _store(self, q: QuantizedTensor) -> None:
+        self.bits = q.bits
+        self.group_size = q.config.group_size
+        self.quantized = q
+        for name in ("packed", "levels", "loc", "scale"):
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(getattr(q, name))))
+
+    def _matmul(self, x2: torch.Tensor, rows: slice, cols: int) -> torch.Tensor:
+        """``x2 @ W[rows]^T`` for a float32 CPU matrix ``x2`` of ``cols`` columns."""
+        n_rows = self.scale_rows
+        r0, r1 = rows.start, rows.stop
+        row_bytes = self.packed.numel() // n_rows
+        packed = self.packed[r0 * row_bytes : r1 * row_bytes]
+        loc = self.loc[r0:r1] if self.loc.numel() > 1 else self.loc
+        per_row = self.scale.numel() // n_rows if self.scale.numel() > 1 else 0
+        scale = self.scale[r0 * per_row : r1 * per_row] if per_row else self.scale
+        y = _linear(
+            x2.numpy(),
+            packed.numpy(),
+            self.levels.numpy(),
+            loc.numpy(),
+            scale.numpy(),
+            r1 - r0,
+            cols,
+            self.bits,
+            self.group_size,
+        )
+        return torch.from_numpy(y)
+
+    @staticmethod
+    def _prepare(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError(
+                "nuq_rs layers are inference-only (packed weights have no gradient): "
+                "call the model under torch.no_grad() or torch.inference_mode()"
+            )
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"nuq_rs layers run on the CPU; got an input on {x.device}: move it with .cpu()"
+            )
+        return x
+
+
+class NuqLinear(_Packed):
+    """A :class:`torch.nn.Linear` whose weight is stored packed and multiplied by LUT.
+
+    >>> import torch, nuq_rs.nn
+    >>> lin = torch.nn.Linear(64, 16)
+    >>> q = nuq_rs.nn.NuqLinear.from_float(lin, bits=8)
+    >>> with torch.no_grad():
+    ...     err = (q(torch.ones(2, 64)) - lin(torch.ones(2, 64))).abs().max().item()
+    >>> err < 0.05
+    True
+    """
+
+    def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = matrix_shape(q.shape)
+        self.scale_rows = self.out_features
+        self._store(q)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, bits: int = 4, **options: Any) -> NuqLinear:
+        """Quantize ``module``'s weight (``granularity``, ``group_size``, ``family``)."""
+        q = _quantize_with(module.weight, QuantConfig(bits, **options), "weight")
+        return cls(q, module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepare(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        y = self._matmul(x2, slice(0, self.out_features), self.in_features)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def dequantize(self) -> nn.Linear:
+        """A float :class:`torch.nn.Linear` with the decoded weight."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(self.quantized.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+
+
+class NuqConv2d(_Packed):
+    """A :class:`torch.nn.Conv2d` on packed weights (im2col + the LUT matmul),
+    with stride, padding, dilation and groups (depthwise included)."""
+
+    def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("NuqConv2d supports zero padding given as numbers only")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation, self.groups = conv.padding, conv.dilation, conv.groups
+        self.scale_rows = self.out_channels
+        self._store(q)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, bits: int = 4, **options: Any) -> NuqConv2d:
+        """Quantize ``module``'s weight (``granularity``, ``group_size``, ``family``)."""
+        q = _quantize_with(module.weight, QuantConfig(bits, **options), "weight")
+        return cls(q, module.bias, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepare(x)
+        batch, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)
+        cols = cols.transpose(1, 2)  # [batch, positions, C * kh * kw]
+        per_in = self.in_channels // self.groups * kh * kw
+        per_out = self.out_channels // self.groups
+        outs = []
+        for g in range(self.groups):
+            xg = cols[..., g * per_in : (g + 1) * per_in].reshape(-1, per_in).contiguous()
+            outs.append(self._matmul(xg, slice(g * per_out, (g + 1) * per_out), per_in))
+        y = torch.cat(outs, dim=1) if self.groups > 1 else outs[0]
+        if self.bias is not None:
+            y += self.bias
+        y = y.reshape(batch, ho * wo, self.out_channels).transpose(1, 2)
+        return y.reshape(batch, self.out_channels, ho, wo).to(x.dtype)
+
+    def dequantize(self) -> nn.Conv2d:
+        """A float :class:`torch.nn.Conv2d` with the decoded weight."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.quantized.dequantize())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, groups={self.groups}, bits={self.bits}"
+        )
+
+
+def quantize_model(
+    model: nn.Module,
+    bits: int = 4,
+    *,
+    granularity: str = "tensor",
+    group_size: int | None = None,
+    family: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    exclude: list[str] | tuple[str, ...] | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, Report]:
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` (subclasses included) by its
+    packed LUT twin. ``overrides`` and ``exclude`` use module names
+    (``"features.0"``); returns the model and the quantization report.
+
+    >>> import torch, nuq_rs.nn
+    >>> net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(32, 4))
+    >>> qnet, report = nuq_rs.nn.quantize_model(net, bits=4, exclude=["^2$"])
+    >>> [type(m).__name__ for m in qnet]
+    ['NuqLinear', 'ReLU', 'Linear']
+    """
+    base = QuantConfig(bits, granularity, group_size, family)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+    plan = _plan_layers(layers, base, overrides or {}, exclude or ())
+    target = model if inplace else copy.deepcopy(model)
+    reports = []
+    for name, config in plan.items():
+        layer = target.get_submodule(name)
+        q = _quantize_with(layer.weight, config, f"{name}.weight")
+        new = (
+            NuqLinear(q, layer.bias)
+            if isinstance(layer, nn.Linear)
+            else NuqConv2d(q, layer.bias, layer)
+        )
+        _set_submodule(target, name, new)
+        reports.append(_report_of(f"{name}.weight", q))
+    return target, Report(tuple(reports))
+
+
+def _plan_layers(
+    layers: dict[str, nn.Module],
+    base: QuantConfig,
+    overrides: Mapping[str, Any],
+    exclude: list[str] | tuple[str, ...],
+) -> dict[str, QuantConfig]:
+    unknown = [k for k in overrides if k not in layers]
+    if unknown:
+        raise ValueError(f"overrides name no Linear/Conv2d module of the model: {unknown}")
+    patterns = [re.compile(p) for p in exclude]
+    unmatched = [p.pattern for p in patterns if not any(p.search(n) for n in layers)]
+    if unmatched:
+        raise ValueError(f"exclude patterns match no Linear/Conv2d module: {unmatched}")
+    plan = {}
+    for name, layer in layers.items():
+        if name in overrides:
+            config = _override(base, name, overrides[name])
+        elif any(p.search(name) for p in patterns):
+            continue
+        else:
+            config = base
+        _check_groups(f"{name}.weight", tuple(layer.weight.shape), config)
+        plan[name] = config
+    return plan
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)

@@ -1,0 +1,55 @@
+"""Shared fixtures: seeded data and the real pretrained weights the tests use."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=25, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def mtcnn_dir() -> Path | None:
+    """Folder of the MTCNN weights shipped in the facenet-pytorch wheel, if installed."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return path if (path / "pnet.pt").exists() else None
+
+
+@pytest.fixture(scope="session")
+def mtcnn_state_dicts() -> dict[str, dict]:
+    """pnet/rnet/onet state dicts (real pretrained weights), loaded without
+    importing facenet_pytorch and without unpickling code."""
+    torch = pytest.importorskip("torch")
+    folder = mtcnn_dir()
+    if folder is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("facenet-pytorch must be installed in CI (see .ci/setup)")
+        pytest.skip("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)")
+    return {n: torch.load(folder / f"{n}.pt", weights_only=True) for n in ("pnet", "rnet", "onet")}
+
+
+@pytest.fixture(scope="session")
+def real_weight_matrices(mtcnn_state_dicts) -> dict[str, np.ndarray]:
+    """Every real weight tensor with 2+ dimensions, as float32 arrays."""
+    out = {}
+    for net, sd in mtcnn_state_dicts.items():
+        for k, v in sd.items():
+            if v.is_floating_point() and v.ndim >= 2:
+                out[f"{net}.{k}"] = v.float().numpy()
+    return out

@@ -1,0 +1,136 @@
+"""quantize_state_dict: defaults, overrides, exclusions, reports and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nuq_rs
+
+torch = pytest.importorskip("torch")
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.fixture
+def net() -> Net:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_defaults_quantize_weights_and_keep_the_rest(net):
+    sd = net.state_dict()
+    q = nuq_rs.quantize_state_dict(sd, bits=4)
+    assert list(q) == list(sd)
+    assert q.quantized_names == ["conv.weight", "fc.weight"]
+    assert q["bn.num_batches_tracked"] is sd["bn.num_batches_tracked"]
+    out = q.dequantize()
+    for k, v in sd.items():
+        assert out[k].shape == v.shape and out[k].dtype == v.dtype
+    net.load_state_dict(out)
+    torch.testing.assert_close(out["fc.bias"], sd["fc.bias"])
+
+
+def test_quantized_model_stays_close(net):
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+        net.load_state_dict(nuq_rs.quantize_state_dict(net.state_dict(), bits=8).dequantize())
+        got = net(x)
+    assert torch.allclose(got, ref, atol=0.05 * ref.abs().max().item())
+
+
+def test_report_rows_and_totals(net):
+    rep = nuq_rs.quantize_state_dict(net.state_dict(), bits=4).report()
+    assert [t.name for t in rep.tensors] == list(net.state_dict())
+    conv = rep["conv.weight"]
+    assert conv.quantized and conv.bits == 4 and conv.family in ("gaussian", "laplace")
+    assert conv.bytes_before == 8 * 27 * 4
+    assert conv.bytes_after == 8 * 14 + (16 + 2) * 4  # rows start on a byte
+    assert 0 <= conv.d_gaussian <= 1 and 0 <= conv.d_laplace <= 1
+    assert conv.clip > 0 and conv.mse > 0 and conv.sqnr_db > 10
+    assert not rep["fc.bias"].quantized and rep["fc.bias"].bytes_after == 40
+    assert rep.compression_ratio == pytest.approx(rep.bytes_before / rep.bytes_after)
+    assert 4 < rep.bits_per_weight < 5
+    text = str(rep)
+    assert "conv.weight" in text and "quantized" in text and "D_gauss" in text
+    assert len(rep.to_dicts()) == len(rep.tensors)
+
+
+def test_overrides_and_exclude(net):
+    q = nuq_rs.quantize_state_dict(
+        net.state_dict(),
+        bits=4,
+        overrides={
+            "fc.weight": 8,
+            "conv.bias": {"bits": 2},
+            "conv.weight": {"granularity": "channel"},
+        },
+        exclude=[r"^bn\."],
+    )
+    assert q["fc.weight"].bits == 8
+    assert q["conv.bias"].bits == 2  # an override may quantize a 1-D tensor
+    assert q["conv.weight"].config.granularity == "channel"
+    q2 = nuq_rs.quantize_state_dict(net.state_dict(), exclude=["fc"])
+    assert q2.quantized_names == ["conv.weight"]
+
+
+def test_group_size_applies_to_all_and_overrides_fix_misfits(net):
+    with pytest.raises(ValueError, match=r"'conv.weight'.*row length 27"):
+        nuq_rs.quantize_state_dict(net.state_dict(), group_size=32)
+    q = nuq_rs.quantize_state_dict(
+        net.state_dict(), group_size=32, overrides={"conv.weight": {"granularity": "channel"}}
+    )
+    assert q["fc.weight"].config.group_size == 32
+    assert q["conv.weight"].config.granularity == "channel"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"overrides": {"nope.weight": 8}}, r"not in the state dict: \['nope.weight'\]"),
+        ({"exclude": ["^decoder"]}, r"match no tensor.*\^decoder"),
+        ({"overrides": {"fc.weight": 12}}, r"overrides\['fc.weight'\]: bits must be in 1..8"),
+        ({"overrides": {"fc.weight": {"bitz": 3}}}, r"unknown options \['bitz'\]"),
+        ({"overrides": {"bn.num_batches_tracked": 4}}, "not a floating tensor"),
+        ({"bits": 0}, "bits must be in 1..8"),
+        ({"granularity": "block"}, "unknown granularity"),
+    ],
+)
+def test_bad_options(net, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nuq_rs.quantize_state_dict(net.state_dict(), **kwargs)
+
+
+def test_nan_names_the_tensor_and_returns_nothing(net):
+    sd = net.state_dict()
+    sd["fc.weight"][3, 5] = float("nan")
+    with pytest.raises(nuq_rs.NonFiniteError, match=r"'fc.weight'.*index 869"):
+        nuq_rs.quantize_state_dict(sd)
+
+
+def test_mixed_dtypes_and_numpy_state_dict(net):
+    sd = {
+        k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in net.state_dict().items()
+    }
+    out = nuq_rs.quantize_state_dict(sd).dequantize()
+    assert out["fc.weight"].dtype == torch.bfloat16
+    npsd = {k: v.numpy() for k, v in net.state_dict().items()}
+    out = nuq_rs.quantize_state_dict(npsd).dequantize()
+    assert isinstance(out["fc.weight"], np.ndarray) and out["fc.weight"].dtype == np.float32
+
+
+def test_input_is_not_modified(net):
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    nuq_rs.quantize_state_dict(sd, bits=2).dequantize()
+    for k, v in net.state_dict().items():
+        assert torch.equal(sd[k], v)
