@@ -6,6 +6,7 @@
 //! take the Lloyd–Max quantizer of the standardized density (`solve`), encode
 //! every weight as its cell index and bit-pack the indices (`pack`).
 
+pub mod encode;
 pub mod error;
 pub mod family;
 pub mod pack;

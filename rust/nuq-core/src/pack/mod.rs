@@ -6,7 +6,22 @@
 //! byte holds `c0 | c1 << 4`. Unused high bits of the last byte are zero. A
 //! weight matrix is packed row by row, each row starting on a byte boundary.
 
+//!
+//! `pack`/`unpack` pick the fastest kernel the CPU supports at run time
+//! (`Kernel::selected`; `NUQ_FORCE_SCALAR=1` forces the reference); the
+//! `*_with` variants name the kernel, so tests compare every path.
+
+mod dispatch;
+mod kernel;
 pub mod scalar;
+mod shuffle;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
+
+pub use dispatch::{pack, pack_with, unpack, unpack_with};
+pub use kernel::{available_kernels, Kernel};
 
 /// Bytes needed for `n` codes of `bits` bits.
 pub fn packed_len(n: usize, bits: u32) -> usize {
