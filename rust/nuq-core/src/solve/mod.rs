@@ -7,9 +7,11 @@
 //!   (1-D weighted k-means), to refine a codebook on data, e.g. per-group
 //!   absmax-normalized weights starting from [`absmax_init`].
 
+mod lloyd_max;
 pub mod moments;
 mod normal_quantile;
 
+pub use lloyd_max::{lloyd_max, solve_uncached};
 pub use moments::{conditional_mean, partial_moments, Moments};
 pub use normal_quantile::inverse_normal_cdf;
 
