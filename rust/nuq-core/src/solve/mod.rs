@@ -7,13 +7,17 @@
 //!   (1-D weighted k-means), to refine a codebook on data, e.g. per-group
 //!   absmax-normalized weights starting from [`absmax_init`].
 
+mod absmax;
 mod lloyd_max;
 pub mod moments;
 mod normal_quantile;
+mod weighted;
 
+pub use absmax::{absmax_init, expected_absmax};
 pub use lloyd_max::{lloyd_max, solve_uncached};
 pub use moments::{conditional_mean, partial_moments, Moments};
 pub use normal_quantile::inverse_normal_cdf;
+pub use weighted::lloyd_weighted;
 
 use crate::family::Family;
 
