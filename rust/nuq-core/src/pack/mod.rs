@@ -5,7 +5,6 @@
 //! (j+1)*bits`, and stream bit `k` is bit `k % 8` of byte `k / 8`. At 4 bits a
 //! byte holds `c0 | c1 << 4`. Unused high bits of the last byte are zero. A
 //! weight matrix is packed row by row, each row starting on a byte boundary.
-
 //!
 //! `pack`/`unpack` pick the fastest kernel the CPU supports at run time
 //! (`Kernel::selected`; `NUQ_FORCE_SCALAR=1` forces the reference); the
@@ -14,6 +13,7 @@
 mod dispatch;
 mod kernel;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
 mod shuffle;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
