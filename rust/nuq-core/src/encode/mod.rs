@@ -42,32 +42,68 @@ pub fn encode_with(
     boundaries: &[f32],
     codes: &mut [u8],
 ) {
-    assert_eq!(codes.len(), x.len(), "encode: codes length");
-    assert!(
-        (1..=255).contains(&boundaries.len()),
-        "encode: {} boundaries, need 1..=255",
-        boundaries.len()
-    );
-    assert!(
-        boundaries.windows(2).all(|w| w[0] <= w[1]) && !boundaries.iter().any(|b| b.is_nan()),
-        "encode: boundaries must be ascending and not NaN"
-    );
-    assert!(
-        kernel.is_available(),
-        "kernel {} not supported by this CPU",
-        kernel.name()
-    );
-    let tree = SearchTree::new(boundaries);
-    match kernel {
-        Kernel::Scalar => scalar::encode(x, offset, mul, &tree, codes),
-        // SAFETY: availability checked above; lengths agree.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::encode(x, offset, mul, &tree, codes) },
-        // SAFETY: availability checked above; lengths agree.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::encode(x, offset, mul, &tree, codes) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("checked above"),
+    Encoder::with_kernel(kernel, boundaries).encode(x, offset, mul, codes);
+}
+
+/// Boundaries prepared once (checked, laid out as a search tree) for many
+/// `encode` calls, e.g. one per group of a tensor.
+pub struct Encoder {
+    kernel: Kernel,
+    tree: Box<SearchTree>,
+}
+
+impl Encoder {
+    /// Prepares `boundaries` for the selected kernel.
+    ///
+    /// # Panics
+    /// As `encode`.
+    pub fn new(boundaries: &[f32]) -> Encoder {
+        Encoder::with_kernel(Kernel::selected(), boundaries)
+    }
+
+    /// Prepares `boundaries` for a named kernel.
+    ///
+    /// # Panics
+    /// As `encode`, and if the CPU cannot run `kernel`.
+    pub fn with_kernel(kernel: Kernel, boundaries: &[f32]) -> Encoder {
+        assert!(
+            (1..=255).contains(&boundaries.len()),
+            "encode: {} boundaries, need 1..=255",
+            boundaries.len()
+        );
+        assert!(
+            boundaries.windows(2).all(|w| w[0] <= w[1]) && !boundaries.iter().any(|b| b.is_nan()),
+            "encode: boundaries must be ascending and not NaN"
+        );
+        assert!(
+            kernel.is_available(),
+            "kernel {} not supported by this CPU",
+            kernel.name()
+        );
+        Encoder {
+            kernel,
+            tree: Box::new(SearchTree::new(boundaries)),
+        }
+    }
+
+    /// `codes[i]` = number of boundaries `< (x[i] - offset) * mul`.
+    ///
+    /// # Panics
+    /// If `codes.len() != x.len()`.
+    pub fn encode(&self, x: &[f32], offset: f32, mul: f32, codes: &mut [u8]) {
+        assert_eq!(codes.len(), x.len(), "encode: codes length");
+        let tree = &*self.tree;
+        match self.kernel {
+            Kernel::Scalar => scalar::encode(x, offset, mul, tree, codes),
+            // SAFETY: availability checked when the encoder was made; lengths agree.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86_avx2::encode(x, offset, mul, tree, codes) },
+            // SAFETY: availability checked when the encoder was made; lengths agree.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { x86_avx512::encode(x, offset, mul, tree, codes) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("checked when the encoder was made"),
+        }
     }
 }
 

@@ -24,15 +24,15 @@ pub fn dequantize(w: &PackedWeights, out: &mut [f32]) -> Result<()> {
     out.par_chunks_mut(w.cols)
         .zip(w.packed.par_chunks(row_bytes))
         .enumerate()
-        .for_each_init(
+        .try_for_each_init(
             || vec![0u8; w.cols],
             |codes, (r, (row, bytes))| {
                 unpack(bytes, w.bits, codes);
-                decode(codes, w.levels, row);
+                decode(codes, w.levels, row)?;
                 apply_affine(row, w.loc_of(r), w.scales_of(r), w.scale_span());
+                Ok(())
             },
-        );
-    Ok(())
+        )
 }
 
 /// `row[j] = loc + scale_{j / span} * row[j]`, where `row` holds the levels.

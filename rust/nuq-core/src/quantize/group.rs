@@ -25,7 +25,7 @@ pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, g: usize, cfg: &Conf
     let (fit_loc, fit_scale) = fit.params(family);
     let scale = group_scales(x, g);
     let (centers, weights) = normalised_histogram(x, cols, g, &scale);
-    let init = absmax_init(family, cfg.bits, g);
+    let init = absmax_init(family, cfg.bits, g)?;
     let refined = lloyd_weighted(&centers, &weights, &init, REFINE_ITERS);
     let levels: Vec<f32> = refined.levels.iter().map(|&v| v as f32).collect();
     let boundaries: Vec<f32> = refined.boundaries.iter().map(|&v| v as f32).collect();

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::rows_per_task;
-use crate::encode::encode;
+use crate::encode::Encoder;
 use crate::pack::{pack, packed_len};
 
 /// What encoding a tensor produced.
@@ -35,6 +35,7 @@ where
     if rows * cols == 0 {
         return Encoded { packed, sse: 0.0, energy: 0.0 };
     }
+    let encoder = Encoder::new(book.boundaries);
     let task_rows = rows_per_task(cols);
     let sums: Vec<(f64, f64)> = packed
         .par_chunks_mut(task_rows * row_bytes)
@@ -45,7 +46,7 @@ where
             let mut acc = (0.0, 0.0);
             for (i, (row_out, row)) in out.chunks_mut(row_bytes).zip(data.chunks(cols)).enumerate() {
                 let r = task * task_rows + i;
-                let (sse, energy) = encode_row(row, &mut codes, book, |s| params(r, s));
+                let (sse, energy) = encode_row(row, &mut codes, &encoder, book, |s| params(r, s));
                 pack(&codes, book.bits, row_out);
                 acc.0 += sse;
                 acc.1 += energy;
@@ -58,12 +59,18 @@ where
 }
 
 /// Encodes one row span by span; returns its squared error and energy.
-fn encode_row(row: &[f32], codes: &mut [u8], book: &Codebook, params: impl Fn(usize) -> (f32, f32)) -> (f64, f64) {
+fn encode_row(
+    row: &[f32],
+    codes: &mut [u8],
+    encoder: &Encoder,
+    book: &Codebook,
+    params: impl Fn(usize) -> (f32, f32),
+) -> (f64, f64) {
     let (mut sse, mut energy) = (0.0f64, 0.0f64);
     for (s, (xs, cs)) in row.chunks(book.span).zip(codes.chunks_mut(book.span)).enumerate() {
         let (loc, scale) = params(s);
         let mul = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        encode(xs, loc, mul, book.boundaries, cs);
+        encoder.encode(xs, loc, mul, cs);
         for (&v, &c) in xs.iter().zip(cs.iter()) {
             let w = loc + scale * book.levels[c as usize];
             sse += f64::from(v - w) * f64::from(v - w);
