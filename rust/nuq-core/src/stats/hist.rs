@@ -203,20 +203,21 @@ impl<V: Value> Router<V> {
     #[inline]
     fn route(&self, v: V) -> Option<usize> {
         let root = self.grid.index(v.to_f64());
-        let mut i = self.first[root];
-        if i == NONE {
+        let first = self.first[root];
+        if first == NONE {
             return None;
         }
-        while let Some(&(r, lo, hi, t)) = self.entries.get(i as usize) {
-            if r != root || v < lo {
-                return None;
-            }
-            if v <= hi {
-                return Some(t);
-            }
-            i += 1;
+        let tail = &self.entries[first as usize..];
+        // Usually one entry per root; a refined root has several, searched
+        // by value (entries are sorted by root, then value).
+        let i = match tail.get(1) {
+            Some(e) if e.0 == root => tail.partition_point(|e| e.0 == root && e.2 < v),
+            _ => 0,
+        };
+        match tail.get(i) {
+            Some(&(r, lo, hi, t)) if r == root && lo <= v && v <= hi => Some(t),
+            _ => None,
         }
-        None
     }
 }
 

@@ -15,6 +15,8 @@ const Z_GRID: f64 = 8.0;
 /// A bucket is skipped only when its bound is below the best exact term by
 /// more than this: covers ulp-level non-monotonicity of `erfc`/`exp`.
 const SLACK: f64 = 1e-14;
+/// Candidates at most this big are always gathered rather than refined.
+const REFINE_MIN: usize = 16;
 
 /// A fitted distribution: `F(v) = family.cdf((v - loc) / scale)`.
 #[derive(Debug, Clone, Copy)]
@@ -146,10 +148,7 @@ pub(crate) fn ks_layout<S: Source>(
         if cands.is_empty() {
             break;
         }
-        let (large, small): (Vec<usize>, Vec<usize>) = cands.into_iter().partition(|&i| {
-            let r = &layout.recs[i];
-            r.count > GATHER_MAX && r.refinable()
-        });
+        let (large, small) = plan(layout, cands);
         if !small.is_empty() {
             resolve(src, layout, &small, &live, &mut best);
         }
@@ -167,6 +166,28 @@ pub(crate) fn ks_layout<S: Source>(
             }
         })
         .collect()
+}
+
+/// Splits candidates into (refine, gather). Gathering is cheap while the
+/// candidates hold few elements; beyond `gather_budget` a refinement pass
+/// (which tightens every candidate's bounds) comes first.
+fn plan<V: Value>(layout: &Layout<V>, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
+    let total: usize = cands.iter().map(|&i| layout.recs[i].count).sum();
+    let limit = if total > gather_budget(layout.n) {
+        REFINE_MIN
+    } else {
+        GATHER_MAX
+    };
+    cands.into_iter().partition(|&i| {
+        let r = &layout.recs[i];
+        r.count > limit && r.refinable()
+    })
+}
+
+/// Elements worth gathering and sorting in one round (about one data pass
+/// worth of work).
+fn gather_budget(n: usize) -> usize {
+    (n / 64).max(1 << 14)
 }
 
 /// Raises `best` by the exact terms every record exposes (its first and last

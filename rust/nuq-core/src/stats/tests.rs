@@ -262,3 +262,37 @@ fn huge_tensor_matches_the_reference() {
     );
     assert_eq!(l.loc, sorted_median(&x));
 }
+
+/// The point of the pruning: only a sliver of the data is ever gathered.
+#[test]
+fn ks_gathers_a_small_fraction() {
+    use super::hist::{buckets_for, build};
+    use super::ks::{ks_layout, Fitted};
+    use super::source::Flat;
+    let n = 1_000_000;
+    for kind in 0u8..7 {
+        let x = sample(kind, n, 5);
+        let f = fit_tensor(&x).unwrap();
+        let fits = [
+            Fitted {
+                family: Family::Gaussian,
+                loc: f.gaussian.loc,
+                scale: f.gaussian.scale,
+            },
+            Fitted {
+                family: Family::Laplace,
+                loc: f.laplace.loc,
+                scale: f.laplace.scale,
+            },
+        ];
+        let m = f.moments;
+        let mut layout = build(&Flat(&x), m.min, m.max, buckets_for(n));
+        ks_layout(&Flat(&x), &mut layout, &fits);
+        let gathered: usize = layout.recs.iter().filter(|r| r.done).map(|r| r.count).sum();
+        eprintln!(
+            "kind {kind}: gathered {gathered} of {n}, {} runs",
+            layout.recs.len()
+        );
+        assert!(gathered < n / 50, "kind {kind}: gathered {gathered} of {n}");
+    }
+}
