@@ -64,7 +64,11 @@ impl PackedWeights<'_> {
         if !(1..=8).contains(&self.bits) {
             return Err(NuqError::InvalidBits(self.bits));
         }
-        expect_len("packed codes", self.rows * self.row_bytes(), self.packed.len())?;
+        expect_len(
+            "packed codes",
+            self.rows * self.row_bytes(),
+            self.packed.len(),
+        )?;
         expect_len("codebook levels", 1 << self.bits, self.levels.len())?;
         if !matches!(self.loc.len(), 0 | 1) {
             expect_len("locations", self.rows, self.loc.len())?;

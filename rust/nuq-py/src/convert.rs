@@ -21,14 +21,20 @@ impl<'py> Weights<'py> {
     /// `bfloat16` says it holds bfloat16 bit patterns.
     pub fn extract(obj: &Bound<'py, PyAny>, bfloat16: bool) -> PyResult<Self> {
         let weights = if bfloat16 {
-            obj.extract::<PyReadonlyArray1<u16>>().map(Weights::Bf16).ok()
+            obj.extract::<PyReadonlyArray1<u16>>()
+                .map(Weights::Bf16)
+                .ok()
         } else if let Ok(a) = obj.extract::<PyReadonlyArray1<f32>>() {
             Some(Weights::F32(a))
         } else {
-            obj.extract::<PyReadonlyArray1<f16>>().map(Weights::F16).ok()
+            obj.extract::<PyReadonlyArray1<f16>>()
+                .map(Weights::F16)
+                .ok()
         };
         let weights = weights.ok_or_else(|| {
-            PyTypeError::new_err("expected a 1-D numpy array of float32, float16 or (bfloat16 as) uint16")
+            PyTypeError::new_err(
+                "expected a 1-D numpy array of float32, float16 or (bfloat16 as) uint16",
+            )
         })?;
         if !weights.is_contiguous() {
             return Err(PyValueError::new_err("weight array must be C-contiguous"));
@@ -68,7 +74,9 @@ impl<'a> Slice<'a> {
         match self {
             Slice::F32(s) => Cow::Borrowed(s),
             Slice::F16(s) => Cow::Owned(s.par_iter().map(|v| v.to_f32()).collect()),
-            Slice::Bf16(s) => Cow::Owned(s.par_iter().map(|&b| bf16::from_bits(b).to_f32()).collect()),
+            Slice::Bf16(s) => {
+                Cow::Owned(s.par_iter().map(|&b| bf16::from_bits(b).to_f32()).collect())
+            }
         }
     }
 }

@@ -15,7 +15,9 @@ fn parse_granularity(name: &str, group_size: Option<usize>) -> PyResult<Granular
         ("tensor", None) => Ok(Granularity::Tensor),
         ("channel", None) => Ok(Granularity::Channel),
         ("group", Some(g)) => Ok(Granularity::Group(g)),
-        ("group", None) => Err(PyValueError::new_err("granularity 'group' needs a group_size")),
+        ("group", None) => Err(PyValueError::new_err(
+            "granularity 'group' needs a group_size",
+        )),
         ("tensor" | "channel", Some(_)) => Err(PyValueError::new_err(format!(
             "group_size is only valid with granularity 'group', not {name:?}"
         ))),
@@ -119,7 +121,9 @@ fn dequantize<'py>(
 #[pyo3(signature = (threads=None))]
 fn set_num_threads(threads: Option<usize>) -> PyResult<()> {
     if threads == Some(0) {
-        return Err(PyValueError::new_err("threads must be >= 1 (or None for the default)"));
+        return Err(PyValueError::new_err(
+            "threads must be >= 1 (or None for the default)",
+        ));
     }
     pool::set_threads(threads);
     Ok(())

@@ -24,7 +24,11 @@ fn build(threads: Option<usize>) -> Arc<ThreadPool> {
         Some(n) => builder.num_threads(n),
         None => builder,
     };
-    Arc::new(builder.build().expect("nuq-rs: cannot start worker threads"))
+    Arc::new(
+        builder
+            .build()
+            .expect("nuq-rs: cannot start worker threads"),
+    )
 }
 
 /// The pool of this process, created (or re-created after a fork) on demand.
@@ -41,7 +45,11 @@ fn current() -> Arc<ThreadPool> {
                 std::mem::forget(old);
             }
             let pool = build(threads);
-            *guard = Some(Owned { pid, threads, pool: pool.clone() });
+            *guard = Some(Owned {
+                pid,
+                threads,
+                pool: pool.clone(),
+            });
             pool
         }
     }
@@ -56,7 +64,11 @@ pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 pub fn set_threads(threads: Option<usize>) {
     let pool = build(threads);
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    *guard = Some(Owned { pid: std::process::id(), threads, pool });
+    *guard = Some(Owned {
+        pid: std::process::id(),
+        threads,
+        pool,
+    });
 }
 
 /// Threads of the current pool.

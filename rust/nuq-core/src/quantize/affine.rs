@@ -22,7 +22,7 @@ struct Fitted {
 
 pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Result<Quantized> {
     let fitted = match cfg.granularity {
-        Granularity::Channel => fit_channels(x, cols, cfg.family)?,
+        Granularity::Channel => fit_channels(x, rows, cols, cfg.family)?,
         _ => fit_whole(x, cfg.family)?,
     };
     let solved = lloyd_max(fitted.family, cfg.bits)?;
@@ -79,7 +79,20 @@ fn fit_whole(x: &[f32], choice: FamilyChoice) -> Result<Fitted> {
     })
 }
 
-fn fit_channels(x: &[f32], cols: usize, choice: FamilyChoice) -> Result<Fitted> {
+fn fit_channels(x: &[f32], rows: usize, cols: usize, choice: FamilyChoice) -> Result<Fitted> {
+    if x.is_empty() {
+        // No weights: every row decodes nothing, but keeps its (zero) parameters.
+        let family = choose(choice, Family::Gaussian);
+        return Ok(Fitted {
+            family,
+            d_gaussian: 0.0,
+            d_laplace: 0.0,
+            loc: vec![0.0; rows],
+            scale: vec![0.0; rows],
+            fit_loc: 0.0,
+            fit_scale: 0.0,
+        });
+    }
     let fit = fit_rows(x, cols)?;
     let family = choose(choice, fit.best());
     let (loc, scale): (Vec<f32>, Vec<f32>) = fit

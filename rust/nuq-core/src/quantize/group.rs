@@ -19,7 +19,13 @@ const BINS: usize = 4097;
 /// Lloyd iterations of the codebook refinement.
 const REFINE_ITERS: usize = 200;
 
-pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, g: usize, cfg: &Config) -> Result<Quantized> {
+pub(super) fn quantize(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    g: usize,
+    cfg: &Config,
+) -> Result<Quantized> {
     let fit = fit_tensor(x)?;
     let family = choose(cfg.family, fit.best());
     let (fit_loc, fit_scale) = fit.params(family);
@@ -96,6 +102,8 @@ fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> (Vec
     for hist in &partial {
         weights.iter_mut().zip(hist).for_each(|(a, b)| *a += b);
     }
-    let centers = (0..BINS).map(|k| k as f64 / f64::from(half_span) - 1.0).collect();
+    let centers = (0..BINS)
+        .map(|k| k as f64 / f64::from(half_span) - 1.0)
+        .collect();
     (centers, weights)
 }

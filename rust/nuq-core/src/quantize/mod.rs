@@ -13,9 +13,9 @@
 //! | group `g`   | none (0)     | 1 per group (fp16 absmax)| refined on the absmax-normalised data |
 
 mod affine;
-mod rows;
 mod decode;
 mod group;
+mod rows;
 
 pub use decode::dequantize;
 
@@ -162,7 +162,10 @@ impl Quantized {
             Granularity::Group(_) => 2,
             _ => 4,
         };
-        self.packed.len() + 4 * self.levels.len() + 4 * self.loc.len() + scale_bytes * self.scale.len()
+        self.packed.len()
+            + 4 * self.levels.len()
+            + 4 * self.loc.len()
+            + scale_bytes * self.scale.len()
     }
 
     /// Storage cost per weight in bits, all metadata included.

@@ -26,14 +26,24 @@ pub(super) struct Codebook<'a> {
 /// Encodes each span `s` of row `r` against `loc + scale * boundaries`, where
 /// `params(r, s)` gives `(loc, scale)`, packs the codes row by row and sums the
 /// squared errors and squared weights.
-pub(super) fn encode_rows<P>(x: &[f32], rows: usize, cols: usize, book: &Codebook, params: P) -> Encoded
+pub(super) fn encode_rows<P>(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    book: &Codebook,
+    params: P,
+) -> Encoded
 where
     P: Fn(usize, usize) -> (f32, f32) + Sync,
 {
     let row_bytes = packed_len(cols, book.bits);
     let mut packed = vec![0u8; rows * row_bytes];
     if rows * cols == 0 {
-        return Encoded { packed, sse: 0.0, energy: 0.0 };
+        return Encoded {
+            packed,
+            sse: 0.0,
+            energy: 0.0,
+        };
     }
     let encoder = Encoder::new(book.boundaries);
     let task_rows = rows_per_task(cols);
@@ -44,7 +54,8 @@ where
         .map(|(task, (out, data))| {
             let mut codes = vec![0u8; cols];
             let mut acc = (0.0, 0.0);
-            for (i, (row_out, row)) in out.chunks_mut(row_bytes).zip(data.chunks(cols)).enumerate() {
+            for (i, (row_out, row)) in out.chunks_mut(row_bytes).zip(data.chunks(cols)).enumerate()
+            {
                 let r = task * task_rows + i;
                 let (sse, energy) = encode_row(row, &mut codes, &encoder, book, |s| params(r, s));
                 pack(&codes, book.bits, row_out);
@@ -55,7 +66,11 @@ where
         })
         .collect();
     let (sse, energy) = sums.iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
-    Encoded { packed, sse, energy }
+    Encoded {
+        packed,
+        sse,
+        energy,
+    }
 }
 
 /// Encodes one row span by span; returns its squared error and energy.
@@ -67,7 +82,11 @@ fn encode_row(
     params: impl Fn(usize) -> (f32, f32),
 ) -> (f64, f64) {
     let (mut sse, mut energy) = (0.0f64, 0.0f64);
-    for (s, (xs, cs)) in row.chunks(book.span).zip(codes.chunks_mut(book.span)).enumerate() {
+    for (s, (xs, cs)) in row
+        .chunks(book.span)
+        .zip(codes.chunks_mut(book.span))
+        .enumerate()
+    {
         let (loc, scale) = params(s);
         let mul = if scale != 0.0 { 1.0 / scale } else { 0.0 };
         encoder.encode(xs, loc, mul, cs);

@@ -1,0 +1,150 @@
+//! What the pipeline calls: both fits and both KS statistics of a tensor
+//! (or of its rows), fused into as few data passes as possible.
+
+use super::hist::{buckets_for, build};
+use super::ks::{ks_layout, ks_rows, ks_small, Fitted};
+use super::moments::{check_finite, mean_abs_dev, moments, Moments};
+use super::rows::{row_fits, RowFit};
+use super::select::{median_of_layout, median_small};
+use super::source::Flat;
+use super::SMALL_N;
+use crate::error::{NuqError, Result};
+use crate::Family;
+
+/// Location and scale of a fitted family.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LocScale {
+    pub loc: f64,
+    pub scale: f64,
+}
+
+/// Tensor-wide fits: Gaussian (mean, std), Laplace (median, b) and their KS
+/// statistics over all elements.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TensorFit {
+    pub moments: Moments,
+    pub gaussian: LocScale,
+    pub laplace: LocScale,
+    pub d_gaussian: f64,
+    pub d_laplace: f64,
+}
+
+impl TensorFit {
+    /// The family with the smaller KS statistic (ties: Gaussian).
+    pub fn best(&self) -> Family {
+        pick(self.d_gaussian, self.d_laplace)
+    }
+
+    /// `(location, scale)` of `family`'s fit.
+    pub fn params(&self, family: Family) -> (f64, f64) {
+        let fit = match family {
+            Family::Gaussian => self.gaussian,
+            Family::Laplace => self.laplace,
+        };
+        (fit.loc, fit.scale)
+    }
+}
+
+/// Per-row fits and the KS statistics of the pooled standardized values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChannelFit {
+    pub rows: Vec<RowFit>,
+    pub d_gaussian: f64,
+    pub d_laplace: f64,
+}
+
+impl ChannelFit {
+    /// The family with the smaller pooled KS statistic (ties: Gaussian).
+    pub fn best(&self) -> Family {
+        pick(self.d_gaussian, self.d_laplace)
+    }
+}
+
+fn pick(d_gaussian: f64, d_laplace: f64) -> Family {
+    if d_laplace < d_gaussian {
+        Family::Laplace
+    } else {
+        Family::Gaussian
+    }
+}
+
+/// Both fits of `x` and both KS statistics. Passes over the data: moments,
+/// one histogram (shared by the median and both KS statistics), `|x -
+/// median|`, plus gathers of the few buckets the exact answers need.
+///
+/// # Errors
+/// [`NuqError::NonFinite`] for the lowest index holding a NaN or infinity.
+pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
+    let moments = moments(x)?;
+    let gaussian = LocScale {
+        loc: moments.mean,
+        scale: moments.std,
+    };
+    let fitted = |g: LocScale, l: LocScale| {
+        [
+            Fitted {
+                family: Family::Gaussian,
+                loc: g.loc,
+                scale: g.scale,
+            },
+            Fitted {
+                family: Family::Laplace,
+                loc: l.loc,
+                scale: l.scale,
+            },
+        ]
+    };
+    let (laplace, d) = if x.len() < SMALL_N {
+        let mut v = x.to_vec();
+        let median = median_small(&mut v);
+        let laplace = LocScale {
+            loc: median,
+            scale: mean_abs_dev(x, median),
+        };
+        let d = ks_small(v, &fitted(gaussian, laplace));
+        (laplace, d)
+    } else {
+        let mut layout = build(&Flat(x), moments.min, moments.max, buckets_for(x.len()));
+        let median = median_of_layout(&Flat(x), &mut layout);
+        let laplace = LocScale {
+            loc: median,
+            scale: mean_abs_dev(x, median),
+        };
+        let d = ks_layout(&Flat(x), &mut layout, &fitted(gaussian, laplace));
+        (laplace, d)
+    };
+    Ok(TensorFit {
+        moments,
+        gaussian,
+        laplace,
+        d_gaussian: d[0],
+        d_laplace: d[1],
+    })
+}
+
+/// Per-row fits (rows of `row_len`) and, per family, the KS statistic of the
+/// pooled standardized values.
+///
+/// # Errors
+/// [`NuqError::LengthMismatch`] if `row_len` is 0 or does not divide
+/// `x.len()`; [`NuqError::NonFinite`] for the lowest non-finite index.
+pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
+    if row_len == 0 || x.len() % row_len != 0 {
+        return Err(NuqError::LengthMismatch {
+            what: "tensor length (a multiple of row_len)",
+            expected: x.len().next_multiple_of(row_len.max(1)),
+            actual: x.len(),
+        });
+    }
+    check_finite(x)?;
+    let rows = row_fits(x, row_len);
+    let mean: Vec<f64> = rows.iter().map(|r| r.mean).collect();
+    let std: Vec<f64> = rows.iter().map(|r| r.std).collect();
+    let median: Vec<f64> = rows.iter().map(|r| r.median).collect();
+    let b: Vec<f64> = rows.iter().map(|r| r.b).collect();
+    Ok(ChannelFit {
+        d_gaussian: ks_rows(x, row_len, Family::Gaussian, &mean, &std),
+        d_laplace: ks_rows(x, row_len, Family::Laplace, &median, &b),
+        rows,
+    })
+}

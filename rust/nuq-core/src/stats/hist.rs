@@ -1,0 +1,378 @@
+//! The rank layout: a histogram on a fixed grid that records, per non-empty
+//! bucket, its count and the exact min and max value it holds. Because the
+//! bucket index is a monotone function of the value, buckets are contiguous
+//! runs of the sorted data: a bucket with `offset` smaller elements holds the
+//! order statistics `offset+1 ..= offset+count`, its min is the first of them
+//! and its max the last. Equal values always share a bucket.
+//!
+//! Records can be *gathered* (their elements copied out, one data pass for any
+//! number of records) or *refined* (re-histogrammed on a finer grid over their
+//! own `[min, max]`, one data pass): both exact, both cheap when few records
+//! are involved.
+
+use super::source::{fold_parts, Source, Value};
+
+/// Largest bucket count of one histogram: 2^16 buckets of 12 bytes stay in L2.
+pub(crate) const MAX_BUCKETS: usize = 1 << 16;
+/// Records up to this many elements are gathered; bigger ones are refined.
+pub(crate) const GATHER_MAX: usize = 1 << 16;
+/// Per-pass element limit so that the `u32` bucket counts cannot overflow.
+const BLOCK: usize = 1 << 31;
+
+/// A uniform grid of `nb` buckets over `[lo, hi]`; values outside clamp to the
+/// end buckets. The index is monotone non-decreasing in the value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grid {
+    lo: f64,
+    inv: f64,
+    nb: usize,
+}
+
+impl Grid {
+    pub(crate) fn new(lo: f64, hi: f64, nb: usize) -> Self {
+        let inv = if hi > lo { nb as f64 / (hi - lo) } else { 0.0 };
+        Grid { lo, inv, nb }
+    }
+
+    #[inline]
+    pub(crate) fn index(&self, v: f64) -> usize {
+        // `as usize` saturates: negative (and NaN from inf*0) go to 0.
+        (((v - self.lo) * self.inv) as usize).min(self.nb - 1)
+    }
+}
+
+/// Bucket count for `n` elements on the top-level grid.
+pub(crate) fn buckets_for(n: usize) -> usize {
+    (n / 16).next_power_of_two().clamp(1024, MAX_BUCKETS)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bin<V> {
+    count: u32,
+    min: V,
+    max: V,
+}
+
+impl<V: Value> Bin<V> {
+    const EMPTY: Self = Bin {
+        count: 0,
+        min: V::HIGHEST,
+        max: V::LOWEST,
+    };
+
+    #[inline]
+    fn add(&mut self, v: V) {
+        self.count += 1;
+        self.min = self.min.min_v(v);
+        self.max = self.max.max_v(v);
+    }
+}
+
+/// A contiguous run of the sorted data: order statistics
+/// `offset+1 ..= offset+count` (1-based), smallest `lo`, largest `hi`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rec<V> {
+    pub lo: V,
+    pub hi: V,
+    pub offset: usize,
+    pub count: usize,
+    /// Top-level bucket the run lies in (routing key for later passes).
+    root: usize,
+    /// Set once every element's exact KS terms have been taken into account.
+    pub done: bool,
+}
+
+impl<V: Value> Rec<V> {
+    /// All elements equal: everything about the run is known without data.
+    pub(crate) fn pure(&self) -> bool {
+        self.lo == self.hi
+    }
+
+    /// Whether a refinement pass can split it (finite f64 span).
+    pub(crate) fn refinable(&self) -> bool {
+        (self.hi.to_f64() - self.lo.to_f64()).is_finite()
+    }
+}
+
+/// Sorted, disjoint, non-empty runs covering all `n` elements.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout<V> {
+    pub n: usize,
+    grid: Grid,
+    pub recs: Vec<Rec<V>>,
+}
+
+/// Histograms `src` on `nb` buckets over `[lo, hi]`.
+pub(crate) fn build<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> Layout<S::V> {
+    let grid = Grid::new(lo, hi, nb);
+    let totals = histogram(src, nb, |v| Some(grid.index(v.to_f64())));
+    let mut recs = Vec::new();
+    let mut offset = 0;
+    for (root, &(count, min, max)) in totals.iter().enumerate() {
+        if count > 0 {
+            recs.push(Rec {
+                lo: min,
+                hi: max,
+                offset,
+                count,
+                root,
+                done: false,
+            });
+            offset += count;
+        }
+    }
+    Layout {
+        n: src.len(),
+        grid,
+        recs,
+    }
+}
+
+/// (count, min, max) per bucket of `bucket(v)` (`None`: skip the value).
+/// Per-thread `u32` bins, merged exactly; passes of at most `BLOCK` elements
+/// keep the `u32` counts from overflowing.
+fn histogram<S, B>(src: &S, nb: usize, bucket: B) -> Vec<(usize, S::V, S::V)>
+where
+    S: Source,
+    B: Fn(S::V) -> Option<usize> + Sync,
+{
+    let n = src.len();
+    let mut totals = vec![(0usize, S::V::HIGHEST, S::V::LOWEST); nb];
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        let bins = fold_parts(
+            end - start,
+            || vec![Bin::<S::V>::EMPTY; nb],
+            |mut h, r| {
+                src.visit(start + r.start..start + r.end, |v| {
+                    if let Some(b) = bucket(v) {
+                        h[b].add(v)
+                    }
+                });
+                h
+            },
+            merge_bins,
+        );
+        for (t, b) in totals.iter_mut().zip(&bins) {
+            *t = (t.0 + b.count as usize, t.1.min_v(b.min), t.2.max_v(b.max));
+        }
+    }
+    totals
+}
+
+fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
+    for (x, y) in a.iter_mut().zip(&b) {
+        x.count += y.count;
+        x.min = x.min.min_v(y.min);
+        x.max = x.max.max_v(y.max);
+    }
+    a
+}
+
+/// Maps a value to the target record holding it, if any: one grid index and a
+/// table lookup, plus a short scan when a top-level bucket was refined.
+struct Router<V> {
+    grid: Grid,
+    /// Per top-level bucket: first entry of that bucket, or `NONE`.
+    first: Vec<u32>,
+    /// (root, lo, hi, target), sorted by value.
+    entries: Vec<(usize, V, V, usize)>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl<V: Value> Router<V> {
+    /// `targets` are record indices, ascending.
+    fn new(layout: &Layout<V>, targets: &[usize]) -> Self {
+        let mut first = vec![NONE; layout.grid.nb];
+        let mut entries = Vec::with_capacity(targets.len());
+        for (t, &i) in targets.iter().enumerate() {
+            let r = &layout.recs[i];
+            if first[r.root] == NONE {
+                first[r.root] = entries.len() as u32;
+            }
+            entries.push((r.root, r.lo, r.hi, t));
+        }
+        Router {
+            grid: layout.grid,
+            first,
+            entries,
+        }
+    }
+
+    #[inline]
+    fn route(&self, v: V) -> Option<usize> {
+        let root = self.grid.index(v.to_f64());
+        let first = self.first[root];
+        if first == NONE {
+            return None;
+        }
+        let tail = &self.entries[first as usize..];
+        // Usually one entry per root; a refined root has several, searched
+        // by value (entries are sorted by root, then value).
+        let i = match tail.get(1) {
+            Some(e) if e.0 == root => tail.partition_point(|e| e.0 == root && e.2 < v),
+            _ => 0,
+        };
+        match tail.get(i) {
+            Some(&(r, lo, hi, t)) if r == root && lo <= v && v <= hi => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Copies out the elements of the records `targets` (ascending indices), one
+/// vector per target, in unspecified order.
+pub(crate) fn gather<S: Source>(
+    src: &S,
+    layout: &Layout<S::V>,
+    targets: &[usize],
+) -> Vec<Vec<S::V>> {
+    let router = Router::new(layout, targets);
+    let nt = targets.len();
+    let mut out = fold_parts(
+        src.len(),
+        || vec![Vec::new(); nt],
+        |mut acc: Vec<Vec<S::V>>, r| {
+            src.visit(r, |v| {
+                if let Some(t) = router.route(v) {
+                    acc[t].push(v);
+                }
+            });
+            acc
+        },
+        |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.extend(y);
+            }
+            a
+        },
+    );
+    for (g, &i) in out.iter().zip(targets) {
+        debug_assert_eq!(g.len(), layout.recs[i].count);
+    }
+    out.shrink_to_fit();
+    out
+}
+
+/// Splits each target record (ascending indices, none pure, all refinable)
+/// into the non-empty buckets of a finer grid over its own `[lo, hi]`.
+pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout<S::V>, targets: &[usize]) {
+    let router = Router::new(layout, targets);
+    let grids: Vec<(usize, Grid)> = {
+        let mut base = 0;
+        targets
+            .iter()
+            .map(|&i| {
+                let r = &layout.recs[i];
+                let nb = (r.count / 8).clamp(2, MAX_BUCKETS);
+                let g = (base, Grid::new(r.lo.to_f64(), r.hi.to_f64(), nb));
+                base += nb;
+                g
+            })
+            .collect()
+    };
+    let total: usize = grids.iter().map(|(_, g)| g.nb).sum();
+    let bins = histogram(src, total, |v| {
+        router.route(v).map(|t| {
+            let (base, g) = &grids[t];
+            base + g.index(v.to_f64())
+        })
+    });
+    splice(layout, targets, &grids, &bins);
+}
+
+/// Replaces each target record by its non-empty sub-buckets.
+fn splice<V: Value>(
+    layout: &mut Layout<V>,
+    targets: &[usize],
+    grids: &[(usize, Grid)],
+    bins: &[(usize, V, V)],
+) {
+    let old = std::mem::take(&mut layout.recs);
+    let mut next = targets.iter().zip(grids).peekable();
+    for (i, rec) in old.into_iter().enumerate() {
+        match next.peek() {
+            Some(&(&t, &(base, g))) if t == i => {
+                next.next();
+                let mut offset = rec.offset;
+                for &(count, lo, hi) in bins[base..base + g.nb].iter().filter(|b| b.0 > 0) {
+                    layout.recs.push(Rec {
+                        lo,
+                        hi,
+                        offset,
+                        count,
+                        root: rec.root,
+                        done: false,
+                    });
+                    offset += count;
+                }
+                debug_assert_eq!(offset, rec.offset + rec.count);
+            }
+            _ => layout.recs.push(rec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::source::Flat;
+    use super::*;
+
+    fn check_layout(x: &[f32], layout: &Layout<f32>) {
+        let mut sorted = x.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let mut offset = 0;
+        for r in &layout.recs {
+            assert_eq!(r.offset, offset);
+            assert_eq!(r.lo, sorted[offset]);
+            assert_eq!(r.hi, sorted[offset + r.count - 1]);
+            offset += r.count;
+        }
+        assert_eq!(offset, x.len());
+    }
+
+    fn data(n: usize) -> Vec<f32> {
+        // Deterministic, uneven, with ties.
+        (0..n)
+            .map(|i| ((i * 7919 % 1013) as f32 - 500.0).powi(3) / 1e6)
+            .collect()
+    }
+
+    #[test]
+    fn grid_index_is_clamped_and_monotone() {
+        let g = Grid::new(-1.0, 1.0, 8);
+        assert_eq!(g.index(-5.0), 0);
+        assert_eq!(g.index(-1.0), 0);
+        assert_eq!(g.index(1.0), 7);
+        assert_eq!(g.index(9.0), 7);
+        let idx: Vec<usize> = (-40..=40).map(|i| g.index(i as f64 / 20.0)).collect();
+        assert!(idx.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn records_are_runs_of_the_sorted_data() {
+        let x = data(100_000);
+        let (lo, hi) = (-125.0, 126.0);
+        let layout = build(&Flat(&x), lo, hi, 1024);
+        check_layout(&x, &layout);
+    }
+
+    #[test]
+    fn refine_and_gather_stay_exact() {
+        let x = data(200_000);
+        let mut layout = build(&Flat(&x), -130.0, 130.0, 4);
+        let before = layout.recs.len();
+        let targets: Vec<usize> = (0..before).filter(|&i| !layout.recs[i].pure()).collect();
+        refine(&Flat(&x), &mut layout, &targets);
+        assert!(layout.recs.len() > before);
+        check_layout(&x, &layout);
+        let all: Vec<usize> = (0..layout.recs.len()).step_by(3).collect();
+        let got = gather(&Flat(&x), &layout, &all);
+        for (g, &i) in got.iter().zip(&all) {
+            let r = layout.recs[i];
+            assert_eq!(g.len(), r.count);
+            assert!(g.iter().all(|&v| r.lo <= v && v <= r.hi));
+        }
+    }
+}

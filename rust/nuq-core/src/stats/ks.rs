@@ -1,0 +1,336 @@
+//! Kolmogorov–Smirnov statistic, exact, by bucket pruning (see the module
+//! doc of `stats`) with a sort-based reference that defines the result.
+
+use rayon::prelude::*;
+
+use super::hist::{buckets_for, build, gather, refine, Layout, Rec, GATHER_MAX};
+use super::moments::min_max;
+use super::source::{Flat, Source, Standardized, Value};
+use super::SMALL_N;
+use crate::Family;
+
+/// Standardized values of `ks_rows` beyond ±Z_GRID fall in the clamped end
+/// buckets of its top-level grid (still exact, only less finely bucketed).
+const Z_GRID: f64 = 8.0;
+/// A bucket is skipped only when its bound is below the best exact term by
+/// more than this: covers ulp-level non-monotonicity of `erfc`/`exp`.
+const SLACK: f64 = 1e-14;
+/// Candidates at most this big are always gathered rather than refined.
+const REFINE_MIN: usize = 16;
+
+/// A fitted distribution: `F(v) = family.cdf((v - loc) / scale)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fitted {
+    pub family: Family,
+    pub loc: f64,
+    pub scale: f64,
+}
+
+impl Fitted {
+    #[inline]
+    fn cdf(&self, v: f64) -> f64 {
+        self.family.cdf((v - self.loc) / self.scale)
+    }
+}
+
+/// scipy's larger term for order statistic `i` (1-based) of `n` where the
+/// cdf is `f`: `max(i/n - f, f - (i-1)/n)`.
+#[inline]
+fn term(i: usize, n: f64, f: f64) -> f64 {
+    (i as f64 / n - f).max(f - (i - 1) as f64 / n)
+}
+
+/// Max of the terms of sorted values holding order statistics `offset+1..`.
+fn ks_sorted<V: Value>(sorted: &[V], offset: usize, n: usize, fit: &Fitted) -> f64 {
+    let nf = n as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(j, v)| term(offset + j + 1, nf, fit.cdf(v.to_f64())))
+        .fold(0.0, f64::max)
+}
+
+/// D by full sort, exactly as `scipy.stats.kstest(x, family, args=(loc,
+/// scale))`: the definition the fast paths are tested against. `scale == 0`
+/// or empty `x` gives 0.
+pub fn ks_sorted_reference(x: &[f32], family: Family, loc: f64, scale: f64) -> f64 {
+    let fit = Fitted { family, loc, scale };
+    ks_small(x.to_vec(), &[fit])[0]
+}
+
+/// Sort once, then every non-degenerate fit.
+pub(crate) fn ks_small<V: Value>(mut v: Vec<V>, fits: &[Fitted]) -> Vec<f64> {
+    v.sort_unstable_by(V::total_order);
+    fits.iter()
+        .map(|f| active(f, v.len()).then(|| ks_sorted(&v, 0, v.len(), f)))
+        .map(Option::unwrap_or_default)
+        .collect()
+}
+
+/// A zero scale (constant data) is a point mass that the data equal: D = 0.
+fn active(fit: &Fitted, n: usize) -> bool {
+    n > 0 && fit.scale != 0.0
+}
+
+/// D of `x` against each `(family, loc, scale)`, over all elements, from one
+/// shared histogram pass. Matches `scipy.stats.kstest` (see
+/// [`ks_sorted_reference`]). `x` must be finite.
+pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
+    let fits: Vec<Fitted> = fits
+        .iter()
+        .map(|&(family, loc, scale)| Fitted { family, loc, scale })
+        .collect();
+    if x.len() < SMALL_N {
+        return ks_small(x.to_vec(), &fits);
+    }
+    let (lo, hi) = min_max(x);
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()));
+    ks_layout(&Flat(x), &mut layout, &fits)
+}
+
+/// D of the pooled per-row standardized values `z = (x - loc[r]) / scale[r]`
+/// (rows of `row_len`; `scale[r] == 0` gives `z = 0`) against the standard
+/// `family` cdf. `x` must be finite.
+///
+/// # Panics
+/// If `row_len == 0`, `x.len()` is not a multiple of it, or `loc`/`scale`
+/// do not have one entry per row.
+pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[f64]) -> f64 {
+    assert!(
+        row_len > 0 && x.len() % row_len == 0,
+        "ks_rows: row_len {row_len} must be > 0 and divide {}",
+        x.len()
+    );
+    let rows = x.len() / row_len;
+    assert!(
+        loc.len() == rows && scale.len() == rows,
+        "ks_rows: need {rows} loc/scale entries, got {}/{}",
+        loc.len(),
+        scale.len()
+    );
+    let fit = [Fitted {
+        family,
+        loc: 0.0,
+        scale: 1.0,
+    }];
+    let src = Standardized {
+        x,
+        row_len,
+        loc,
+        scale,
+    };
+    if x.len() < SMALL_N {
+        let mut z = Vec::with_capacity(x.len());
+        src.visit(0..x.len(), |v| z.push(v));
+        return ks_small(z, &fit)[0];
+    }
+    let mut layout = build(&src, -Z_GRID, Z_GRID, buckets_for(x.len()));
+    ks_layout(&src, &mut layout, &fit)[0]
+}
+
+/// D for each fit from a layout of the same source (shared across fits).
+pub(crate) fn ks_layout<S: Source>(
+    src: &S,
+    layout: &mut Layout<S::V>,
+    fits: &[Fitted],
+) -> Vec<f64> {
+    let live: Vec<Fitted> = fits
+        .iter()
+        .copied()
+        .filter(|f| active(f, layout.n))
+        .collect();
+    let mut best = vec![0.0; live.len()];
+    for r in layout.recs.iter_mut() {
+        r.done = false;
+    }
+    loop {
+        let cands = candidates(layout, &live, &mut best);
+        if cands.is_empty() {
+            break;
+        }
+        let (large, small) = plan(layout, cands);
+        if !small.is_empty() {
+            resolve(src, layout, &small, &live, &mut best);
+        }
+        if !large.is_empty() {
+            refine(src, layout, &large);
+        }
+    }
+    let mut it = best.into_iter();
+    fits.iter()
+        .map(|f| {
+            if active(f, layout.n) {
+                it.next().unwrap()
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Splits candidates into (refine, gather). Gathering is cheap while the
+/// candidates hold few elements; beyond `gather_budget` a refinement pass
+/// (which tightens every candidate's bounds) comes first.
+fn plan<V: Value>(layout: &Layout<V>, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
+    let total: usize = cands.iter().map(|&i| layout.recs[i].count).sum();
+    let limit = if total > gather_budget(layout.n) {
+        REFINE_MIN
+    } else {
+        GATHER_MAX
+    };
+    cands.into_iter().partition(|&i| {
+        let r = &layout.recs[i];
+        r.count > limit && r.refinable()
+    })
+}
+
+/// Elements worth gathering and sorting in one round (about one data pass
+/// worth of work).
+fn gather_budget(n: usize) -> usize {
+    (n / 64).max(1 << 14)
+}
+
+/// Raises `best` by the exact terms every record exposes (its first and last
+/// order statistics; all of them for a run of ties), then lists the records
+/// whose upper bound for some fit still exceeds that fit's best.
+fn candidates<V: Value>(layout: &Layout<V>, fits: &[Fitted], best: &mut [f64]) -> Vec<usize> {
+    let n = layout.n as f64;
+    let mut cand = vec![false; layout.recs.len()];
+    for (fit, best) in fits.iter().zip(best.iter_mut()) {
+        let bounds: Vec<(f64, f64)> = layout
+            .recs
+            .par_iter()
+            .map(|r| {
+                if r.done {
+                    (0.0, 0.0)
+                } else {
+                    bounds(r, n, fit)
+                }
+            })
+            .collect();
+        *best = bounds.iter().map(|b| b.0).fold(*best, f64::max);
+        for ((c, r), &(_, upper)) in cand.iter_mut().zip(&layout.recs).zip(&bounds) {
+            *c |= !r.done && !r.pure() && upper + SLACK > *best;
+        }
+    }
+    (0..cand.len()).filter(|&i| cand[i]).collect()
+}
+
+/// (max of exact terms known from the record alone, upper bound of all its
+/// terms). For a pure run both are its exact maximum.
+fn bounds<V: Value>(r: &Rec<V>, n: f64, fit: &Fitted) -> (f64, f64) {
+    let (fl, fh) = (fit.cdf(r.lo.to_f64()), fit.cdf(r.hi.to_f64()));
+    let (first, last) = (r.offset + 1, r.offset + r.count);
+    let upper = (last as f64 / n - fl).max(fh - r.offset as f64 / n);
+    if r.pure() {
+        return (upper, upper);
+    }
+    (term(first, n, fl).max(term(last, n, fh)), upper)
+}
+
+/// Gathers the records `idx`, sorts each, and folds their exact terms in.
+fn resolve<S: Source>(
+    src: &S,
+    layout: &mut Layout<S::V>,
+    idx: &[usize],
+    fits: &[Fitted],
+    best: &mut [f64],
+) {
+    let groups = gather(src, layout, idx);
+    let recs = &layout.recs;
+    let exact: Vec<Vec<f64>> = groups
+        .into_par_iter()
+        .zip(idx.par_iter())
+        .map(|(mut g, &i)| {
+            g.sort_unstable_by(S::V::total_order);
+            let off = recs[i].offset;
+            fits.iter()
+                .map(|f| ks_sorted(&g, off, layout.n, f))
+                .collect()
+        })
+        .collect();
+    for e in &exact {
+        for (b, &d) in best.iter_mut().zip(e) {
+            *b = b.max(d);
+        }
+    }
+    for &i in idx {
+        layout.recs[i].done = true;
+    }
+}
+
+/// Reference for `ks_rows`: materialize every `z`, sort, scipy formula.
+#[cfg(test)]
+pub(crate) fn ks_rows_reference(
+    x: &[f32],
+    row_len: usize,
+    family: Family,
+    loc: &[f64],
+    scale: &[f64],
+) -> f64 {
+    let z: Vec<f64> = x
+        .chunks(row_len)
+        .enumerate()
+        .flat_map(|(r, row)| {
+            row.iter()
+                .map(move |&v| super::source::standardize(v, loc[r], scale[r]))
+        })
+        .collect();
+    let fit = Fitted {
+        family,
+        loc: 0.0,
+        scale: 1.0,
+    };
+    ks_small(z, &[fit])[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_scipy_on_a_small_sample() {
+        // scipy 1.17: kstest(x, 'norm', args=(0.25, 1.5)).statistic and
+        // kstest(x, 'laplace', args=(0.0, 0.8)).statistic.
+        let x = [0.3f32, -1.2, 2.5, 0.0, 0.0, 1.1, -0.4, 0.7];
+        let g = ks_sorted_reference(&x, Family::Gaussian, 0.25, 1.5);
+        let l = ks_sorted_reference(&x, Family::Laplace, 0.0, 0.8);
+        assert!((g - 0.207_386_311_183_485_1).abs() < 1e-12, "{g}");
+        assert!((l - 0.25).abs() < 1e-12, "{l}");
+    }
+
+    #[test]
+    fn degenerate_inputs_give_zero() {
+        assert_eq!(ks_sorted_reference(&[], Family::Gaussian, 0.0, 1.0), 0.0);
+        assert_eq!(ks_tensor(&[2.0; 5], &[(Family::Laplace, 2.0, 0.0)]), [0.0]);
+        let big = vec![-3.5f32; 3 * SMALL_N];
+        let d = ks_tensor(
+            &big,
+            &[(Family::Gaussian, -3.5, 0.0), (Family::Gaussian, 0.0, 1.0)],
+        );
+        assert_eq!(d[0], 0.0);
+        assert_eq!(d[1], ks_sorted_reference(&big, Family::Gaussian, 0.0, 1.0));
+    }
+
+    #[test]
+    fn single_element_against_its_own_location_is_one_half() {
+        let d = ks_sorted_reference(&[1.0], Family::Gaussian, 1.0, 2.0);
+        assert_eq!(d, 0.5);
+    }
+
+    #[test]
+    fn rows_with_zero_scale_pool_as_zero() {
+        let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let d = ks_rows(&x, 3, Family::Laplace, &[0.0, 0.0], &[0.0, 0.0]);
+        assert_eq!(d, 0.5);
+        let r = ks_rows_reference(&x, 3, Family::Laplace, &[2.0, 5.0], &[1.0, 0.0]);
+        let f = ks_rows(&x, 3, Family::Laplace, &[2.0, 5.0], &[1.0, 0.0]);
+        assert_eq!(r, f);
+    }
+
+    #[test]
+    #[should_panic(expected = "ks_rows")]
+    fn rows_reject_a_bad_row_length() {
+        ks_rows(&[1.0; 5], 2, Family::Gaussian, &[0.0; 2], &[1.0; 2]);
+    }
+}

@@ -1,0 +1,188 @@
+//! What the histogram passes read: a flat `f32` tensor, or the per-row
+//! standardized values `z = (x - loc[r]) / scale[r]` computed on the fly (so
+//! the pooled channel statistic never materializes a copy of the tensor).
+
+use std::cmp::Ordering;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+/// Elements per parallel work item. Fixed, so that any per-item floating
+/// reduction is independent of the Rayon thread count.
+pub(crate) const PART: usize = 1 << 15;
+
+/// A totally ordered sample value (`f32` data or `f64` standardized values).
+pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
+    /// Identity of `min` (larger than every finite value).
+    const HIGHEST: Self;
+    /// Identity of `max`.
+    const LOWEST: Self;
+    fn to_f64(self) -> f64;
+    fn total_order(&self, other: &Self) -> Ordering;
+    /// Branch-free minimum; the inputs are never NaN.
+    fn min_v(self, o: Self) -> Self;
+    fn max_v(self, o: Self) -> Self;
+}
+
+impl Value for f32 {
+    const HIGHEST: Self = f32::INFINITY;
+    const LOWEST: Self = f32::NEG_INFINITY;
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn total_order(&self, other: &Self) -> Ordering {
+        self.total_cmp(other)
+    }
+    #[inline]
+    fn min_v(self, o: Self) -> Self {
+        self.min(o)
+    }
+    #[inline]
+    fn max_v(self, o: Self) -> Self {
+        self.max(o)
+    }
+}
+
+impl Value for f64 {
+    const HIGHEST: Self = f64::INFINITY;
+    const LOWEST: Self = f64::NEG_INFINITY;
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn total_order(&self, other: &Self) -> Ordering {
+        self.total_cmp(other)
+    }
+    #[inline]
+    fn min_v(self, o: Self) -> Self {
+        self.min(o)
+    }
+    #[inline]
+    fn max_v(self, o: Self) -> Self {
+        self.max(o)
+    }
+}
+
+/// A sequence of sample values that can be re-read cheaply, in parallel.
+pub(crate) trait Source: Sync {
+    type V: Value;
+    fn len(&self) -> usize;
+    /// Calls `f` on every value of the flat index range, in order.
+    fn visit<F: FnMut(Self::V)>(&self, range: Range<usize>, f: F);
+}
+
+/// The tensor itself.
+pub(crate) struct Flat<'a>(pub &'a [f32]);
+
+impl Source for Flat<'_> {
+    type V = f32;
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline]
+    fn visit<F: FnMut(f32)>(&self, range: Range<usize>, f: F) {
+        self.0[range].iter().copied().for_each(f);
+    }
+}
+
+/// The tensor seen as rows of `row_len`, each standardized by its own fit.
+pub(crate) struct Standardized<'a> {
+    pub x: &'a [f32],
+    pub row_len: usize,
+    pub loc: &'a [f64],
+    pub scale: &'a [f64],
+}
+
+/// The one definition of a standardized value, shared by the fast path and the
+/// sort reference so that both see bit-identical `z`. Scale 0 maps to `z = 0`.
+#[inline]
+pub(crate) fn standardize(x: f32, loc: f64, scale: f64) -> f64 {
+    if scale == 0.0 {
+        0.0
+    } else {
+        (f64::from(x) - loc) / scale
+    }
+}
+
+impl Source for Standardized<'_> {
+    type V = f64;
+    fn len(&self) -> usize {
+        self.x.len()
+    }
+    fn visit<F: FnMut(f64)>(&self, range: Range<usize>, mut f: F) {
+        let mut i = range.start;
+        while i < range.end {
+            let r = i / self.row_len;
+            let row_end = ((r + 1) * self.row_len).min(range.end);
+            let (loc, scale) = (self.loc[r], self.scale[r]);
+            for &x in &self.x[i..row_end] {
+                f(standardize(x, loc, scale));
+            }
+            i = row_end;
+        }
+    }
+}
+
+/// Parallel fold over fixed `PART`-sized ranges of `0..n`. Only for
+/// accumulators whose merge is exact (integer counts, min/max, collections).
+pub(crate) fn fold_parts<A, I, S, M>(n: usize, identity: I, step: S, merge: M) -> A
+where
+    A: Send,
+    I: Fn() -> A + Sync + Send,
+    S: Fn(A, Range<usize>) -> A + Sync + Send,
+    M: Fn(A, A) -> A + Sync + Send,
+{
+    (0..n.div_ceil(PART))
+        .into_par_iter()
+        .fold(&identity, |acc, p| {
+            step(acc, p * PART..((p + 1) * PART).min(n))
+        })
+        .reduce(&identity, merge)
+}
+
+/// Per-range results of `f` over fixed `PART`-sized ranges, in index order,
+/// for floating reductions that must be combined in a fixed order.
+pub(crate) fn map_parts<R, F>(n: usize, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(Range<usize>) -> R + Sync + Send,
+{
+    (0..n.div_ceil(PART))
+        .into_par_iter()
+        .map(|p| f(p * PART..((p + 1) * PART).min(n)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standardized_visits_rows_across_part_boundaries() {
+        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let loc = [1.0, 5.0, 0.0];
+        let scale = [2.0, 0.0, 4.0];
+        let s = Standardized {
+            x: &x,
+            row_len: 4,
+            loc: &loc,
+            scale: &scale,
+        };
+        let mut got = Vec::new();
+        s.visit(2..10, |z| got.push(z));
+        assert_eq!(got, vec![0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.25]);
+    }
+
+    #[test]
+    fn parts_cover_every_index_once_in_order() {
+        let n = 3 * PART + 17;
+        let ranges = map_parts(n, |r| r);
+        assert_eq!(ranges.len(), 4);
+        assert_eq!(ranges[0].start, 0);
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(ranges.last().unwrap().end, n);
+        let count = fold_parts(n, || 0usize, |a, r| a + r.len(), |a, b| a + b);
+        assert_eq!(count, n);
+    }
+}

@@ -1,0 +1,298 @@
+//! Cross-module tests: every fast path against its sort-based definition, on
+//! many shapes of data, and bit-identical results for any thread count.
+
+use proptest::prelude::*;
+
+use super::ks::ks_rows_reference;
+use super::*;
+use crate::Family;
+
+/// SplitMix64: a tiny deterministic generator for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1).
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// Shapes of data the quantizer meets (and some it should survive).
+fn sample(kind: u8, n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed);
+    (0..n)
+        .map(|_| {
+            let v = match kind {
+                0 => 0.02 * r.normal() + 0.001,
+                1 => {
+                    let u = r.uniform() - 0.5;
+                    -0.05 * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+                }
+                2 => 3.0 * r.uniform() - 1.0,
+                3 => {
+                    // Student-t with 2 degrees of freedom: heavy tails.
+                    let chi2 = r.normal().powi(2) + r.normal().powi(2);
+                    r.normal() / (chi2 / 2.0).sqrt()
+                }
+                4 => (r.uniform() * 5.0).floor() - 2.0,
+                5 => {
+                    // Pruned weights: half exact zeros.
+                    if r.uniform() < 0.5 {
+                        0.0
+                    } else {
+                        r.normal()
+                    }
+                }
+                _ => (r.normal() * 8.0).round() / 8.0 + 100.0,
+            };
+            v as f32
+        })
+        .collect()
+}
+
+fn sorted_median(x: &[f32]) -> f64 {
+    let mut s = x.to_vec();
+    s.sort_by(f32::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return 0.0;
+    }
+    (f64::from(s[(n - 1) / 2]) + f64::from(s[n / 2])) / 2.0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn ks_tensor_equals_the_sorted_reference(
+        kind in 0u8..7,
+        n in prop_oneof![0usize..40, 16_000usize..120_000],
+        seed: u64,
+        shift in -1.0f64..1.0,
+        stretch in 0.3f64..3.0,
+    ) {
+        let x = sample(kind, n, seed);
+        let m = moments(&x).unwrap();
+        let med = median(&x);
+        prop_assert_eq!(med, sorted_median(&x));
+        let b = mean_abs_dev(&x, med);
+        let fits = [
+            (Family::Gaussian, m.mean, m.std),
+            (Family::Laplace, med, b),
+            (Family::Gaussian, m.mean + shift * m.std, m.std * stretch),
+            (Family::Laplace, med - shift * b, b * stretch),
+        ];
+        let fast = ks_tensor(&x, &fits);
+        for (&(fam, loc, scale), d) in fits.iter().zip(fast) {
+            let want = if scale == 0.0 { 0.0 } else { ks_sorted_reference(&x, fam, loc, scale) };
+            prop_assert_eq!(d, want, "{:?} loc {} scale {}", fam, loc, scale);
+        }
+    }
+
+    #[test]
+    fn ks_rows_equals_the_sorted_reference(
+        kind in 0u8..7,
+        rows in 1usize..60,
+        row_len in prop_oneof![1usize..12, 200usize..2500],
+        seed: u64,
+        family in prop_oneof![Just(Family::Gaussian), Just(Family::Laplace)],
+        zero_every in 0usize..5,
+    ) {
+        let x = sample(kind, rows * row_len, seed);
+        let fits = row_fits(&x, row_len);
+        let (loc, mut scale): (Vec<f64>, Vec<f64>) = match family {
+            Family::Gaussian => fits.iter().map(|f| (f.mean, f.std)).unzip(),
+            Family::Laplace => fits.iter().map(|f| (f.median, f.b)).unzip(),
+        };
+        if zero_every > 0 {
+            scale.iter_mut().step_by(zero_every).for_each(|s| *s = 0.0);
+        }
+        let fast = ks_rows(&x, row_len, family, &loc, &scale);
+        prop_assert_eq!(fast, ks_rows_reference(&x, row_len, family, &loc, &scale));
+    }
+
+    #[test]
+    fn row_fits_match_their_definitions(
+        kind in 0u8..7,
+        rows in 1usize..20,
+        row_len in 1usize..300,
+        seed: u64,
+    ) {
+        let x = sample(kind, rows * row_len, seed);
+        for (f, row) in row_fits(&x, row_len).iter().zip(x.chunks(row_len)) {
+            let m = moments(row).unwrap();
+            prop_assert!((f.mean - m.mean).abs() <= 1e-12 * (1.0 + m.mean.abs()));
+            prop_assert!((f.std - m.std).abs() <= 1e-12 * (1.0 + m.std));
+            prop_assert_eq!(f.median, sorted_median(row));
+            let b = mean_abs_dev(row, f.median);
+            prop_assert!((f.b - b).abs() <= 1e-12 * (1.0 + b));
+        }
+    }
+}
+
+#[test]
+fn ks_matches_scipy_on_a_tied_sample() {
+    // scipy 1.17 `kstest(x.astype(np.float64), ...)` on the same float32 data.
+    // (Given the float32 array itself, scipy 1.17 carries some float32
+    // intermediates and lands within 1e-9 of these.)
+    let x: Vec<f32> = (0..50_000i64)
+        .map(|i| {
+            let v = ((i * 7919) % 10007 - 5003) as f32 / 1000.0;
+            v.signum() * v * v / 5.0
+        })
+        .collect();
+    assert_eq!(median(&x), 0.0);
+    let d = ks_tensor(
+        &x,
+        &[(Family::Gaussian, 0.1, 1.5), (Family::Laplace, 0.0, 1.2)],
+    );
+    assert!((d[0] - 0.106_364_623_132_907_57).abs() < 1e-12, "{}", d[0]);
+    assert!((d[1] - 0.089_615_825_660_084_52).abs() < 1e-12, "{}", d[1]);
+    let m = moments(&x).unwrap();
+    assert!((m.mean - 0.000_173_866_364_056_593_74).abs() < 1e-15);
+    assert!((m.std - 2.239_234_555_041_535).abs() < 1e-12);
+}
+
+#[test]
+fn tiny_inputs() {
+    for x in [vec![], vec![0.5f32], vec![0.5, -2.0], vec![1.0, 1.0, 1.0]] {
+        let f = fit_tensor(&x).unwrap();
+        let ref_g = ks_sorted_reference(&x, Family::Gaussian, f.gaussian.loc, f.gaussian.scale);
+        let ref_l = ks_sorted_reference(&x, Family::Laplace, f.laplace.loc, f.laplace.scale);
+        assert_eq!((f.d_gaussian, f.d_laplace), (ref_g, ref_l), "{x:?}");
+    }
+    let two = fit_tensor(&[0.5, -2.0]).unwrap();
+    assert_eq!(
+        two.laplace,
+        LocScale {
+            loc: -0.75,
+            scale: 1.25
+        }
+    );
+    // Two points at ±σ: D = 1/2 - Φ(-1).
+    assert!((two.d_gaussian - (0.5 - Family::Gaussian.cdf(-1.0))).abs() < 1e-15);
+    let c = fit_tensor(&[2.0; 70_000]).unwrap();
+    assert_eq!(
+        (c.d_gaussian, c.d_laplace, c.best()),
+        (0.0, 0.0, Family::Gaussian)
+    );
+}
+
+#[test]
+fn fit_tensor_picks_the_true_family() {
+    for (kind, want) in [(0u8, Family::Gaussian), (1, Family::Laplace)] {
+        let x = sample(kind, 200_000, 7);
+        let f = fit_tensor(&x).unwrap();
+        assert_eq!(f.best(), want, "{f:?}");
+        let (g, l) = (f.gaussian, f.laplace);
+        assert_eq!(
+            f.d_gaussian,
+            ks_sorted_reference(&x, Family::Gaussian, g.loc, g.scale)
+        );
+        assert_eq!(
+            f.d_laplace,
+            ks_sorted_reference(&x, Family::Laplace, l.loc, l.scale)
+        );
+        assert_eq!(l.loc, sorted_median(&x));
+        assert_eq!(l.scale, mean_abs_dev(&x, l.loc));
+        let c = fit_rows(&x, 1000).unwrap();
+        assert_eq!(c.best(), want, "{:?} {:?}", c.d_gaussian, c.d_laplace);
+    }
+}
+
+#[test]
+fn fit_errors() {
+    let mut x = vec![0.0f32; 100_000];
+    x[77_777] = f32::NAN;
+    x[90_000] = f32::INFINITY;
+    let nan_at =
+        |e| matches!(e, crate::NuqError::NonFinite { index: 77_777, value } if value.is_nan());
+    assert!(nan_at(fit_tensor(&x).unwrap_err()));
+    assert!(nan_at(fit_rows(&x, 100).unwrap_err()));
+    assert!(matches!(
+        fit_rows(&[1.0; 10], 3),
+        Err(crate::NuqError::LengthMismatch {
+            expected: 12,
+            actual: 10,
+            ..
+        })
+    ));
+    assert!(fit_rows(&[1.0; 10], 0).is_err());
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let x = sample(3, 300_000, 11);
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| (fit_tensor(&x).unwrap(), fit_rows(&x, 3000).unwrap()))
+    };
+    let (a, b) = (run(1), run(3));
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
+
+/// 10^7 Gaussian weights: the fast path against a full sort.
+#[test]
+#[ignore = "slow under the test profile; run with --ignored"]
+fn huge_tensor_matches_the_reference() {
+    let x = sample(0, 10_000_000, 2024);
+    let f = fit_tensor(&x).unwrap();
+    let (g, l) = (f.gaussian, f.laplace);
+    assert_eq!(
+        f.d_gaussian,
+        ks_sorted_reference(&x, Family::Gaussian, g.loc, g.scale)
+    );
+    assert_eq!(
+        f.d_laplace,
+        ks_sorted_reference(&x, Family::Laplace, l.loc, l.scale)
+    );
+    assert_eq!(l.loc, sorted_median(&x));
+}
+
+/// The point of the pruning: only a sliver of the data is ever gathered.
+#[test]
+fn ks_gathers_a_small_fraction() {
+    use super::hist::{buckets_for, build};
+    use super::ks::{ks_layout, Fitted};
+    use super::source::Flat;
+    let n = 1_000_000;
+    for kind in 0u8..7 {
+        let x = sample(kind, n, 5);
+        let f = fit_tensor(&x).unwrap();
+        let fits = [
+            Fitted {
+                family: Family::Gaussian,
+                loc: f.gaussian.loc,
+                scale: f.gaussian.scale,
+            },
+            Fitted {
+                family: Family::Laplace,
+                loc: f.laplace.loc,
+                scale: f.laplace.scale,
+            },
+        ];
+        let m = f.moments;
+        let mut layout = build(&Flat(&x), m.min, m.max, buckets_for(n));
+        ks_layout(&Flat(&x), &mut layout, &fits);
+        let gathered: usize = layout.recs.iter().filter(|r| r.done).map(|r| r.count).sum();
+        eprintln!(
+            "kind {kind}: gathered {gathered} of {n}, {} runs",
+            layout.recs.len()
+        );
+        assert!(gathered < n / 50, "kind {kind}: gathered {gathered} of {n}");
+    }
+}
