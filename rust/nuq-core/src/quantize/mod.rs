@@ -203,3 +203,6 @@ pub fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Result<Qua
 pub(crate) fn rows_per_task(cols: usize) -> usize {
     (1 << 16) / cols.max(1) + 1
 }
+
+#[cfg(test)]
+mod tests;

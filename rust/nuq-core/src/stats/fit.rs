@@ -138,13 +138,30 @@ pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
     }
     check_finite(x)?;
     let rows = row_fits(x, row_len);
-    let mean: Vec<f64> = rows.iter().map(|r| r.mean).collect();
-    let std: Vec<f64> = rows.iter().map(|r| r.std).collect();
-    let median: Vec<f64> = rows.iter().map(|r| r.median).collect();
-    let b: Vec<f64> = rows.iter().map(|r| r.b).collect();
+    // Constant rows (zero scale) decode exactly; like a constant tensor they
+    // fit perfectly and are left out of the pooled statistics.
+    let spread: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].std > 0.0).collect();
+    let pooled: std::borrow::Cow<[f32]> = if spread.len() == rows.len() {
+        x.into()
+    } else {
+        spread
+            .iter()
+            .flat_map(|&r| &x[r * row_len..(r + 1) * row_len])
+            .copied()
+            .collect()
+    };
+    let column =
+        |f: fn(&RowFit) -> f64| -> Vec<f64> { spread.iter().map(|&r| f(&rows[r])).collect() };
+    let ks = |family: Family, loc: Vec<f64>, scale: Vec<f64>| {
+        if pooled.is_empty() {
+            0.0
+        } else {
+            ks_rows(&pooled, row_len, family, &loc, &scale)
+        }
+    };
     Ok(ChannelFit {
-        d_gaussian: ks_rows(x, row_len, Family::Gaussian, &mean, &std),
-        d_laplace: ks_rows(x, row_len, Family::Laplace, &median, &b),
+        d_gaussian: ks(Family::Gaussian, column(|r| r.mean), column(|r| r.std)),
+        d_laplace: ks(Family::Laplace, column(|r| r.median), column(|r| r.b)),
         rows,
     })
 }

@@ -296,3 +296,19 @@ fn ks_gathers_a_small_fraction() {
         assert!(gathered < n / 50, "kind {kind}: gathered {gathered} of {n}");
     }
 }
+
+#[test]
+fn constant_rows_are_left_out_of_the_pooled_statistics() {
+    let varied = sample(0, 4 * 300, 11);
+    let mut with_constant = vec![2.5f32; 300];
+    with_constant.extend_from_slice(&varied);
+    let a = fit_rows(&with_constant, 300).unwrap();
+    let b = fit_rows(&varied, 300).unwrap();
+    assert_eq!((a.d_gaussian, a.d_laplace), (b.d_gaussian, b.d_laplace));
+    assert_eq!(a.rows[0].std, 0.0);
+    let all_constant = fit_rows(&[1.0f32; 40], 8).unwrap();
+    assert_eq!(
+        (all_constant.d_gaussian, all_constant.d_laplace),
+        (0.0, 0.0)
+    );
+}
