@@ -230,8 +230,8 @@ def main() -> None:
     print(f"(b) np.sum floor over all tensors: {fmt_rate(n_params, floor)}\n")
 
     header = (
-        f"{'config':10s} {'nuq (all)':>20s} {'x floor(b)':>10s} {'nuq (subset)':>20s} "
-        f"{'ref (a, subset)':>20s} {'x ref(a)':>9s} {'peak extra':>11s} {'/largest':>8s}"
+        f"{'config':10s} {'nuq (all)':>18s} {'x floor(b)':>10s} {'nuq (subset)':>18s} "
+        f"{'ref (a, subset)':>18s} {'x ref(a)':>9s} {'peak extra':>11s} {'/largest':>8s}"
     )
     print(header)
     largest_bytes = 4 * sd[largest].numel()
