@@ -84,7 +84,7 @@ pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
         return ks_small(x.to_vec(), &fits);
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()));
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), true);
     ks_layout(&Flat(x), &mut layout, &fits)
 }
 
@@ -124,27 +124,27 @@ pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[
         src.visit(0..x.len(), |v| z.push(v));
         return ks_small(z, &fit)[0];
     }
-    let mut layout = build(&src, -Z_GRID, Z_GRID, buckets_for(x.len()));
+    let mut layout = build(&src, -Z_GRID, Z_GRID, buckets_for(x.len()), false);
     ks_layout(&src, &mut layout, &fit)[0]
 }
 
 /// D for each fit from a layout of the same source (shared across fits).
-pub(crate) fn ks_layout<S: Source>(
-    src: &S,
-    layout: &mut Layout<S::V>,
-    fits: &[Fitted],
-) -> Vec<f64> {
+pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]) -> Vec<f64> {
     let live: Vec<Fitted> = fits
         .iter()
         .copied()
         .filter(|f| active(f, layout.n))
         .collect();
+    // `best`: largest exact term seen; `lower`: largest lower bound of D
+    // (exact terms, or bounds from inexact runs). Pruning uses `lower`; the
+    // answer is `best`, which ends up holding the term that attains D.
     let mut best = vec![0.0; live.len()];
+    let mut lower = vec![0.0; live.len()];
     for r in layout.recs.iter_mut() {
         r.done = false;
     }
     loop {
-        let cands = candidates(layout, &live, &mut best);
+        let cands = candidates(layout, &live, &mut best, &mut lower);
         if cands.is_empty() {
             break;
         }
@@ -171,7 +171,7 @@ pub(crate) fn ks_layout<S: Source>(
 /// Splits candidates into (refine, gather). Gathering is cheap while the
 /// candidates hold few elements; beyond `gather_budget` a refinement pass
 /// (which tightens every candidate's bounds) comes first.
-fn plan<V: Value>(layout: &Layout<V>, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
+fn plan(layout: &Layout, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
     let total: usize = cands.iter().map(|&i| layout.recs[i].count).sum();
     let limit = if total > gather_budget(layout.n) {
         REFINE_MIN
@@ -190,48 +190,84 @@ fn gather_budget(n: usize) -> usize {
     (n / 64).max(1 << 14)
 }
 
-/// Raises `best` by the exact terms every record exposes (its first and last
-/// order statistics; all of them for a run of ties), then lists the records
-/// whose upper bound for some fit still exceeds that fit's best.
-fn candidates<V: Value>(layout: &Layout<V>, fits: &[Fitted], best: &mut [f64]) -> Vec<usize> {
+/// Raises `best` by the exact terms the runs expose alone (first and last
+/// order statistics of exact runs; every term of a run of ties) and `lower`
+/// by every run's lower bound, then lists the runs whose upper bound for some
+/// fit still exceeds that fit's `lower`.
+fn candidates(layout: &Layout, fits: &[Fitted], best: &mut [f64], lower: &mut [f64]) -> Vec<usize> {
     let n = layout.n as f64;
     let mut cand = vec![false; layout.recs.len()];
-    for (fit, best) in fits.iter().zip(best.iter_mut()) {
-        let bounds: Vec<(f64, f64)> = layout
+    for ((fit, best), lower) in fits.iter().zip(best.iter_mut()).zip(lower.iter_mut()) {
+        let bounds: Vec<Bounds> = layout
             .recs
             .par_iter()
             .map(|r| {
                 if r.done {
-                    (0.0, 0.0)
+                    Bounds::NONE
                 } else {
                     bounds(r, n, fit)
                 }
             })
             .collect();
-        *best = bounds.iter().map(|b| b.0).fold(*best, f64::max);
-        for ((c, r), &(_, upper)) in cand.iter_mut().zip(&layout.recs).zip(&bounds) {
-            *c |= !r.done && !r.pure() && upper + SLACK > *best;
+        for b in &bounds {
+            *best = best.max(b.exact);
+            *lower = lower.max(b.lower).max(b.exact);
+        }
+        for ((c, r), b) in cand.iter_mut().zip(&layout.recs).zip(&bounds) {
+            *c |= !r.done && !r.pure() && b.upper + SLACK > *lower;
         }
     }
     (0..cand.len()).filter(|&i| cand[i]).collect()
 }
 
-/// (max of exact terms known from the record alone, upper bound of all its
-/// terms). For a pure run both are its exact maximum.
-fn bounds<V: Value>(r: &Rec<V>, n: f64, fit: &Fitted) -> (f64, f64) {
-    let (fl, fh) = (fit.cdf(r.lo.to_f64()), fit.cdf(r.hi.to_f64()));
+/// What a run alone says about its terms.
+struct Bounds {
+    /// Largest of its terms known exactly (0 if none).
+    exact: f64,
+    /// A lower bound of D implied by its rank and value bounds.
+    lower: f64,
+    /// An upper bound of all its terms.
+    upper: f64,
+}
+
+impl Bounds {
+    const NONE: Bounds = Bounds {
+        exact: 0.0,
+        lower: 0.0,
+        upper: 0.0,
+    };
+}
+
+/// The rank of the run's first element is `offset+1`, of its last
+/// `offset+count`, and every value lies in `[lo, hi]`; `F` is monotone.
+fn bounds(r: &Rec, n: f64, fit: &Fitted) -> Bounds {
+    let (fl, fh) = (fit.cdf(r.lo), fit.cdf(r.hi));
     let (first, last) = (r.offset + 1, r.offset + r.count);
     let upper = (last as f64 / n - fl).max(fh - r.offset as f64 / n);
     if r.pure() {
-        return (upper, upper);
+        return Bounds {
+            exact: upper,
+            lower: upper,
+            upper,
+        };
     }
-    (term(first, n, fl).max(term(last, n, fh)), upper)
+    let lower = (fl - r.offset as f64 / n).max(last as f64 / n - fh);
+    let exact = if r.exact {
+        term(first, n, fl).max(term(last, n, fh))
+    } else {
+        0.0
+    };
+    Bounds {
+        exact,
+        lower,
+        upper,
+    }
 }
 
 /// Gathers the records `idx`, sorts each, and folds their exact terms in.
 fn resolve<S: Source>(
     src: &S,
-    layout: &mut Layout<S::V>,
+    layout: &mut Layout,
     idx: &[usize],
     fits: &[Fitted],
     best: &mut [f64],

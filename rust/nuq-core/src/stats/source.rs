@@ -18,6 +18,8 @@ pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Identity of `max`.
     const LOWEST: Self;
     fn to_f64(self) -> f64;
+    /// Inverse of `to_f64` on values that came from it (exact).
+    fn from_f64(v: f64) -> Self;
     fn total_order(&self, other: &Self) -> Ordering;
     /// Branch-free minimum; the inputs are never NaN.
     fn min_v(self, o: Self) -> Self;
@@ -30,6 +32,9 @@ impl Value for f32 {
     #[inline]
     fn to_f64(self) -> f64 {
         f64::from(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
     }
     fn total_order(&self, other: &Self) -> Ordering {
         self.total_cmp(other)
@@ -50,6 +55,9 @@ impl Value for f64 {
     #[inline]
     fn to_f64(self) -> f64 {
         self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
     }
     fn total_order(&self, other: &Self) -> Ordering {
         self.total_cmp(other)

@@ -286,7 +286,7 @@ fn ks_gathers_a_small_fraction() {
             },
         ];
         let m = f.moments;
-        let mut layout = build(&Flat(&x), m.min, m.max, buckets_for(n));
+        let mut layout = build(&Flat(&x), m.min, m.max, buckets_for(n), true);
         ks_layout(&Flat(&x), &mut layout, &fits);
         let gathered: usize = layout.recs.iter().filter(|r| r.done).map(|r| r.count).sum();
         eprintln!(
