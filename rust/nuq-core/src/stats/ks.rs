@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::hist::{buckets_for, build, gather, refine, Layout, Rec, GATHER_MAX};
+use super::hist::{buckets_for, build, gather, refine, Layout, Rec};
 use super::moments::min_max;
 use super::source::{Flat, Source, Standardized, Value};
 use super::SMALL_N;
@@ -17,6 +17,10 @@ const Z_GRID: f64 = 8.0;
 const SLACK: f64 = 1e-14;
 /// Candidates at most this big are always gathered rather than refined.
 const REFINE_MIN: usize = 16;
+/// Bigger candidates are refined (a pass, no copy) rather than gathered and
+/// sorted: big runs are typically a few heavily tied values, which a
+/// refinement resolves outright.
+const SORT_MAX: usize = 1 << 12;
 
 /// A fitted distribution: `F(v) = family.cdf((v - loc) / scale)`.
 #[derive(Debug, Clone, Copy)]
@@ -143,8 +147,24 @@ pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]
     for r in layout.recs.iter_mut() {
         r.done = false;
     }
+    // Per fit, per run: what the run alone says (recomputed only when
+    // refinement changes the runs; resolving only marks runs done).
+    let mut bounds: Vec<Vec<Bounds>> = Vec::new();
     loop {
-        let cands = candidates(layout, &live, &mut best, &mut lower);
+        if bounds.is_empty() {
+            let n = layout.n as f64;
+            bounds = live
+                .iter()
+                .map(|f| {
+                    layout
+                        .recs
+                        .par_iter()
+                        .map(|r| run_bounds(r, n, f))
+                        .collect()
+                })
+                .collect();
+        }
+        let cands = candidates(layout, &bounds, &mut best, &mut lower);
         if cands.is_empty() {
             break;
         }
@@ -154,6 +174,7 @@ pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]
         }
         if !large.is_empty() {
             refine(src, layout, &large);
+            bounds.clear();
         }
     }
     let mut it = best.into_iter();
@@ -176,7 +197,7 @@ fn plan(layout: &Layout, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
     let limit = if total > gather_budget(layout.n) {
         REFINE_MIN
     } else {
-        GATHER_MAX
+        SORT_MAX
     };
     cands.into_iter().partition(|&i| {
         let r = &layout.recs[i];
@@ -184,36 +205,29 @@ fn plan(layout: &Layout, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
     })
 }
 
-/// Elements worth gathering and sorting in one round (about one data pass
-/// worth of work).
+/// Elements worth gathering in one round: sorting many short runs costs
+/// little next to the pass a refinement would add.
 fn gather_budget(n: usize) -> usize {
-    (n / 64).max(1 << 14)
+    (n / 8).max(1 << 14)
 }
 
 /// Raises `best` by the exact terms the runs expose alone (first and last
 /// order statistics of exact runs; every term of a run of ties) and `lower`
 /// by every run's lower bound, then lists the runs whose upper bound for some
 /// fit still exceeds that fit's `lower`.
-fn candidates(layout: &Layout, fits: &[Fitted], best: &mut [f64], lower: &mut [f64]) -> Vec<usize> {
-    let n = layout.n as f64;
+fn candidates(
+    layout: &Layout,
+    bounds: &[Vec<Bounds>],
+    best: &mut [f64],
+    lower: &mut [f64],
+) -> Vec<usize> {
     let mut cand = vec![false; layout.recs.len()];
-    for ((fit, best), lower) in fits.iter().zip(best.iter_mut()).zip(lower.iter_mut()) {
-        let bounds: Vec<Bounds> = layout
-            .recs
-            .par_iter()
-            .map(|r| {
-                if r.done {
-                    Bounds::NONE
-                } else {
-                    bounds(r, n, fit)
-                }
-            })
-            .collect();
-        for b in &bounds {
+    for ((fb, best), lower) in bounds.iter().zip(best.iter_mut()).zip(lower.iter_mut()) {
+        for b in fb {
             *best = best.max(b.exact);
             *lower = lower.max(b.lower).max(b.exact);
         }
-        for ((c, r), b) in cand.iter_mut().zip(&layout.recs).zip(&bounds) {
+        for ((c, r), b) in cand.iter_mut().zip(&layout.recs).zip(fb) {
             *c |= !r.done && !r.pure() && b.upper + SLACK > *lower;
         }
     }
@@ -221,6 +235,7 @@ fn candidates(layout: &Layout, fits: &[Fitted], best: &mut [f64], lower: &mut [f
 }
 
 /// What a run alone says about its terms.
+#[derive(Debug, Clone, Copy)]
 struct Bounds {
     /// Largest of its terms known exactly (0 if none).
     exact: f64,
@@ -230,17 +245,9 @@ struct Bounds {
     upper: f64,
 }
 
-impl Bounds {
-    const NONE: Bounds = Bounds {
-        exact: 0.0,
-        lower: 0.0,
-        upper: 0.0,
-    };
-}
-
 /// The rank of the run's first element is `offset+1`, of its last
 /// `offset+count`, and every value lies in `[lo, hi]`; `F` is monotone.
-fn bounds(r: &Rec, n: f64, fit: &Fitted) -> Bounds {
+fn run_bounds(r: &Rec, n: f64, fit: &Fitted) -> Bounds {
     let (fl, fh) = (fit.cdf(r.lo), fit.cdf(r.hi));
     let (first, last) = (r.offset + 1, r.offset + r.count);
     let upper = (last as f64 / n - fl).max(fh - r.offset as f64 / n);
