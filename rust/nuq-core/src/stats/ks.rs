@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::hist::{buckets_for, build, gather, refine, Layout, Rec};
 use super::moments::min_max;
-use super::source::{Flat, Source, Standardized, Value};
+use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
 use crate::Family;
 
@@ -94,7 +94,8 @@ pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
 
 /// D of the pooled per-row standardized values `z = (x - loc[r]) / scale[r]`
 /// (rows of `row_len`; `scale[r] == 0` gives `z = 0`) against the standard
-/// `family` cdf. `x` must be finite.
+/// `family` cdf. `x` must be finite. `z` is computed as `(x - loc) * (1 /
+/// scale)`, within an ulp of the quotient.
 ///
 /// # Panics
 /// If `row_len == 0`, `x.len()` is not a multiple of it, or `loc`/`scale`
@@ -117,11 +118,12 @@ pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[
         loc: 0.0,
         scale: 1.0,
     }];
+    let inv: Vec<f64> = scale.iter().map(|&s| inv_scale(s)).collect();
     let src = Standardized {
         x,
         row_len,
         loc,
-        scale,
+        inv: &inv,
     };
     if x.len() < SMALL_N {
         let mut z = Vec::with_capacity(x.len());
@@ -315,8 +317,9 @@ pub(crate) fn ks_rows_reference(
         .chunks(row_len)
         .enumerate()
         .flat_map(|(r, row)| {
+            let inv = inv_scale(scale[r]);
             row.iter()
-                .map(move |&v| super::source::standardize(v, loc[r], scale[r]))
+                .map(move |&v| super::source::standardize(v, loc[r], inv))
         })
         .collect();
     let fit = Fitted {
