@@ -16,7 +16,8 @@ use super::source::{fold_parts, Source, Value};
 
 /// Largest bucket count of one histogram: 2^16 buckets of 12 bytes stay in L2.
 pub(crate) const MAX_BUCKETS: usize = 1 << 16;
-/// Records up to this many elements are gathered; bigger ones are refined.
+/// Order statistics: runs up to this many elements are gathered and selected
+/// in place (O(c)); bigger ones are refined first.
 pub(crate) const GATHER_MAX: usize = 1 << 16;
 /// Per-pass element limit so that the `u32` bucket counts cannot overflow.
 const BLOCK: usize = 1 << 31;
