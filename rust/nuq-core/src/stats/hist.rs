@@ -14,7 +14,8 @@
 
 use super::source::{fold_parts, Source, Value};
 
-/// Largest bucket count of one histogram: 2^16 buckets of 12 bytes stay in L2.
+/// Largest bucket count of one histogram: 2^16 u32 counters (256 KiB) per
+/// thread stay in L2 (refinement bins with min/max: 768 KiB).
 pub(crate) const MAX_BUCKETS: usize = 1 << 16;
 /// Order statistics: runs up to this many elements are gathered and selected
 /// in place (O(c)); bigger ones are refined first.
