@@ -104,7 +104,13 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
         let d = ks_small(v, &fitted(gaussian, laplace));
         (laplace, d)
     } else {
-        let mut layout = build(&Flat(x), moments.min, moments.max, buckets_for(x.len()));
+        let mut layout = build(
+            &Flat(x),
+            moments.min,
+            moments.max,
+            buckets_for(x.len()),
+            true,
+        );
         let median = median_of_layout(&Flat(x), &mut layout);
         let laplace = LocScale {
             loc: median,

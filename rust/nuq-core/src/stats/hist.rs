@@ -1,9 +1,11 @@
-//! The rank layout: a histogram on a fixed grid that records, per non-empty
-//! bucket, its count and the exact min and max value it holds. Because the
-//! bucket index is a monotone function of the value, buckets are contiguous
-//! runs of the sorted data: a bucket with `offset` smaller elements holds the
-//! order statistics `offset+1 ..= offset+count`, its min is the first of them
-//! and its max the last. Equal values always share a bucket.
+//! The rank layout: a histogram on a fixed grid. Because the bucket index is
+//! a monotone function of the value, buckets are contiguous runs of the
+//! sorted data: a bucket with `offset` smaller elements holds the order
+//! statistics `offset+1 ..= offset+count`, and equal values always share a
+//! bucket. The top-level pass only counts (the cheapest scatter); a run's
+//! value bounds are then its grid edges, widened by a rounding guard.
+//! Refinement passes, which touch few elements, also record each sub-bucket's
+//! exact min and max: the first and last order statistics of the run.
 //!
 //! Records can be *gathered* (their elements copied out, one data pass for any
 //! number of records) or *refined* (re-histogrammed on a finer grid over their
@@ -12,9 +14,11 @@
 
 use super::source::{fold_parts, Source, Value};
 
-/// Largest bucket count of one histogram: 2^16 buckets of 12 bytes stay in L2.
+/// Largest bucket count of one histogram: 2^16 u32 counters (256 KiB) per
+/// thread stay in L2 (refinement bins with min/max: 768 KiB).
 pub(crate) const MAX_BUCKETS: usize = 1 << 16;
-/// Records up to this many elements are gathered; bigger ones are refined.
+/// Order statistics: runs up to this many elements are gathered and selected
+/// in place (O(c)); bigger ones are refined first.
 pub(crate) const GATHER_MAX: usize = 1 << 16;
 /// Per-pass element limit so that the `u32` bucket counts cannot overflow.
 const BLOCK: usize = 1 << 31;
@@ -36,8 +40,33 @@ impl Grid {
 
     #[inline]
     pub(crate) fn index(&self, v: f64) -> usize {
-        // `as usize` saturates: negative (and NaN from inf*0) go to 0.
-        (((v - self.lo) * self.inv) as usize).min(self.nb - 1)
+        // max() maps NaN (from inf * 0) to 0; the result is in [0, nb - 1].
+        let t = ((v - self.lo) * self.inv)
+            .max(0.0)
+            .min((self.nb - 1) as f64);
+        // SAFETY: `t` is finite, not NaN, and within [0, nb - 1] (nb <= 2^32).
+        unsafe { t.to_int_unchecked::<u32>() as usize }
+    }
+
+    /// Value bounds `[lo, hi]` of every value whose index is `b`: the grid
+    /// edges widened by more than the rounding of `index` and of the edges
+    /// themselves (a few ulps of the grid's magnitude); the end buckets are
+    /// unbounded because they catch everything outside the grid.
+    fn bounds(&self, b: usize) -> (f64, f64) {
+        let hi_grid = self.lo + self.nb as f64 / self.inv;
+        let guard = 16.0 * f64::EPSILON * (self.lo.abs() + hi_grid.abs() + (hi_grid - self.lo));
+        let edge = |k: usize| self.lo + k as f64 / self.inv;
+        let lo = if b == 0 {
+            f64::NEG_INFINITY
+        } else {
+            edge(b) - guard
+        };
+        let hi = if b + 1 == self.nb {
+            f64::INFINITY
+        } else {
+            edge(b + 1) + guard
+        };
+        (lo, hi)
     }
 }
 
@@ -69,11 +98,13 @@ impl<V: Value> Bin<V> {
 }
 
 /// A contiguous run of the sorted data: order statistics
-/// `offset+1 ..= offset+count` (1-based), smallest `lo`, largest `hi`.
+/// `offset+1 ..= offset+count` (1-based), all within `[lo, hi]`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Rec<V> {
-    pub lo: V,
-    pub hi: V,
+pub(crate) struct Rec {
+    pub lo: f64,
+    pub hi: f64,
+    /// `lo` and `hi` are the run's actual smallest and largest values.
+    pub exact: bool,
     pub offset: usize,
     pub count: usize,
     /// Top-level bucket the run lies in (routing key for later passes).
@@ -82,50 +113,84 @@ pub(crate) struct Rec<V> {
     pub done: bool,
 }
 
-impl<V: Value> Rec<V> {
+impl Rec {
     /// All elements equal: everything about the run is known without data.
     pub(crate) fn pure(&self) -> bool {
-        self.lo == self.hi
+        self.exact && self.lo == self.hi
     }
 
-    /// Whether a refinement pass can split it (finite f64 span).
+    /// Whether a refinement pass makes progress: it makes bounds exact, then
+    /// splits any exact run of finite span.
     pub(crate) fn refinable(&self) -> bool {
-        (self.hi.to_f64() - self.lo.to_f64()).is_finite()
+        !self.exact || (self.hi - self.lo).is_finite()
     }
 }
 
 /// Sorted, disjoint, non-empty runs covering all `n` elements.
 #[derive(Debug, Clone)]
-pub(crate) struct Layout<V> {
+pub(crate) struct Layout {
     pub n: usize,
     grid: Grid,
-    pub recs: Vec<Rec<V>>,
+    pub recs: Vec<Rec>,
 }
 
-/// Histograms `src` on `nb` buckets over `[lo, hi]`.
-pub(crate) fn build<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> Layout<S::V> {
+/// Counts `src` on `nb` buckets over `[lo, hi]`. `within`: the data are known
+/// to lie in `[lo, hi]` (tightens the end runs' bounds).
+pub(crate) fn build<S: Source>(src: &S, lo: f64, hi: f64, nb: usize, within: bool) -> Layout {
     let grid = Grid::new(lo, hi, nb);
-    let totals = histogram(src, nb, |v| Some(grid.index(v.to_f64())));
+    let counts = count_histogram(src, &grid);
     let mut recs = Vec::new();
     let mut offset = 0;
-    for (root, &(count, min, max)) in totals.iter().enumerate() {
-        if count > 0 {
-            recs.push(Rec {
-                lo: min,
-                hi: max,
-                offset,
-                count,
-                root,
-                done: false,
-            });
-            offset += count;
+    for (root, &count) in counts.iter().enumerate().filter(|c| *c.1 > 0) {
+        let (mut a, mut b) = grid.bounds(root);
+        if within {
+            (a, b) = (a.max(lo), b.min(hi));
         }
+        recs.push(Rec {
+            lo: a,
+            hi: b,
+            exact: false,
+            offset,
+            count,
+            root,
+            done: false,
+        });
+        offset += count;
     }
     Layout {
         n: src.len(),
         grid,
         recs,
     }
+}
+
+/// Counts per grid bucket: per-thread `u32` counters merged exactly, in
+/// passes of at most `BLOCK` elements so they cannot overflow.
+fn count_histogram<S: Source>(src: &S, grid: &Grid) -> Vec<usize> {
+    let n = src.len();
+    let mut totals = vec![0usize; grid.nb];
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        let counts = fold_parts(
+            end - start,
+            || vec![0u32; grid.nb],
+            |mut h, r| {
+                src.visit(start + r.start..start + r.end, |v| {
+                    h[grid.index(v.to_f64())] += 1;
+                });
+                h
+            },
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+        totals
+            .iter_mut()
+            .zip(&counts)
+            .for_each(|(t, &c)| *t += c as usize);
+    }
+    totals
 }
 
 /// (count, min, max) per bucket of `bucket(v)` (`None`: skip the value).
@@ -171,19 +236,20 @@ fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
 
 /// Maps a value to the target record holding it, if any: one grid index and a
 /// table lookup, plus a short scan when a top-level bucket was refined.
-struct Router<V> {
+struct Router {
     grid: Grid,
     /// Per top-level bucket: first entry of that bucket, or `NONE`.
     first: Vec<u32>,
-    /// (root, lo, hi, target), sorted by value.
-    entries: Vec<(usize, V, V, usize)>,
+    /// (root, lo, hi, target), sorted by value; an inexact run is the only
+    /// entry of its root (its bounds overlap the neighbours' by the guard).
+    entries: Vec<(usize, f64, f64, usize)>,
 }
 
 const NONE: u32 = u32::MAX;
 
-impl<V: Value> Router<V> {
+impl Router {
     /// `targets` are record indices, ascending.
-    fn new(layout: &Layout<V>, targets: &[usize]) -> Self {
+    fn new(layout: &Layout, targets: &[usize]) -> Self {
         let mut first = vec![NONE; layout.grid.nb];
         let mut entries = Vec::with_capacity(targets.len());
         for (t, &i) in targets.iter().enumerate() {
@@ -191,7 +257,12 @@ impl<V: Value> Router<V> {
             if first[r.root] == NONE {
                 first[r.root] = entries.len() as u32;
             }
-            entries.push((r.root, r.lo, r.hi, t));
+            let (lo, hi) = if r.exact {
+                (r.lo, r.hi)
+            } else {
+                (f64::NEG_INFINITY, f64::INFINITY)
+            };
+            entries.push((r.root, lo, hi, t));
         }
         Router {
             grid: layout.grid,
@@ -201,8 +272,8 @@ impl<V: Value> Router<V> {
     }
 
     #[inline]
-    fn route(&self, v: V) -> Option<usize> {
-        let root = self.grid.index(v.to_f64());
+    fn route(&self, v: f64) -> Option<usize> {
+        let root = self.grid.index(v);
         let first = self.first[root];
         if first == NONE {
             return None;
@@ -223,11 +294,7 @@ impl<V: Value> Router<V> {
 
 /// Copies out the elements of the records `targets` (ascending indices), one
 /// vector per target, in unspecified order.
-pub(crate) fn gather<S: Source>(
-    src: &S,
-    layout: &Layout<S::V>,
-    targets: &[usize],
-) -> Vec<Vec<S::V>> {
+pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> Vec<Vec<S::V>> {
     let router = Router::new(layout, targets);
     let nt = targets.len();
     let mut out = fold_parts(
@@ -235,7 +302,7 @@ pub(crate) fn gather<S: Source>(
         || vec![Vec::new(); nt],
         |mut acc: Vec<Vec<S::V>>, r| {
             src.visit(r, |v| {
-                if let Some(t) = router.route(v) {
+                if let Some(t) = router.route(v.to_f64()) {
                     acc[t].push(v);
                 }
             });
@@ -257,7 +324,7 @@ pub(crate) fn gather<S: Source>(
 
 /// Splits each target record (ascending indices, none pure, all refinable)
 /// into the non-empty buckets of a finer grid over its own `[lo, hi]`.
-pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout<S::V>, targets: &[usize]) {
+pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout, targets: &[usize]) {
     let router = Router::new(layout, targets);
     let grids: Vec<(usize, Grid)> = {
         let mut base = 0;
@@ -266,7 +333,7 @@ pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout<S::V>, targets: &[u
             .map(|&i| {
                 let r = &layout.recs[i];
                 let nb = (r.count / 8).clamp(2, MAX_BUCKETS);
-                let g = (base, Grid::new(r.lo.to_f64(), r.hi.to_f64(), nb));
+                let g = (base, Grid::new(r.lo, r.hi, nb));
                 base += nb;
                 g
             })
@@ -274,7 +341,7 @@ pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout<S::V>, targets: &[u
     };
     let total: usize = grids.iter().map(|(_, g)| g.nb).sum();
     let bins = histogram(src, total, |v| {
-        router.route(v).map(|t| {
+        router.route(v.to_f64()).map(|t| {
             let (base, g) = &grids[t];
             base + g.index(v.to_f64())
         })
@@ -284,7 +351,7 @@ pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout<S::V>, targets: &[u
 
 /// Replaces each target record by its non-empty sub-buckets.
 fn splice<V: Value>(
-    layout: &mut Layout<V>,
+    layout: &mut Layout,
     targets: &[usize],
     grids: &[(usize, Grid)],
     bins: &[(usize, V, V)],
@@ -298,8 +365,9 @@ fn splice<V: Value>(
                 let mut offset = rec.offset;
                 for &(count, lo, hi) in bins[base..base + g.nb].iter().filter(|b| b.0 > 0) {
                     layout.recs.push(Rec {
-                        lo,
-                        hi,
+                        lo: lo.to_f64(),
+                        hi: hi.to_f64(),
+                        exact: true,
                         offset,
                         count,
                         root: rec.root,
@@ -319,14 +387,18 @@ mod tests {
     use super::super::source::Flat;
     use super::*;
 
-    fn check_layout(x: &[f32], layout: &Layout<f32>) {
+    fn check_layout(x: &[f32], layout: &Layout) {
         let mut sorted = x.to_vec();
         sorted.sort_by(f32::total_cmp);
         let mut offset = 0;
         for r in &layout.recs {
             assert_eq!(r.offset, offset);
-            assert_eq!(r.lo, sorted[offset]);
-            assert_eq!(r.hi, sorted[offset + r.count - 1]);
+            let (first, last) = (sorted[offset] as f64, sorted[offset + r.count - 1] as f64);
+            if r.exact {
+                assert_eq!((r.lo, r.hi), (first, last));
+            } else {
+                assert!(r.lo <= first && last <= r.hi, "{r:?} {first} {last}");
+            }
             offset += r.count;
         }
         assert_eq!(offset, x.len());
@@ -353,26 +425,28 @@ mod tests {
     #[test]
     fn records_are_runs_of_the_sorted_data() {
         let x = data(100_000);
-        let (lo, hi) = (-125.0, 126.0);
-        let layout = build(&Flat(&x), lo, hi, 1024);
-        check_layout(&x, &layout);
+        let (lo, hi) = (-125.0, 512f64.powi(3) / 1e6);
+        check_layout(&x, &build(&Flat(&x), lo, hi, 1024, true));
+        // A grid narrower than the data: the end runs catch the rest.
+        check_layout(&x, &build(&Flat(&x), -20.0, 20.0, 1000, false));
     }
 
     #[test]
     fn refine_and_gather_stay_exact() {
         let x = data(200_000);
-        let mut layout = build(&Flat(&x), -130.0, 130.0, 4);
+        let mut layout = build(&Flat(&x), -100.0, 100.0, 4, false);
         let before = layout.recs.len();
         let targets: Vec<usize> = (0..before).filter(|&i| !layout.recs[i].pure()).collect();
         refine(&Flat(&x), &mut layout, &targets);
         assert!(layout.recs.len() > before);
+        assert!(layout.recs.iter().all(|r| r.exact));
         check_layout(&x, &layout);
         let all: Vec<usize> = (0..layout.recs.len()).step_by(3).collect();
         let got = gather(&Flat(&x), &layout, &all);
         for (g, &i) in got.iter().zip(&all) {
             let r = layout.recs[i];
             assert_eq!(g.len(), r.count);
-            assert!(g.iter().all(|&v| r.lo <= v && v <= r.hi));
+            assert!(g.iter().all(|&v| r.lo <= v as f64 && v as f64 <= r.hi));
         }
     }
 }

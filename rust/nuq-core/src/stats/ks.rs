@@ -3,9 +3,9 @@
 
 use rayon::prelude::*;
 
-use super::hist::{buckets_for, build, gather, refine, Layout, Rec, GATHER_MAX};
+use super::hist::{buckets_for, build, gather, refine, Layout, Rec};
 use super::moments::min_max;
-use super::source::{Flat, Source, Standardized, Value};
+use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
 use crate::Family;
 
@@ -17,6 +17,10 @@ const Z_GRID: f64 = 8.0;
 const SLACK: f64 = 1e-14;
 /// Candidates at most this big are always gathered rather than refined.
 const REFINE_MIN: usize = 16;
+/// Bigger candidates are refined (a pass, no copy) rather than gathered and
+/// sorted: big runs are typically a few heavily tied values, which a
+/// refinement resolves outright.
+const SORT_MAX: usize = 1 << 12;
 
 /// A fitted distribution: `F(v) = family.cdf((v - loc) / scale)`.
 #[derive(Debug, Clone, Copy)]
@@ -84,13 +88,14 @@ pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
         return ks_small(x.to_vec(), &fits);
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()));
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), true);
     ks_layout(&Flat(x), &mut layout, &fits)
 }
 
 /// D of the pooled per-row standardized values `z = (x - loc[r]) / scale[r]`
 /// (rows of `row_len`; `scale[r] == 0` gives `z = 0`) against the standard
-/// `family` cdf. `x` must be finite.
+/// `family` cdf. `x` must be finite. `z` is computed as `(x - loc) * (1 /
+/// scale)`, within an ulp of the quotient.
 ///
 /// # Panics
 /// If `row_len == 0`, `x.len()` is not a multiple of it, or `loc`/`scale`
@@ -113,38 +118,55 @@ pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[
         loc: 0.0,
         scale: 1.0,
     }];
+    let inv: Vec<f64> = scale.iter().map(|&s| inv_scale(s)).collect();
     let src = Standardized {
         x,
         row_len,
         loc,
-        scale,
+        inv: &inv,
     };
     if x.len() < SMALL_N {
         let mut z = Vec::with_capacity(x.len());
         src.visit(0..x.len(), |v| z.push(v));
         return ks_small(z, &fit)[0];
     }
-    let mut layout = build(&src, -Z_GRID, Z_GRID, buckets_for(x.len()));
+    let mut layout = build(&src, -Z_GRID, Z_GRID, buckets_for(x.len()), false);
     ks_layout(&src, &mut layout, &fit)[0]
 }
 
 /// D for each fit from a layout of the same source (shared across fits).
-pub(crate) fn ks_layout<S: Source>(
-    src: &S,
-    layout: &mut Layout<S::V>,
-    fits: &[Fitted],
-) -> Vec<f64> {
+pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]) -> Vec<f64> {
     let live: Vec<Fitted> = fits
         .iter()
         .copied()
         .filter(|f| active(f, layout.n))
         .collect();
+    // `best`: largest exact term seen; `lower`: largest lower bound of D
+    // (exact terms, or bounds from inexact runs). Pruning uses `lower`; the
+    // answer is `best`, which ends up holding the term that attains D.
     let mut best = vec![0.0; live.len()];
+    let mut lower = vec![0.0; live.len()];
     for r in layout.recs.iter_mut() {
         r.done = false;
     }
+    // Per fit, per run: what the run alone says (recomputed only when
+    // refinement changes the runs; resolving only marks runs done).
+    let mut bounds: Vec<Vec<Bounds>> = Vec::new();
     loop {
-        let cands = candidates(layout, &live, &mut best);
+        if bounds.is_empty() {
+            let n = layout.n as f64;
+            bounds = live
+                .iter()
+                .map(|f| {
+                    layout
+                        .recs
+                        .par_iter()
+                        .map(|r| run_bounds(r, n, f))
+                        .collect()
+                })
+                .collect();
+        }
+        let cands = candidates(layout, &bounds, &mut best, &mut lower);
         if cands.is_empty() {
             break;
         }
@@ -154,6 +176,7 @@ pub(crate) fn ks_layout<S: Source>(
         }
         if !large.is_empty() {
             refine(src, layout, &large);
+            bounds.clear();
         }
     }
     let mut it = best.into_iter();
@@ -171,12 +194,12 @@ pub(crate) fn ks_layout<S: Source>(
 /// Splits candidates into (refine, gather). Gathering is cheap while the
 /// candidates hold few elements; beyond `gather_budget` a refinement pass
 /// (which tightens every candidate's bounds) comes first.
-fn plan<V: Value>(layout: &Layout<V>, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
+fn plan(layout: &Layout, cands: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
     let total: usize = cands.iter().map(|&i| layout.recs[i].count).sum();
     let limit = if total > gather_budget(layout.n) {
         REFINE_MIN
     } else {
-        GATHER_MAX
+        SORT_MAX
     };
     cands.into_iter().partition(|&i| {
         let r = &layout.recs[i];
@@ -184,54 +207,76 @@ fn plan<V: Value>(layout: &Layout<V>, cands: Vec<usize>) -> (Vec<usize>, Vec<usi
     })
 }
 
-/// Elements worth gathering and sorting in one round (about one data pass
-/// worth of work).
+/// Elements worth gathering in one round: sorting many short runs costs
+/// little next to the pass a refinement would add.
 fn gather_budget(n: usize) -> usize {
-    (n / 64).max(1 << 14)
+    (n / 8).max(1 << 14)
 }
 
-/// Raises `best` by the exact terms every record exposes (its first and last
-/// order statistics; all of them for a run of ties), then lists the records
-/// whose upper bound for some fit still exceeds that fit's best.
-fn candidates<V: Value>(layout: &Layout<V>, fits: &[Fitted], best: &mut [f64]) -> Vec<usize> {
-    let n = layout.n as f64;
+/// Raises `best` by the exact terms the runs expose alone (first and last
+/// order statistics of exact runs; every term of a run of ties) and `lower`
+/// by every run's lower bound, then lists the runs whose upper bound for some
+/// fit still exceeds that fit's `lower`.
+fn candidates(
+    layout: &Layout,
+    bounds: &[Vec<Bounds>],
+    best: &mut [f64],
+    lower: &mut [f64],
+) -> Vec<usize> {
     let mut cand = vec![false; layout.recs.len()];
-    for (fit, best) in fits.iter().zip(best.iter_mut()) {
-        let bounds: Vec<(f64, f64)> = layout
-            .recs
-            .par_iter()
-            .map(|r| {
-                if r.done {
-                    (0.0, 0.0)
-                } else {
-                    bounds(r, n, fit)
-                }
-            })
-            .collect();
-        *best = bounds.iter().map(|b| b.0).fold(*best, f64::max);
-        for ((c, r), &(_, upper)) in cand.iter_mut().zip(&layout.recs).zip(&bounds) {
-            *c |= !r.done && !r.pure() && upper + SLACK > *best;
+    for ((fb, best), lower) in bounds.iter().zip(best.iter_mut()).zip(lower.iter_mut()) {
+        for b in fb {
+            *best = best.max(b.exact);
+            *lower = lower.max(b.lower).max(b.exact);
+        }
+        for ((c, r), b) in cand.iter_mut().zip(&layout.recs).zip(fb) {
+            *c |= !r.done && !r.pure() && b.upper + SLACK > *lower;
         }
     }
     (0..cand.len()).filter(|&i| cand[i]).collect()
 }
 
-/// (max of exact terms known from the record alone, upper bound of all its
-/// terms). For a pure run both are its exact maximum.
-fn bounds<V: Value>(r: &Rec<V>, n: f64, fit: &Fitted) -> (f64, f64) {
-    let (fl, fh) = (fit.cdf(r.lo.to_f64()), fit.cdf(r.hi.to_f64()));
+/// What a run alone says about its terms.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// Largest of its terms known exactly (0 if none).
+    exact: f64,
+    /// A lower bound of D implied by its rank and value bounds.
+    lower: f64,
+    /// An upper bound of all its terms.
+    upper: f64,
+}
+
+/// The rank of the run's first element is `offset+1`, of its last
+/// `offset+count`, and every value lies in `[lo, hi]`; `F` is monotone.
+fn run_bounds(r: &Rec, n: f64, fit: &Fitted) -> Bounds {
+    let (fl, fh) = (fit.cdf(r.lo), fit.cdf(r.hi));
     let (first, last) = (r.offset + 1, r.offset + r.count);
     let upper = (last as f64 / n - fl).max(fh - r.offset as f64 / n);
     if r.pure() {
-        return (upper, upper);
+        return Bounds {
+            exact: upper,
+            lower: upper,
+            upper,
+        };
     }
-    (term(first, n, fl).max(term(last, n, fh)), upper)
+    let lower = (fl - r.offset as f64 / n).max(last as f64 / n - fh);
+    let exact = if r.exact {
+        term(first, n, fl).max(term(last, n, fh))
+    } else {
+        0.0
+    };
+    Bounds {
+        exact,
+        lower,
+        upper,
+    }
 }
 
 /// Gathers the records `idx`, sorts each, and folds their exact terms in.
 fn resolve<S: Source>(
     src: &S,
-    layout: &mut Layout<S::V>,
+    layout: &mut Layout,
     idx: &[usize],
     fits: &[Fitted],
     best: &mut [f64],
@@ -272,8 +317,9 @@ pub(crate) fn ks_rows_reference(
         .chunks(row_len)
         .enumerate()
         .flat_map(|(r, row)| {
+            let inv = inv_scale(scale[r]);
             row.iter()
-                .map(move |&v| super::source::standardize(v, loc[r], scale[r]))
+                .map(move |&v| super::source::standardize(v, loc[r], inv))
         })
         .collect();
     let fit = Fitted {

@@ -6,29 +6,31 @@
 //! scipy defines, for the sorted sample `x_(1) <= .. <= x_(n)` and the fitted
 //! cdf `F`, `D = max_i max(i/n - F(x_(i)), F(x_(i)) - (i-1)/n)`.
 //!
-//! One parallel pass histograms the values on a uniform grid (one multiply
-//! and a floor; the end buckets are clamped) and records per bucket its count
-//! `c` and its exact `min` and `max`. The bucket index is monotone in the
-//! value, so a bucket with `C` smaller elements holds exactly the order
-//! statistics `C+1 ..= C+c`, `x_(C+1) = min`, `x_(C+c) = max`, and ties never
-//! straddle buckets. As `F` is non-decreasing, every term of the bucket is
-//! bounded by `U = max((C+c)/n - F(min), F(max) - C/n)`, while the terms of
-//! its first and last order statistics are known exactly from `min` and
-//! `max` alone. A bucket whose elements are all equal is known entirely.
+//! One parallel pass counts the values on a uniform grid of `B` buckets (one
+//! subtract, one multiply, a floor; the end buckets are clamped). The bucket
+//! index is monotone in the value, so a bucket ("run") with `C` smaller
+//! elements holds exactly the order statistics `C+1 ..= C+c`, all inside the
+//! bucket's edges `[lo, hi]` (widened by a rounding guard), and ties never
+//! straddle runs. As `F` is non-decreasing, every term of the run is at most
+//! `U = max((C+c)/n - F(lo), F(hi) - C/n)`, and D is at least
+//! `L = max(F(lo) - C/n, (C+c)/n - F(hi))` (the terms of its first and last
+//! order statistics can be no smaller).
 //!
-//! Let `L` be the largest exactly known term (a value `D` attains). A bucket
-//! with `U <= L` cannot raise `D`: skip it. Only the others are gathered (one
-//! data pass for all of them), sorted, and their terms computed exactly; a
-//! candidate too large to gather is instead re-histogrammed on a finer grid
-//! over its own `[min, max]` (each refinement strictly splits it, so this
-//! terminates). Repeat until no unresolved bucket's bound exceeds the best
-//! exact term. The result is the maximum of the very terms the sort-based
-//! reference computes, so it equals [`ks_sorted_reference`]; the skip test
-//! keeps a 1e-14 margin for ulp-level non-monotonicity of `erfc`/`exp`.
-//! Typically a handful of buckets near the arg-max survive, so the cost is
-//! one histogram pass, `2 (B)` cdf evaluations per fit, and one gather pass.
-//! The histogram is independent of the fit: one pass serves every fit and the
-//! median (whose middle ranks are located the same way).
+//! Let `L*` be the largest lower bound over all runs. A run with `U < L* <= D`
+//! cannot hold the term that attains D: skip it. The others are gathered (one
+//! data pass for all of them), sorted, and their terms computed exactly, or,
+//! when they hold too many elements, refined first: re-histogrammed over their
+//! own range on a finer grid that also records each sub-run's exact min and
+//! max (whose terms are then exact, and a run of ties, min == max, is known
+//! outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that
+//! attains D always survives the skip test, so the answer, the largest exact
+//! term computed, is the very maximum the sort-based reference computes: it
+//! equals [`ks_sorted_reference`] bit for bit (the skip test keeps a 1e-14
+//! margin for ulp-level non-monotonicity of `erfc`/`exp`). Typically a few
+//! runs near the arg-max survive (under 2% of the data in the tests), so the
+//! cost is one counting pass, `2B` cdf evaluations per fit and one gather
+//! pass. The counts do not depend on the fit: one pass serves every fit and
+//! the median (whose middle ranks are located the same way).
 //!
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.

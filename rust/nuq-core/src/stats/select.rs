@@ -15,7 +15,7 @@ pub fn median(x: &[f32]) -> f64 {
         return median_small(&mut x.to_vec());
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()));
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), true);
     median_of_layout(&Flat(x), &mut layout)
 }
 
@@ -35,7 +35,7 @@ pub(crate) fn median_small(v: &mut [f32]) -> f64 {
 }
 
 /// Median from a layout of the same source (which may get refined).
-pub(crate) fn median_of_layout<S: Source>(src: &S, layout: &mut Layout<S::V>) -> f64 {
+pub(crate) fn median_of_layout<S: Source>(src: &S, layout: &mut Layout) -> f64 {
     let n = layout.n;
     if n == 0 {
         return 0.0;
@@ -45,11 +45,7 @@ pub(crate) fn median_of_layout<S: Source>(src: &S, layout: &mut Layout<S::V>) ->
 }
 
 /// Values of the 0-based order statistics `ranks` (ascending, `< n`).
-pub(crate) fn select_ranks<S: Source>(
-    src: &S,
-    layout: &mut Layout<S::V>,
-    ranks: &[usize],
-) -> Vec<S::V> {
+pub(crate) fn select_ranks<S: Source>(src: &S, layout: &mut Layout, ranks: &[usize]) -> Vec<S::V> {
     debug_assert!(ranks.windows(2).all(|w| w[0] <= w[1]));
     let mut out: Vec<Option<S::V>> = vec![None; ranks.len()];
     loop {
@@ -79,14 +75,14 @@ pub(crate) fn select_ranks<S: Source>(
 }
 
 /// Index of the run holding 0-based rank `k`.
-fn run_of<V>(layout: &Layout<V>, k: usize) -> usize {
+fn run_of(layout: &Layout, k: usize) -> usize {
     layout.recs.partition_point(|r| r.offset + r.count <= k)
 }
 
 /// Fills the ranks the layout answers alone; returns the runs (ascending,
 /// distinct) that must be examined for the others.
 fn known_or_pending<V: Value>(
-    layout: &Layout<V>,
+    layout: &Layout,
     ranks: &[usize],
     out: &mut [Option<V>],
 ) -> Vec<usize> {
@@ -97,10 +93,10 @@ fn known_or_pending<V: Value>(
         }
         let i = run_of(layout, k);
         let r = &layout.recs[i];
-        if r.pure() || k == r.offset {
-            *o = Some(r.lo);
-        } else if k + 1 == r.offset + r.count {
-            *o = Some(r.hi);
+        if r.exact && (r.pure() || k == r.offset) {
+            *o = Some(V::from_f64(r.lo));
+        } else if r.exact && k + 1 == r.offset + r.count {
+            *o = Some(V::from_f64(r.hi));
         } else if pending.last() != Some(&i) {
             pending.push(i);
         }
@@ -127,7 +123,7 @@ mod tests {
         let x: Vec<f32> = (0..200_000).map(|i| ((i * 37) % 11) as f32 * 0.5).collect();
         let mut sorted = x.clone();
         sorted.sort_by(f32::total_cmp);
-        let mut layout = build(&Flat(&x), 0.0, 5.0, 1024);
+        let mut layout = build(&Flat(&x), 0.0, 5.0, 1024, true);
         let ranks: Vec<usize> = (0..x.len()).step_by(997).collect();
         let got = select_ranks(&Flat(&x), &mut layout, &ranks);
         for (&k, v) in ranks.iter().zip(got) {

@@ -18,6 +18,8 @@ pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Identity of `max`.
     const LOWEST: Self;
     fn to_f64(self) -> f64;
+    /// Inverse of `to_f64` on values that came from it (exact).
+    fn from_f64(v: f64) -> Self;
     fn total_order(&self, other: &Self) -> Ordering;
     /// Branch-free minimum; the inputs are never NaN.
     fn min_v(self, o: Self) -> Self;
@@ -30,6 +32,9 @@ impl Value for f32 {
     #[inline]
     fn to_f64(self) -> f64 {
         f64::from(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
     }
     fn total_order(&self, other: &Self) -> Ordering {
         self.total_cmp(other)
@@ -50,6 +55,9 @@ impl Value for f64 {
     #[inline]
     fn to_f64(self) -> f64 {
         self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
     }
     fn total_order(&self, other: &Self) -> Ordering {
         self.total_cmp(other)
@@ -91,18 +99,25 @@ pub(crate) struct Standardized<'a> {
     pub x: &'a [f32],
     pub row_len: usize,
     pub loc: &'a [f64],
-    pub scale: &'a [f64],
+    /// Per row `inv_scale(scale)`.
+    pub inv: &'a [f64],
 }
 
-/// The one definition of a standardized value, shared by the fast path and the
-/// sort reference so that both see bit-identical `z`. Scale 0 maps to `z = 0`.
-#[inline]
-pub(crate) fn standardize(x: f32, loc: f64, scale: f64) -> f64 {
+/// Reciprocal scale, 0 for scale 0 (so that the row standardizes to z = 0).
+pub(crate) fn inv_scale(scale: f64) -> f64 {
     if scale == 0.0 {
         0.0
     } else {
-        (f64::from(x) - loc) / scale
+        1.0 / scale
     }
+}
+
+/// The one definition of a standardized value, shared by the fast path and the
+/// sort reference so that both see bit-identical `z` (a multiply, not a
+/// divide: this runs once per element per pass).
+#[inline]
+pub(crate) fn standardize(x: f32, loc: f64, inv: f64) -> f64 {
+    (f64::from(x) - loc) * inv
 }
 
 impl Source for Standardized<'_> {
@@ -115,9 +130,9 @@ impl Source for Standardized<'_> {
         while i < range.end {
             let r = i / self.row_len;
             let row_end = ((r + 1) * self.row_len).min(range.end);
-            let (loc, scale) = (self.loc[r], self.scale[r]);
+            let (loc, inv) = (self.loc[r], self.inv[r]);
             for &x in &self.x[i..row_end] {
-                f(standardize(x, loc, scale));
+                f(standardize(x, loc, inv));
             }
             i = row_end;
         }
@@ -162,12 +177,12 @@ mod tests {
     fn standardized_visits_rows_across_part_boundaries() {
         let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let loc = [1.0, 5.0, 0.0];
-        let scale = [2.0, 0.0, 4.0];
+        let inv = [2.0, 0.0, 4.0].map(inv_scale);
         let s = Standardized {
             x: &x,
             row_len: 4,
             loc: &loc,
-            scale: &scale,
+            inv: &inv,
         };
         let mut got = Vec::new();
         s.visit(2..10, |z| got.push(z));
