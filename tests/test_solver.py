@@ -14,6 +14,24 @@ LAPLACE = {1: 0.5000, 2: 0.1762, 3: 0.05448, 4: 0.01537}
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_solved_mse_matches_the_published_tables(bits):
+    _, _, mse_g = nuq_rs.lloyd_max("gaussian", bits)
+    _, _, mse_l = nuq_rs.lloyd_max("laplace", bits)
+    assert mse_g == pytest.approx(GAUSSIAN[bits], rel=1e-3)
+    # Solved for b = 1 (variance 2); the table is for unit variance.
+    assert mse_l / 2 == pytest.approx(LAPLACE[bits], rel=1e-3)
+
+
+def test_published_gaussian_levels():
+    levels, bounds, _ = nuq_rs.lloyd_max("gaussian", 3)
+    np.testing.assert_allclose(levels[4:], [0.2451, 0.7560, 1.344, 2.152], atol=6e-4)
+    levels, bounds, _ = nuq_rs.lloyd_max("gaussian", 2)
+    np.testing.assert_allclose(bounds, [-0.9816, 0, 0.9816], atol=1e-4)
+    with pytest.raises(ValueError, match="bits must be in 1..=8"):
+        nuq_rs.lloyd_max("gaussian", 9)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_gaussian_sample_reaches_the_lloyd_max_mse(bits):
     x = np.random.default_rng(bits).standard_normal(4_000_000).astype(np.float32)
     q = nuq_rs.quantize_tensor(x.reshape(2000, 2000), bits=bits, family="gaussian")

@@ -16,6 +16,7 @@ from ._nuq_rs import (
     QuantizationError,
     __version__,
     get_num_threads,
+    lloyd_max,
     set_num_threads,
 )
 from ._report import Report, TensorReport
@@ -39,6 +40,7 @@ __all__ = [
     "__version__",
     "dequantize",
     "get_num_threads",
+    "lloyd_max",
     "quantize_state_dict",
     "quantize_tensor",
     "set_num_threads",

@@ -116,6 +116,30 @@ fn dequantize<'py>(
     Ok(out.into_pyarray(py))
 }
 
+/// The optimal quantizer of the standardized family (Gaussian σ = 1, Laplace
+/// b = 1) with `2^bits` levels: `(levels, boundaries, mse)`.
+#[pyfunction]
+fn lloyd_max<'py>(
+    py: Python<'py>,
+    family: &str,
+    bits: u32,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, f64)> {
+    let family = match parse_family(family)? {
+        FamilyChoice::Fixed(f) => f,
+        FamilyChoice::Auto => {
+            return Err(PyValueError::new_err(
+                "family must be 'gaussian' or 'laplace'",
+            ))
+        }
+    };
+    let q = nuq_core::solve::lloyd_max(family, bits).map_err(CoreError)?;
+    Ok((
+        q.levels.clone().into_pyarray(py),
+        q.boundaries.clone().into_pyarray(py),
+        q.mse,
+    ))
+}
+
 /// Sets the number of worker threads (`None`: `RAYON_NUM_THREADS` or one per CPU).
 #[pyfunction]
 #[pyo3(signature = (threads=None))]
@@ -138,6 +162,7 @@ fn get_num_threads() -> usize {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(lloyd_max, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

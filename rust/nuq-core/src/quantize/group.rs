@@ -33,8 +33,13 @@ pub(super) fn quantize(
     let (centers, weights) = normalised_histogram(x, cols, g, &scale);
     let init = absmax_init(family, cfg.bits, g)?;
     let refined = lloyd_weighted(&centers, &weights, &init, REFINE_ITERS);
-    let levels: Vec<f32> = refined.levels.iter().map(|&v| v as f32).collect();
-    let boundaries: Vec<f32> = refined.boundaries.iter().map(|&v| v as f32).collect();
+    // The codebook is stored in f16: encode against exactly what decodes.
+    let levels: Vec<f32> = refined
+        .levels
+        .iter()
+        .map(|&v| f16::from_f64(v).to_f32())
+        .collect();
+    let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
     let book = Codebook {
         bits: cfg.bits,
         levels: &levels,

@@ -79,7 +79,7 @@ fn finer_granularity_never_hurts_much_and_groups_cost_fp16_scales() {
         .collect();
     assert!(errs[1] <= errs[0] * 1.05, "{errs:?}");
     let q = quantize(&x, 64, 256, &config(4, Granularity::Group(32))).unwrap();
-    let expected = 4.0 + 16.0 / 32.0 + 16.0 * 32.0 / x.len() as f64;
+    let expected = 4.0 + 16.0 / 32.0 + 16.0 * 16.0 / x.len() as f64;
     assert!((q.bits_per_weight() - expected).abs() < 1e-12);
 }
 
@@ -181,6 +181,8 @@ proptest! {
                 prop_assert!(q.levels.iter().any(|&l| w.loc_of(r) + s * l == v));
             }
         }
-        prop_assert!(q.levels.windows(2).all(|p| p[0] < p[1]));
+        // Group codebooks are rounded to f16, which may merge neighbours.
+        let strict = !matches!(g, Granularity::Group(_));
+        prop_assert!(q.levels.windows(2).all(|p| p[0] < p[1] || (!strict && p[0] == p[1])));
     }
 }
