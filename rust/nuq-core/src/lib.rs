@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod family;
+pub mod lut;
 pub mod pack;
 pub mod solve;
 pub mod stats;
