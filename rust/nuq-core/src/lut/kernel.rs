@@ -121,9 +121,8 @@ impl Isa {
         }
     }
 
-    /// Adds `Σ_k x[i, k0 + k] · tile[t, k]` to `out[t * m + i]` for every row
-    /// `i < m` of `x` and every decoded row `t` of `tile` (`tile_rows` rows of
-    /// stride `ld`, `klen` valid columns).
+    /// Adds `Σ_{k < klen} x[i, k0 + k] · tile[t, k]` to `out[t * m + i]` for
+    /// every row `i < g.m` of `x` and every decoded row `t < g.rows` of the tile.
     pub(crate) fn gemm_tile(self, g: &TileArgs, out: &mut [f32]) {
         match self {
             Isa::Scalar => super::scalar::gemm_tile(g, out),

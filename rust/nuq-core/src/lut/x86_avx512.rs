@@ -152,18 +152,31 @@ fn dot_row<const B: u32, const R: usize>(
 /// See [`super::kernel::Isa::dot_rows`]: rows of `x` go in blocks of 8/4/2/1.
 #[target_feature(enable = "avx512f")]
 pub(crate) fn dot_rows(w: &PackedWeights, r: usize, x: &[f32], out: &mut [f32]) {
-    let (padded, k) = (padded_levels(w.levels), w.cols);
+    let padded = padded_levels(w.levels);
     let mut i = 0;
     while i < out.len() {
-        let left = out.len() - i;
-        let dst = &mut out[i..];
-        i += with_bits!(w.bits, B => match left {
-            8.. => { dst[..8].copy_from_slice(&dot_row::<B, 8>(w, r, x_rows(x, k, i), &padded)); 8 }
-            4.. => { dst[..4].copy_from_slice(&dot_row::<B, 4>(w, r, x_rows(x, k, i), &padded)); 4 }
-            2.. => { dst[..2].copy_from_slice(&dot_row::<B, 2>(w, r, x_rows(x, k, i), &padded)); 2 }
-            _ => { dst[..1].copy_from_slice(&dot_row::<B, 1>(w, r, x_rows(x, k, i), &padded)); 1 }
+        i += with_bits!(w.bits, B => match out.len() - i {
+            8.. => put_rows::<B, 8>(w, r, x, i, &padded, out),
+            4.. => put_rows::<B, 4>(w, r, x, i, &padded, out),
+            2.. => put_rows::<B, 2>(w, r, x, i, &padded, out),
+            _ => put_rows::<B, 1>(w, r, x, i, &padded, out),
         });
     }
+}
+
+/// Writes the products of rows `i..i + R` of `x` to `out[i..i + R]`; returns `R`.
+#[target_feature(enable = "avx512f")]
+fn put_rows<const B: u32, const R: usize>(
+    w: &PackedWeights,
+    r: usize,
+    x: &[f32],
+    i: usize,
+    padded: &[f32; 32],
+    out: &mut [f32],
+) -> usize {
+    let dots = dot_row::<B, R>(w, r, x_rows(x, w.cols, i), padded);
+    out[i..i + R].copy_from_slice(&dots);
+    R
 }
 
 /// See [`super::kernel::Isa::decode_row`].
