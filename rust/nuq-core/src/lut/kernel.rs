@@ -77,12 +77,15 @@ impl Kernel {
     /// `NUQ_FORCE_SCALAR=1` (read once, at the first call).
     pub fn detect() -> Self {
         static BEST: OnceLock<Kernel> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            if std::env::var("NUQ_FORCE_SCALAR").is_ok_and(|v| v == "1") {
-                return Self::scalar();
-            }
-            *Self::available().last().unwrap_or(&Self::scalar())
-        })
+        *BEST.get_or_init(|| Self::pick(std::env::var("NUQ_FORCE_SCALAR").ok().as_deref()))
+    }
+
+    /// The choice of [`Kernel::detect`] for a given `NUQ_FORCE_SCALAR` value.
+    fn pick(force_scalar: Option<&str>) -> Self {
+        match force_scalar {
+            Some("1") => Self::scalar(),
+            _ => *Self::available().last().unwrap_or(&Self::scalar()),
+        }
     }
 
     pub(crate) fn isa(self) -> Isa {
@@ -176,6 +179,14 @@ mod tests {
         }
         assert_eq!(Kernel::from_name("neon9000"), None);
         assert_eq!(Kernel::available()[0], Kernel::scalar());
+    }
+
+    #[test]
+    fn force_scalar_env_value_selects_scalar() {
+        assert_eq!(Kernel::pick(Some("1")), Kernel::scalar());
+        let best = *Kernel::available().last().unwrap();
+        assert_eq!(Kernel::pick(Some("0")), best);
+        assert_eq!(Kernel::pick(None), best);
     }
 
     #[test]

@@ -41,6 +41,31 @@ const SMALL_M: usize = 16;
 ///
 /// `x` is row-major `[m, w.cols]`, `y` row-major `[m, w.rows]`, `bias` has
 /// `w.rows` entries. Every length is checked; nothing panics on bad input.
+///
+/// ```
+/// use nuq_core::lut::{linear, PackedWeights};
+/// use nuq_core::pack::scalar::pack;
+///
+/// // W (2 x 4, 2 bits) = loc + scale * levels[code], one scale per tensor.
+/// let mut packed = [0u8; 2];
+/// pack(&[0, 1, 2, 3], 2, &mut packed[..1]);
+/// pack(&[3, 3, 0, 0], 2, &mut packed[1..]);
+/// let w = PackedWeights {
+///     rows: 2,
+///     cols: 4,
+///     bits: 2,
+///     packed: &packed,
+///     levels: &[-1.5, -0.5, 0.5, 1.5],
+///     loc: &[0.0],
+///     scale: &[2.0],
+///     group_size: None,
+/// };
+/// let mut y = [0.0f32; 2];
+/// linear(&[1.0, 2.0, 3.0, 4.0], 1, &w, Some(&[0.5, 0.0]), &mut y)?;
+/// // W = [[-3, -1, 1, 3], [3, 3, -3, -3]]
+/// assert_eq!(y, [-3.0 - 2.0 + 3.0 + 12.0 + 0.5, 3.0 + 6.0 - 9.0 - 12.0]);
+/// # Ok::<(), nuq_core::NuqError>(())
+/// ```
 pub fn linear(
     x: &[f32],
     m: usize,
