@@ -30,6 +30,18 @@ def dequantize(
     bits: int,
     group_size: int | None = None,
 ) -> npt.NDArray[np.float32]: ...
+def linear(
+    x: npt.NDArray[np.float32],
+    packed: npt.NDArray[np.uint8],
+    levels: npt.NDArray[np.float32],
+    loc: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    rows: int,
+    cols: int,
+    bits: int,
+    group_size: int | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
 def lloyd_max(
     family: str, bits: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]: ...

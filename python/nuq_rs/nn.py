@@ -37,8 +37,10 @@ class _Packed(nn.Module):
         for name in ("packed", "levels", "loc", "scale"):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(getattr(q, name))))
 
-    def _matmul(self, x2: torch.Tensor, rows: slice, cols: int) -> torch.Tensor:
-        """``x2 @ W[rows]^T`` for a float32 CPU matrix ``x2`` of ``cols`` columns."""
+    def _matmul(
+        self, x2: torch.Tensor, rows: slice, cols: int, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x2 @ W[rows]^T (+ bias)`` for a float32 CPU matrix ``x2`` of ``cols`` columns."""
         n_rows = self.scale_rows
         r0, r1 = rows.start, rows.stop
         row_bytes = self.packed.numel() // n_rows
@@ -56,6 +58,7 @@ class _Packed(nn.Module):
             cols,
             self.bits,
             self.group_size,
+            None if bias is None else bias.numpy(),
         )
         return torch.from_numpy(y)
 
@@ -100,11 +103,13 @@ class NuqLinear(_Packed):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prepare(x)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input has {x.shape[-1]} features but the layer expects {self.in_features}"
+            )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        y = self._matmul(x2, slice(0, self.out_features), self.in_features)
-        if self.bias is not None:
-            y += self.bias
+        y = self._matmul(x2, slice(0, self.out_features), self.in_features, self.bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def dequantize(self) -> nn.Linear:

@@ -9,6 +9,7 @@
 pub mod encode;
 pub mod error;
 pub mod family;
+pub mod lut;
 pub mod pack;
 pub mod quantize;
 pub mod solve;

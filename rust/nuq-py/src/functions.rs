@@ -1,6 +1,9 @@
 //! The `#[pyfunction]`s: extract, release the GIL, call the core, convert back.
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyUntypedArrayMethods,
+};
 use nuq_core::{Config, Family, FamilyChoice, Granularity, PackedWeights};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -81,6 +84,52 @@ fn quantize<'py>(
     Ok(out)
 }
 
+/// `y = x · Wᵀ (+ bias)` for a float32 `[m, cols]` matrix `x`, straight from
+/// the packed codes of the `rows x cols` matrix W (the LUT matmul).
+#[pyfunction]
+#[pyo3(signature = (x, packed, levels, loc, scale, rows, cols, bits, group_size=None, bias=None))]
+#[allow(clippy::too_many_arguments)]
+fn linear<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    packed: PyReadonlyArray1<'py, u8>,
+    levels: PyReadonlyArray1<'py, f32>,
+    loc: PyReadonlyArray1<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group_size: Option<usize>,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let view = PackedWeights {
+        rows,
+        cols,
+        bits,
+        packed: packed.as_slice()?,
+        levels: levels.as_slice()?,
+        loc: loc.as_slice()?,
+        scale: scale.as_slice()?,
+        group_size,
+    };
+    let [m, k] = [x.shape()[0], x.shape()[1]];
+    if k != cols {
+        return Err(PyValueError::new_err(format!(
+            "input has {k} features but the layer expects {cols}"
+        )));
+    }
+    let xs = x.as_slice()?;
+    let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+    let y = py
+        .detach(|| {
+            view.validate()?;
+            let mut y = vec![0f32; m * rows];
+            pool::run(|| nuq_core::lut::linear(xs, m, &view, bias, &mut y)).map(|()| y)
+        })
+        .map_err(CoreError)?;
+    PyArray1::from_vec(py, y).reshape([m, rows])
+}
+
 /// Decodes packed codes back to a flat float32 array of `rows * cols` values.
 #[pyfunction]
 #[pyo3(signature = (packed, levels, loc, scale, rows, cols, bits, group_size=None))]
@@ -116,14 +165,13 @@ fn dequantize<'py>(
     Ok(out.into_pyarray(py))
 }
 
+/// `(levels, boundaries, mse)` of a solved quantizer.
+type Solved<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, f64);
+
 /// The optimal quantizer of the standardized family (Gaussian σ = 1, Laplace
 /// b = 1) with `2^bits` levels: `(levels, boundaries, mse)`.
 #[pyfunction]
-fn lloyd_max<'py>(
-    py: Python<'py>,
-    family: &str,
-    bits: u32,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, f64)> {
+fn lloyd_max<'py>(py: Python<'py>, family: &str, bits: u32) -> PyResult<Solved<'py>> {
     let family = match parse_family(family)? {
         FamilyChoice::Fixed(f) => f,
         FamilyChoice::Auto => {
@@ -163,6 +211,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(lloyd_max, m)?)?;
+    m.add_function(wrap_pyfunction!(linear, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

@@ -59,7 +59,7 @@ impl Config {
             return Err(NuqError::InvalidBits(self.bits));
         }
         if let Granularity::Group(g) = self.granularity {
-            if g == 0 || cols % g != 0 {
+            if g == 0 || !cols.is_multiple_of(g) {
                 return Err(NuqError::InvalidGroupSize {
                     group_size: g,
                     row_len: cols,

@@ -135,7 +135,7 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
 /// [`NuqError::LengthMismatch`] if `row_len` is 0 or does not divide
 /// `x.len()`; [`NuqError::NonFinite`] for the lowest non-finite index.
 pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
-    if row_len == 0 || x.len() % row_len != 0 {
+    if row_len == 0 || !x.len().is_multiple_of(row_len) {
         return Err(NuqError::LengthMismatch {
             what: "tensor length (a multiple of row_len)",
             expected: x.len().next_multiple_of(row_len.max(1)),

@@ -102,7 +102,7 @@ pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
 /// do not have one entry per row.
 pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[f64]) -> f64 {
     assert!(
-        row_len > 0 && x.len() % row_len == 0,
+        row_len > 0 && x.len().is_multiple_of(row_len),
         "ks_rows: row_len {row_len} must be > 0 and divide {}",
         x.len()
     );

@@ -143,7 +143,7 @@ pub(crate) fn check_finite(x: &[f32]) -> Result<()> {
     }
 }
 
-const _: () = assert!(PART % LANES == 0);
+const _: () = assert!(PART.is_multiple_of(LANES));
 
 #[cfg(test)]
 mod tests {

@@ -33,7 +33,7 @@ impl RowFit {
 /// If `row_len == 0` or it does not divide `x.len()`.
 pub fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
     assert!(
-        row_len > 0 && x.len() % row_len == 0,
+        row_len > 0 && x.len().is_multiple_of(row_len),
         "row_fits: row_len {row_len} must be > 0 and divide {}",
         x.len()
     );

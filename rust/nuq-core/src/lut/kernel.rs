@@ -1,0 +1,196 @@
+//! Run-time choice of the instruction set, and the dispatch of the three kernel
+//! primitives every architecture provides.
+
+use std::sync::OnceLock;
+
+use crate::weights::PackedWeights;
+
+/// Instruction sets with a kernel file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+/// A kernel family that this CPU can run. The only constructors check the CPU,
+/// so holding a `Kernel` proves its instructions are available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernel(Isa);
+
+impl Kernel {
+    /// Portable scalar kernels, always available.
+    pub fn scalar() -> Self {
+        Kernel(Isa::Scalar)
+    }
+
+    /// AVX2 + FMA kernels, if this CPU has them.
+    pub fn avx2() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(Kernel(Isa::Avx2));
+        }
+        None
+    }
+
+    /// AVX-512F kernels, if this CPU has them.
+    pub fn avx512() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            return Some(Kernel(Isa::Avx512));
+        }
+        None
+    }
+
+    /// The kernel called `name` ("scalar", "avx2", "avx512") if available.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "scalar" => Some(Self::scalar()),
+            "avx2" => Self::avx2(),
+            "avx512" => Self::avx512(),
+            _ => None,
+        }
+    }
+
+    /// The name accepted by [`Kernel::from_name`].
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Every kernel this CPU can run, slowest first.
+    pub fn available() -> Vec<Self> {
+        [Some(Self::scalar()), Self::avx2(), Self::avx512()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The fastest available kernel, or scalar when the environment sets
+    /// `NUQ_FORCE_SCALAR=1` (read once, at the first call).
+    pub fn detect() -> Self {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| Self::pick(std::env::var("NUQ_FORCE_SCALAR").ok().as_deref()))
+    }
+
+    /// The choice of [`Kernel::detect`] for a given `NUQ_FORCE_SCALAR` value.
+    fn pick(force_scalar: Option<&str>) -> Self {
+        match force_scalar {
+            Some("1") => Self::scalar(),
+            _ => *Self::available().last().unwrap_or(&Self::scalar()),
+        }
+    }
+
+    pub(crate) fn isa(self) -> Isa {
+        self.0
+    }
+}
+
+impl Isa {
+    /// `out[i] = Σ_j x[i, j] · scale · levels[code(r, j)]` for the `out.len()`
+    /// rows of `x` (row-major, `w.cols` wide): the offset-free dot products of
+    /// weight row `r`.
+    pub(crate) fn dot_rows(self, w: &PackedWeights, r: usize, x: &[f32], out: &mut [f32]) {
+        match self {
+            Isa::Scalar => super::scalar::dot_rows(w, r, x, out),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa::Avx2` only exists inside a `Kernel` built by
+            // `Kernel::avx2`, which checked AVX2 and FMA on this CPU.
+            Isa::Avx2 => unsafe { super::x86_avx2::dot_rows(w, r, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` only comes from `Kernel::avx512`, which
+            // checked AVX-512F on this CPU.
+            Isa::Avx512 => unsafe { super::x86_avx512::dot_rows(w, r, x, out) },
+        }
+    }
+
+    /// Writes `scale · levels[code(r, j)]` for `j in k0..k0 + out.len()`.
+    pub(crate) fn decode_row(self, w: &PackedWeights, r: usize, k0: usize, out: &mut [f32]) {
+        match self {
+            Isa::Scalar => super::scalar::decode_row(w, r, k0, out),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` implies AVX2 + FMA were detected (see above).
+            Isa::Avx2 => unsafe { super::x86_avx2::decode_row(w, r, k0, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` implies AVX-512F was detected (see above).
+            Isa::Avx512 => unsafe { super::x86_avx512::decode_row(w, r, k0, out) },
+        }
+    }
+
+    /// Adds `Σ_{k < klen} x[i, k0 + k] · tile[t, k]` to `out[t * m + i]` for
+    /// every row `i < g.m` of `x` and every decoded row `t < g.rows` of the tile.
+    pub(crate) fn gemm_tile(self, g: &TileArgs, out: &mut [f32]) {
+        match self {
+            Isa::Scalar => super::scalar::gemm_tile(g, out),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` implies AVX2 + FMA were detected (see above).
+            Isa::Avx2 => unsafe { super::x86_avx2::gemm_tile(g, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` implies AVX-512F was detected (see above).
+            Isa::Avx512 => unsafe { super::x86_avx512::gemm_tile(g, out) },
+        }
+    }
+}
+
+/// Operands of one tile product (see [`Isa::gemm_tile`]).
+pub(crate) struct TileArgs<'a> {
+    /// Row-major `[m, k]` activations.
+    pub x: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    /// First column of `x` covered by the tile.
+    pub k0: usize,
+    /// Valid columns of the tile.
+    pub klen: usize,
+    /// Decoded weights: `rows` rows of stride `ld`.
+    pub tile: &'a [f32],
+    pub rows: usize,
+    pub ld: usize,
+}
+
+impl TileArgs<'_> {
+    /// The `klen` activations of row `i` that meet the tile.
+    pub fn x_row(&self, i: usize) -> &[f32] {
+        let s = i * self.k + self.k0;
+        &self.x[s..s + self.klen]
+    }
+
+    /// The `klen` decoded weights of tile row `t`.
+    pub fn w_row(&self, t: usize) -> &[f32] {
+        &self.tile[t * self.ld..t * self.ld + self.klen]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_for_available_kernels() {
+        for k in Kernel::available() {
+            assert_eq!(Kernel::from_name(k.name()), Some(k));
+        }
+        assert_eq!(Kernel::from_name("neon9000"), None);
+        assert_eq!(Kernel::available()[0], Kernel::scalar());
+    }
+
+    #[test]
+    fn force_scalar_env_value_selects_scalar() {
+        assert_eq!(Kernel::pick(Some("1")), Kernel::scalar());
+        let best = *Kernel::available().last().unwrap();
+        assert_eq!(Kernel::pick(Some("0")), best);
+        assert_eq!(Kernel::pick(None), best);
+    }
+
+    #[test]
+    fn detect_is_available() {
+        assert!(Kernel::available().contains(&Kernel::detect()));
+    }
+}

@@ -1,0 +1,210 @@
+//! LUT matmul: `y = x · Wᵀ (+ bias)` straight from bit-packed codes.
+//!
+//! `W[r, j] = loc_r + scale_{r or group} · levels[code(r, j)]`, so
+//! `x · w_r = loc_r · Σx + Σ_groups scale_g · Σ_{j∈g} x_j · levels[c_j]`: the
+//! offset comes out as one product with the row sum of `x`, and each kernel folds
+//! the group/channel scale into a per-segment copy of the (at most 256-entry)
+//! codebook, so the inner loop is "code -> float -> FMA" and W is never
+//! materialized as a whole.
+//!
+//! Two drivers share the per-architecture kernels:
+//! - `m <= SMALL_M` (decode): memory-bound; every task owns a chunk of output rows
+//!   and decodes each weight row once in registers for a block of up to 8 rows
+//!   of `x` (`small`).
+//! - larger `m` (prefill, im2col): compute-bound; a tile of W is decoded into a
+//!   small f32 buffer and reused by a register-blocked kernel over all of `x`
+//!   (`tile`).
+//!
+//! Every output element is computed by exactly one task in a fixed order, so
+//! results are bit-identical for any Rayon thread count.
+
+mod scalar;
+mod small;
+mod tile;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
+
+mod kernel;
+
+pub use crate::weights::PackedWeights;
+pub use kernel::Kernel;
+
+use crate::weights::check_len;
+
+use crate::error::Result;
+
+/// Largest `m` served by the decode (small-batch) driver.
+const SMALL_M: usize = 16;
+
+/// `y = x · Wᵀ (+ bias)` with the best kernel of this CPU ([`Kernel::detect`]).
+///
+/// `x` is row-major `[m, w.cols]`, `y` row-major `[m, w.rows]`, `bias` has
+/// `w.rows` entries. Every length is checked; nothing panics on bad input.
+///
+/// ```
+/// use nuq_core::lut::{linear, PackedWeights};
+/// use nuq_core::pack::scalar::pack;
+///
+/// // W (2 x 4, 2 bits) = loc + scale * levels[code], one scale per tensor.
+/// let mut packed = [0u8; 2];
+/// pack(&[0, 1, 2, 3], 2, &mut packed[..1]);
+/// pack(&[3, 3, 0, 0], 2, &mut packed[1..]);
+/// let w = PackedWeights {
+///     rows: 2,
+///     cols: 4,
+///     bits: 2,
+///     packed: &packed,
+///     levels: &[-1.5, -0.5, 0.5, 1.5],
+///     loc: &[0.0],
+///     scale: &[2.0],
+///     group_size: None,
+/// };
+/// let mut y = [0.0f32; 2];
+/// linear(&[1.0, 2.0, 3.0, 4.0], 1, &w, Some(&[0.5, 0.0]), &mut y)?;
+/// // W = [[-3, -1, 1, 3], [3, 3, -3, -3]]
+/// assert_eq!(y, [-3.0 - 2.0 + 3.0 + 12.0 + 0.5, 3.0 + 6.0 - 9.0 - 12.0]);
+/// # Ok::<(), nuq_core::NuqError>(())
+/// ```
+pub fn linear(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    linear_with(Kernel::detect(), x, m, w, bias, y)
+}
+
+/// [`linear`] with an explicit kernel (for tests and benchmarks).
+pub fn linear_with(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    check_call(x, m, w, bias, y)?;
+    if m == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    let sumx = row_sums(x, m, w.cols);
+    let mut y_t = vec![0.0f32; w.rows * m];
+    let isa = kernel.isa();
+    if m <= SMALL_M {
+        small::run(isa, x, m, w, &mut y_t);
+    } else {
+        tile::run(isa, x, m, w, &mut y_t);
+    }
+    finish(&y_t, &sumx, m, w, bias, y);
+    Ok(())
+}
+
+/// Scalar reference: decodes every weight as `loc + scale · level` and sums
+/// in row order. The definition every fast path is tested against.
+pub fn linear_reference(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    check_call(x, m, w, bias, y)?;
+    scalar::reference(x, m, w, bias, y);
+    Ok(())
+}
+
+/// Validates the weights view and the lengths of `x`, `bias` and `y`.
+fn check_call(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &[f32],
+) -> Result<()> {
+    w.validate()?;
+    check_len("x", m.checked_mul(w.cols), x.len())?;
+    check_len("y", m.checked_mul(w.rows), y.len())?;
+    if let Some(b) = bias {
+        check_len("bias", Some(w.rows), b.len())?;
+    }
+    Ok(())
+}
+
+/// Σ_j x[i, j] per row of `x`, accumulated in f64 so the `loc · Σx` term adds
+/// no error of its own however large K is.
+fn row_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m];
+    }
+    x.chunks_exact(k)
+        .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+        .collect()
+}
+
+/// Adds offset and bias to the per-row dot products `y_t` (`[N, m]`) and
+/// transposes them into `y` (`[m, N]`).
+fn finish(
+    y_t: &[f32],
+    sumx: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let n = w.rows;
+    y.par_chunks_mut(n).enumerate().for_each(|(i, y_row)| {
+        for (r, out) in y_row.iter_mut().enumerate() {
+            let b = bias.map_or(0.0, |b| b[r]);
+            *out = y_t[r * m + i] + w.loc_of(r) * sumx[i] + b;
+        }
+    });
+}
+
+/// Runs `$body` with `const $b: u32` bound to `$bits` (1..=8); the body is
+/// monomorphized per width so bit-width tests fold away in the kernels.
+macro_rules! with_bits {
+    ($bits:expr, $b:ident => $body:expr) => {
+        match $bits {
+            1 => {
+                const $b: u32 = 1;
+                $body
+            }
+            2 => {
+                const $b: u32 = 2;
+                $body
+            }
+            3 => {
+                const $b: u32 = 3;
+                $body
+            }
+            4 => {
+                const $b: u32 = 4;
+                $body
+            }
+            5 => {
+                const $b: u32 = 5;
+                $body
+            }
+            6 => {
+                const $b: u32 = 6;
+                $body
+            }
+            7 => {
+                const $b: u32 = 7;
+                $body
+            }
+            _ => {
+                const $b: u32 = 8;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_bits;
+
+#[cfg(test)]
+mod tests;
