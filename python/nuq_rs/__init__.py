@@ -11,6 +11,8 @@ the optimal (Lloyd–Max) quantizer of that density, bit-packed by a Rust core.
 <All keys matched successfully>
 """
 
+from ._format import FormatError
+from ._loaded import LoadedStateDict, load
 from ._nuq_rs import (
     NonFiniteError,
     QuantizationError,
@@ -29,6 +31,8 @@ def dequantize(q: QuantizedTensor):
 
 
 __all__ = [
+    "FormatError",
+    "LoadedStateDict",
     "NonFiniteError",
     "QuantConfig",
     "QuantizationError",
@@ -39,6 +43,7 @@ __all__ = [
     "__version__",
     "dequantize",
     "get_num_threads",
+    "load",
     "quantize_state_dict",
     "quantize_tensor",
     "set_num_threads",
