@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._report import TensorReport
 from ._tensor import QuantConfig, matrix_shape
 
 FORMAT_NAME = "nuq-rs"
@@ -83,6 +84,13 @@ class Header:
     slots: dict[str, Slot]
     metadata: dict[str, str]
     data_start: int
+
+
+def kept_report(name: str, slot: Slot) -> TensorReport:
+    """The report row of a tensor stored as it is."""
+    return TensorReport(
+        name, slot.shape, DTYPES[slot.dtype][0], *[None] * 10, slot.nbytes, slot.nbytes
+    )
 
 
 def quantized_slots(name: str, shape: tuple[int, ...], config: QuantConfig) -> dict[str, Slot]:

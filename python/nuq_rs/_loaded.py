@@ -13,7 +13,7 @@ import numpy as np
 from . import _format
 from ._checkpoint import SafetensorsFile
 from ._format import DTYPES, FORMAT_NAME, FORMAT_VERSION, FormatError
-from ._report import Report, TensorReport
+from ._report import Report
 from ._state_dict import _report_of
 from ._tensor import QuantConfig, QuantizedTensor
 
@@ -179,10 +179,5 @@ class LoadedStateDict(Mapping[str, Any]):
             if e["kind"] == "quantized":
                 rows.append(_report_of(name, self._quantized(e)))
             else:
-                s = self._file.slots[name]
-                rows.append(
-                    TensorReport(
-                        name, s.shape, DTYPES[s.dtype][0], *[None] * 10, s.nbytes, s.nbytes
-                    )
-                )
+                rows.append(_format.kept_report(name, self._file.slots[name]))
         return Report(tuple(rows))
