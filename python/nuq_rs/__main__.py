@@ -15,7 +15,8 @@ from ._tensor import GRANULARITIES
 
 
 def _bits_for(values: list[str], names: list[str]) -> dict[str, int]:
-    """--bits-for REGEX=B options as exact-name overrides."""
+    """--bits-for REGEX=B options as exact-name overrides of the tensors ``names``
+    (those quantized anyway: a matching bias or excluded tensor stays as it is)."""
     out: dict[str, int] = {}
     for spec in values:
         pattern, _, bits = spec.rpartition("=")
@@ -23,7 +24,7 @@ def _bits_for(values: list[str], names: list[str]) -> dict[str, int]:
             raise ValueError(f"--bits-for expects REGEX=BITS, got {spec!r}")
         matched = [n for n in names if re.search(pattern, n)]
         if not matched:
-            raise ValueError(f"--bits-for {spec!r} matches no tensor")
+            raise ValueError(f"--bits-for {spec!r} matches no quantized tensor")
         out.update(dict.fromkeys(matched, int(bits)))
     return out
 
@@ -37,7 +38,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         check_destination(output, args.force)
     base = QuantConfig(args.bits, args.granularity, args.group_size, args.family)
     if args.input is None:
-        return _quantize_default(args, output)
+        return _quantize_default(args, base, output)
     from ._checkpoint import Checkpoint
     from ._stream import plan, quantize_checkpoint
 
@@ -45,7 +46,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if output is not None and output.resolve() == source.resolve():
         raise ValueError(f"{output}: is the input; choose another output")
     checkpoint = Checkpoint(source)
-    overrides = _bits_for(args.bits_for, list(checkpoint.specs))
+    quantizable = plan(checkpoint.specs, base, {}, args.exclude)
+    overrides = _bits_for(args.bits_for, list(quantizable))
     configs = plan(checkpoint.specs, base, overrides, args.exclude)
     start = time.perf_counter()
     report = quantize_checkpoint(
@@ -64,11 +66,12 @@ def _print_summary(report: Any, seconds: float, output: Path | None) -> None:
         print(f"wrote {output} ({output.stat().st_size:,} bytes)")
 
 
-def _quantize_default(args: argparse.Namespace, output: Path | None) -> int:
+def _quantize_default(args: argparse.Namespace, base: Any, output: Path | None) -> int:
     """No input: the embedded Fashion-MNIST CNN, with its accuracy before and after."""
     import nuq_rs
 
     from . import _default_model as default
+    from ._state_dict import _plan
 
     sd = default.load_default_state_dict()
     if not args.quiet:
@@ -80,7 +83,7 @@ def _quantize_default(args: argparse.Namespace, output: Path | None) -> int:
         granularity=args.granularity,
         group_size=args.group_size,
         family=args.family,
-        overrides=_bits_for(args.bits_for, list(sd)),
+        overrides=_bits_for(args.bits_for, list(_plan(sd, base, {}, args.exclude))),
         exclude=args.exclude,
     )
     seconds = time.perf_counter() - start
