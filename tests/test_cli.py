@@ -250,6 +250,13 @@ def test_existing_output_needs_force(capsys, source, out_dir):
     assert len(nuq_rs.load(out).quantized_names) == 3
 
 
+def test_a_quantized_file_is_not_an_input(capsys, source, out_dir):
+    out = out_dir / "m.nuq.safetensors"
+    run(capsys, "quantize", source, "-o", out, "--quiet")
+    code, _, err = run(capsys, "quantize", out, "-o", out_dir / "again.nuq.safetensors")
+    assert code == 2 and "already quantized" in err and os.listdir(out_dir) == [out.name]
+
+
 def test_output_must_not_be_the_input(capsys, source):
     digest = sha256(source)
     code, _, err = run(capsys, "quantize", source, "-o", source, "--force")

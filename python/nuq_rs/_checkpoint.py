@@ -23,6 +23,8 @@ import numpy as np
 from ._format import CODES, FormatError, Header, Slot, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
+#: Suffixes read with torch.load; anything else is read as safetensors.
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 _NUMPY = {
     "F64": "<f8",
@@ -97,12 +99,14 @@ class Checkpoint:
             raise FileNotFoundError(f"{self.path}: no such file or folder")
         if self.path.is_dir():
             self._open_folder()
-        elif self.path.suffix == ".safetensors":
-            self._add_file(SafetensorsFile(self.path), None)
-        else:
+        elif self.path.suffix in TORCH_SUFFIXES:
             self._open_torch()
+        else:
+            self._add_file(SafetensorsFile(self.path), None)
 
     def _add_file(self, f: SafetensorsFile, names: list[str] | None) -> None:
+        if f.header.metadata.get("format") == "nuq-rs":
+            raise FormatError(f"{f.path}: is already quantized by nuq-rs (a nuq-rs file)")
         for name in f.names() if names is None else names:
             if name not in f.slots:
                 raise FormatError(f"{f.path}: tensor {name!r} of the index is missing")
