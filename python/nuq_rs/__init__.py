@@ -11,6 +11,8 @@ the optimal (Lloyd–Max) quantizer of that density, bit-packed by a Rust core.
 <All keys matched successfully>
 """
 
+from ._format import FormatError
+from ._loaded import LoadedStateDict, load
 from ._nuq_rs import (
     NonFiniteError,
     QuantizationError,
@@ -30,6 +32,8 @@ def dequantize(q: QuantizedTensor):
 
 
 __all__ = [
+    "FormatError",
+    "LoadedStateDict",
     "NonFiniteError",
     "QuantConfig",
     "QuantizationError",
@@ -41,6 +45,7 @@ __all__ = [
     "dequantize",
     "get_num_threads",
     "lloyd_max",
+    "load",
     "quantize_state_dict",
     "quantize_tensor",
     "set_num_threads",

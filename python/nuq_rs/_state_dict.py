@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -44,6 +45,38 @@ class QuantizedStateDict(Mapping[str, Any]):
     def report(self) -> Report:
         """Per-tensor statistics and totals; ``print()`` it for a table."""
         return Report(tuple(_report_of(k, v) for k, v in self._entries.items()))
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write a safetensors file that :func:`nuq_rs.load` reads back.
+
+        Packed codes, codebooks, locations and scales are stored as tensors,
+        kept tensors as they are, and the decoding options and statistics as
+        JSON metadata. The file appears complete or not at all (written under a
+        temporary name, then renamed); an existing ``path`` is refused unless
+        ``overwrite=True``.
+
+        >>> import torch, nuq_rs, tempfile, os
+        >>> q = nuq_rs.quantize_state_dict(torch.nn.Linear(64, 32).state_dict())
+        >>> path = os.path.join(tempfile.mkdtemp(), "linear.nuq.safetensors")
+        >>> q.save(path)
+        >>> sorted(nuq_rs.load(path))
+        ['bias', 'weight']
+        """
+        from ._writer import FileWriter, Planned, kept_bytes
+
+        plan, kept = [], {}
+        for name, v in self._entries.items():
+            if isinstance(v, QuantizedTensor):
+                plan.append(Planned(name, v.shape, v.dtype, v.config))
+            else:
+                code, shape, kept[name] = kept_bytes(name, v)
+                plan.append(Planned(name, shape, code))
+        with FileWriter(path, plan, overwrite=overwrite) as writer:
+            for name in self.quantized_names:
+                writer.write_quantized(name, self._entries[name])
+            for name, data in kept.items():
+                writer.write_kept(name, data)
+            writer.commit()
 
 
 def _report_of(name: str, v: Any) -> TensorReport:

@@ -1,0 +1,133 @@
+"""Quantizing a checkpoint from disk, and loading the result, against plain reads.
+
+A GPT-2-small-shaped fp32 safetensors checkpoint (~500 MB: wte, wpe, and the
+12 blocks' attention and MLP matrices, biases and norms) is written to a
+temporary folder. Reported, all in this run (medians of --repeats, warm page
+cache):
+
+- ``nuq-rs quantize IN -o OUT --quiet`` (4 bits, tensor granularity), in MB/s
+  of input, against ``cat IN > /dev/null`` (the plain read of the same file);
+  target: within 2x of the read;
+- ``nuq_rs.load(OUT).dequantize()`` against ``safetensors.torch.load_file(IN)``
+  (the original checkpoint); target: within 2x. ``load_file`` only maps the file
+  (its tensors are backed by the page cache), so the same load followed by a
+  ``clone()`` of every tensor (bytes actually materialized, as decoding must)
+  is printed as a second baseline.
+
+Timings only mean something on an idle machine: the 1-minute load average is
+printed, and the run refuses to start above --max-load unless --force.
+
+    python benches/bench_files.py [--repeats 3] [--blocks 12] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+import nuq_rs
+
+SEED = 1234
+
+
+def gpt2_state_dict(blocks: int) -> dict[str, torch.Tensor]:
+    """GPT-2 small shapes (d=768), seeded Gaussian weights, fp32."""
+    g = torch.Generator().manual_seed(SEED)
+    d = 768
+    sd = {"wte.weight": 0.02 * torch.randn(50257, d, generator=g)}
+    sd["wpe.weight"] = 0.01 * torch.randn(1024, d, generator=g)
+    for b in range(blocks):
+        p = f"h.{b}."
+        for name, shape in (
+            ("attn.c_attn", (d, 3 * d)),
+            ("attn.c_proj", (d, d)),
+            ("mlp.c_fc", (d, 4 * d)),
+            ("mlp.c_proj", (4 * d, d)),
+        ):
+            sd[p + name + ".weight"] = torch.randn(*shape, generator=g) / shape[0] ** 0.5
+            sd[p + name + ".bias"] = torch.zeros(shape[1])
+        for norm in ("ln_1", "ln_2"):
+            sd[p + norm + ".weight"] = torch.ones(d)
+            sd[p + norm + ".bias"] = torch.zeros(d)
+    return sd
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: page cache, imports, thread pool
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_cli(src: Path, out: Path) -> None:
+    """``nuq-rs quantize SRC -o OUT --quiet`` in a fresh process (start-up included)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(nuq_rs.__file__).parent.parent))
+    cmd = [sys.executable, "-m", "nuq_rs", "quantize", str(src), "-o", str(out), "--quiet"]
+    cmd.append("--force")
+    subprocess.run(cmd, check=True, env=env)
+
+
+def python_startup() -> None:
+    subprocess.run([sys.executable, "-c", "import nuq_rs.__main__"], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--max-load", type=float, default=0.5)
+    parser.add_argument("--force", action="store_true", help="run even on a busy machine")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    print(f"load average (1 min): {load:.2f}; threads: {nuq_rs.get_num_threads()}")
+    if load > args.max_load and not args.force:
+        sys.exit(f"machine busy (load {load:.2f} > {args.max_load}); rerun idle or with --force")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "gpt2.safetensors", Path(tmp) / "gpt2.nuq.safetensors"
+        save_file(gpt2_state_dict(args.blocks), str(src))
+        mb = src.stat().st_size / 1e6
+        cat = median_seconds(
+            lambda: subprocess.run(f"cat '{src}' > /dev/null", shell=True, check=True),
+            args.repeats,
+        )
+        startup = median_seconds(python_startup, args.repeats)
+        quantize = median_seconds(lambda: run_cli(src, out), args.repeats)
+        print(f"checkpoint: {mb:,.0f} MB of fp32 ({args.blocks} GPT-2 blocks)")
+        print(f"cat IN > /dev/null     {cat:8.3f} s  {mb / cat:9,.0f} MB/s")
+        print(
+            f"nuq-rs quantize -o OUT {quantize:8.3f} s  {mb / quantize:9,.0f} MB/s  "
+            f"{quantize / cat:6.2f}x the read (python start-up {startup:.2f} s included)"
+        )
+        out_mb = out.stat().st_size / 1e6
+        baseline = median_seconds(lambda: load_file(str(src)), args.repeats)
+        copied = median_seconds(
+            lambda: {k: v.clone() for k, v in load_file(str(src)).items()}, args.repeats
+        )
+        ours = median_seconds(lambda: nuq_rs.load(out).dequantize(), args.repeats)
+        check = nuq_rs.load(out).dequantize()["wte.weight"]
+        assert check.dtype == torch.float32 and np.isfinite(check.numpy()).all()
+        print(f"quantized file: {out_mb:,.0f} MB")
+        print(f"safetensors.torch.load_file(IN)     {baseline:8.3f} s")
+        print(f"  + clone() of every tensor          {copied:8.3f} s")
+        print(
+            f"nuq_rs.load(OUT).dequantize()       {ours:8.3f} s  "
+            f"{ours / baseline:6.2f}x load_file, {ours / copied:.2f}x load_file + clone"
+        )
+
+
+if __name__ == "__main__":
+    main()

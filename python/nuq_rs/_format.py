@@ -1,0 +1,218 @@
+"""The nuq-rs file format: a plain safetensors file plus JSON metadata.
+
+Layout (format version 1). A quantized tensor ``NAME`` is stored as four
+safetensors tensors: ``NAME.packed`` (U8, ``rows x ceil(cols * bits / 8)``),
+``NAME.levels`` (F32, ``2**bits``), ``NAME.loc`` (F32) and ``NAME.scale``
+(F32, or F16 for groups, whose scales are fp16 values already). A kept tensor is
+stored under its own name, as it was. The header's ``__metadata__`` holds
+``format = "nuq-rs"``, ``format_version = "1"`` and ``tensors``: a JSON list,
+in state-dict order, of ``{"name", "kind": "kept"}`` or of the quantized
+tensor's shape, original dtype, bits, granularity, group size, family and fit
+statistics. Everything needed to decode is in the file; nothing is pickled.
+
+This module parses and checks safetensors headers (ours and any other), so that
+a damaged file fails with a message naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._report import TensorReport
+from ._tensor import QuantConfig, matrix_shape
+
+FORMAT_NAME = "nuq-rs"
+FORMAT_VERSION = 1
+#: Larger headers are refused, as the safetensors library does.
+MAX_HEADER_BYTES = 100_000_000
+
+#: safetensors dtype code -> (dtype name as torch spells it, bytes per element).
+DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U64": ("uint64", 8),
+    "U32": ("uint32", 4),
+    "U16": ("uint16", 2),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+}
+CODES = {name: code for code, (name, _) in DTYPES.items()}
+FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+
+#: Metadata fields of a quantized tensor that are only known after quantizing.
+STAT_FIELDS = ("d_gaussian", "d_laplace", "fit_loc", "fit_scale", "clip", "sse", "energy")
+#: A float whose JSON text is as long as any float's (sign, 17 digits, exponent).
+WIDEST_FLOAT = -1.2345678901234567e-300
+
+
+class FormatError(ValueError):
+    """A file that is not a valid safetensors / nuq-rs file."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One safetensors tensor: dtype code, shape and byte range in the data."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int = 0
+    end: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPES[self.dtype][1]
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked safetensors header."""
+
+    path: Path
+    slots: dict[str, Slot]
+    metadata: dict[str, str]
+    data_start: int
+
+
+def kept_report(name: str, slot: Slot) -> TensorReport:
+    """The report row of a tensor stored as it is."""
+    return TensorReport(
+        name, slot.shape, DTYPES[slot.dtype][0], *[None] * 10, slot.nbytes, slot.nbytes
+    )
+
+
+def quantized_slots(name: str, shape: tuple[int, ...], config: QuantConfig) -> dict[str, Slot]:
+    """The four tensors storing a quantized tensor; sizes follow from shape and config."""
+    rows, cols = matrix_shape(shape)
+    if config.granularity == "tensor":
+        n_loc = n_scale = 1
+    elif config.granularity == "channel":
+        n_loc = n_scale = rows
+    else:
+        n_loc, n_scale = 0, rows * cols // config.group_size
+    scale_dtype = "F16" if config.granularity == "group" else "F32"
+    return {
+        f"{name}.packed": Slot("U8", (rows, -(-cols * config.bits // 8))),
+        f"{name}.levels": Slot("F32", (2**config.bits,)),
+        f"{name}.loc": Slot("F32", (n_loc,)),
+        f"{name}.scale": Slot(scale_dtype, (n_scale,)),
+    }
+
+
+def quantized_entry(name: str, shape: tuple[int, ...], dtype: str, config: QuantConfig) -> dict:
+    """Metadata of a quantized tensor with placeholder statistics of maximal width."""
+    return {
+        "name": name,
+        "kind": "quantized",
+        "shape": list(shape),
+        "dtype": dtype,
+        "bits": config.bits,
+        "granularity": config.granularity,
+        "group_size": config.group_size,
+        "family": "gaussian",
+        **dict.fromkeys(STAT_FIELDS, WIDEST_FLOAT),
+    }
+
+
+def encode_header(slots: dict[str, Slot], entries: list[dict], width: int = 0) -> bytes:
+    """The 8-byte length and the JSON header, padded with spaces to ``width`` bytes
+    at least and to a multiple of 8 (so that the data starts aligned)."""
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "tensors": json.dumps(entries, separators=(",", ":")),
+    }
+    header: dict[str, Any] = {"__metadata__": metadata}
+    for key, s in slots.items():
+        header[key] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [s.begin, s.end]}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    size = max(len(text), width)
+    size += -size % 8
+    return struct.pack("<Q", size) + text.ljust(size, b" ")
+
+
+def assign_offsets(slots: dict[str, Slot]) -> tuple[dict[str, Slot], int]:
+    """Contiguous byte ranges, widest elements first so every tensor is aligned."""
+    order = sorted(slots, key=lambda k: -DTYPES[slots[k].dtype][1])
+    out, pos = {}, 0
+    for key in order:
+        s = slots[key]
+        out[key] = Slot(s.dtype, s.shape, pos, pos + s.nbytes)
+        pos += s.nbytes
+    return {k: out[k] for k in slots}, pos
+
+
+def read_header(path: Path | str) -> Header:
+    """Parse and check the header of a safetensors file (any writer's)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(9)
+        if len(prefix) < 8:
+            raise FormatError(f"{path}: not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", prefix[:8])
+        if n > MAX_HEADER_BYTES or prefix[8:9] != b"{":
+            raise FormatError(
+                f"{path}: not a safetensors file (no JSON header after the 8-byte length)"
+            )
+        if 8 + n > size:
+            raise FormatError(
+                f"{path}: truncated file: the header needs {8 + n} bytes, the file has {size}"
+            )
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: corrupted safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: corrupted safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError(f"{path}: corrupted safetensors header (__metadata__ is not str -> str)")
+    slots = {k: _slot(path, k, v) for k, v in header.items()}
+    _check_ranges(path, slots, size - 8 - n)
+    return Header(path, slots, metadata, 8 + n)
+
+
+def _slot(path: Path, name: str, info: Any) -> Slot:
+    try:
+        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        ok = dtype in DTYPES and all(isinstance(d, int) and d >= 0 for d in shape)
+        ok = ok and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise FormatError(f"{path}: corrupted safetensors header entry for tensor {name!r}")
+    slot = Slot(dtype, tuple(shape), begin, end)
+    if end - begin != slot.nbytes:
+        raise FormatError(
+            f"{path}: tensor {name!r} of shape {list(shape)} and dtype {dtype} needs "
+            f"{slot.nbytes} bytes but its offsets span {end - begin}"
+        )
+    return slot
+
+
+def _check_ranges(path: Path, slots: dict[str, Slot], data_bytes: int) -> None:
+    previous_end, previous = 0, None
+    for key, s in sorted(slots.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if s.end > data_bytes:
+            raise FormatError(
+                f"{path}: tensor {key!r} ends at byte {s.end} of the data but the file has "
+                f"only {data_bytes} bytes of data (offsets outside the file, or a truncated file)"
+            )
+        if s.begin < previous_end:
+            raise FormatError(f"{path}: tensors {previous!r} and {key!r} overlap")
+        previous_end, previous = max(previous_end, s.end), key
