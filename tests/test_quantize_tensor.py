@@ -69,11 +69,11 @@ def test_packed_size_and_bits_per_weight(rng):
     for bits in range(1, 9):
         q = nuq_rs.quantize_tensor(x, bits)
         assert q.packed.size == 64 * math.ceil(200 * bits / 8)
-        assert q.bits_per_weight == pytest.approx(bits + 2 * 32 / x.size)
+        assert q.bits_per_weight == pytest.approx(bits + (2**bits + 2) * 32 / x.size)
     qc = nuq_rs.quantize_tensor(x, 4, granularity="channel")
-    assert qc.bits_per_weight == pytest.approx(4 + 64 * 64 / x.size)
+    assert qc.bits_per_weight == pytest.approx(4 + (16 * 32 + 64 * 64) / x.size)
     qg = nuq_rs.quantize_tensor(x, 4, group_size=50)
-    assert qg.bits_per_weight == pytest.approx(4 + 16 / 50 + 16 * 16 / x.size)
+    assert qg.bits_per_weight == pytest.approx(4 + 16 / 50 + 16 * 32 / x.size)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

@@ -55,7 +55,7 @@ def test_report_rows_and_totals(net):
     conv = rep["conv.weight"]
     assert conv.quantized and conv.bits == 4 and conv.family in ("gaussian", "laplace")
     assert conv.bytes_before == 8 * 27 * 4
-    assert conv.bytes_after == 8 * 14 + 2 * 4  # rows start on a byte; loc + scale
+    assert conv.bytes_after == 8 * 14 + (16 + 2) * 4  # rows start on a byte
     assert 0 <= conv.d_gaussian <= 1 and 0 <= conv.d_laplace <= 1
     assert conv.clip > 0 and conv.mse > 0 and conv.sqnr_db > 10
     assert not rep["fc.bias"].quantized and rep["fc.bias"].bytes_after == 40

@@ -33,7 +33,8 @@ pub(super) fn quantize(
     let (centers, weights) = normalised_histogram(x, cols, g, &scale);
     let init = absmax_init(family, cfg.bits, g)?;
     let refined = lloyd_weighted(&centers, &weights, &init, REFINE_ITERS);
-    // The codebook is stored in f16: encode against exactly what decodes.
+    // Rounded to f16 so that the codebook could be stored at half size
+    // exactly; encode against exactly what decodes.
     let levels: Vec<f32> = refined
         .levels
         .iter()

@@ -155,16 +155,16 @@ impl Quantized {
         reach * max_scale
     }
 
-    /// Storage in bytes: packed codes, locations (f32) and scales (f32), or
-    /// for groups the f16 scales and the tensor's own f16 codebook. Tensor and
-    /// channel codebooks are not stored: they are the Lloyd–Max levels of
-    /// (family, bits), which a reader solves again (`solve::lloyd_max`).
+    /// Storage in bytes, as the nuq-rs file holds it: packed codes, the f32
+    /// codebook, f32 locations, and scales (f32, or f16 for groups).
     pub fn storage_bytes(&self) -> usize {
-        let side = match self.granularity {
-            Granularity::Group(_) => 2 * (self.scale.len() + self.levels.len()),
-            _ => 4 * (self.loc.len() + self.scale.len()),
+        let scale_bytes = match self.granularity {
+            Granularity::Group(_) => 2,
+            _ => 4,
         };
-        self.packed.len() + side
+        self.packed.len()
+            + 4 * (self.levels.len() + self.loc.len())
+            + scale_bytes * self.scale.len()
     }
 
     /// Storage cost per weight in bits, all metadata included.

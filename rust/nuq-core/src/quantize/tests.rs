@@ -79,7 +79,7 @@ fn finer_granularity_never_hurts_much_and_groups_cost_fp16_scales() {
         .collect();
     assert!(errs[1] <= errs[0] * 1.05, "{errs:?}");
     let q = quantize(&x, 64, 256, &config(4, Granularity::Group(32))).unwrap();
-    let expected = 4.0 + 16.0 / 32.0 + 16.0 * 16.0 / x.len() as f64;
+    let expected = 4.0 + 16.0 / 32.0 + 16.0 * 32.0 / x.len() as f64;
     assert!((q.bits_per_weight() - expected).abs() < 1e-12);
 }
 

@@ -1,0 +1,158 @@
+"""LUT matmul on packed weights vs PyTorch's CPU paths, at LLM and CNN shapes.
+
+For each (K, N), M, bits and granularity, cycles through enough distinct layers
+that the weights exceed the L3 cache (as a real forward pass does) and reports,
+all measured in this run (median of --repeats passes over the layers):
+
+- nuq ``_nuq_rs.linear`` time per layer;
+- ``F.linear`` fp32, ``torch.ao`` dynamic int8 Linear and PyTorch's CPU int4
+  kernel (``_weight_int4pack_mm_for_cpu``, group 128, bf16 activations) on the
+  same shapes, and nuq's speed-up against each;
+- the effective weight bandwidth (packed bytes / time) against ``np.sum``'s read
+  bandwidth over an fp32 array larger than L3.
+
+    python benches/bench_matmul.py [--quick] [--repeats 5] [--min-mb 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import nuq_rs
+from nuq_rs._nuq_rs import linear
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)]
+GROUP = 128
+
+
+def best_of(fn, layers, repeats: int) -> float:
+    """Median over `repeats` of the mean time per layer of one pass over `layers`."""
+    fn(layers[0])  # warm-up (page faults, thread pools)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for layer in layers:
+            fn(layer)
+        times.append((time.perf_counter() - start) / len(layers))
+    return statistics.median(times)
+
+
+def read_bandwidth(repeats: int) -> float:
+    """np.sum's read bandwidth over 256 MB (more than any L3), GB/s."""
+    a = np.ones(64 << 20, np.float32)
+    a.sum()
+    return a.nbytes / statistics.median(_timed(a.sum) for _ in range(repeats)) / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def nuq_layers(w: torch.Tensor, count: int, bits: int, gran: dict) -> list:
+    """`count` packed layers (distinct copies, so nothing stays in cache)."""
+    q = nuq_rs.quantize_tensor(w, bits, **gran)
+    return [
+        (q.packed.copy(), q.levels, q.loc.copy(), q.scale.copy(), q.config.group_size)
+        for _ in range(count)
+    ]
+
+
+def int4_layers(w: torch.Tensor, count: int) -> list:
+    """PyTorch int4 packing (asymmetric min-max per group of 128, as torchao does)."""
+    n, k = w.shape
+    g = w.reshape(n, k // GROUP, GROUP)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-8)
+    codes = ((g - lo[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32)
+    zero = lo + 8 * scale  # the kernel decodes (q - 8) * scale + zero
+    sz = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.reshape(n, k), 2)
+    return [(packed.clone(), sz.clone()) for _ in range(count)]
+
+
+def bench_shape(k: int, n: int, args, bandwidth: float) -> list[str]:
+    torch.manual_seed(0)
+    w = torch.randn(n, k) / k**0.5
+    fp32_count = max(2, -(-args.min_mb * 2**20 // (4 * n * k)))
+    lines = []
+    dense = [w.clone() for _ in range(fp32_count)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = [
+            torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(torch.nn.Linear(k, n, bias=False)), dtype=torch.qint8
+            )
+            for _ in range(max(2, -(-args.min_mb * 2**20 // (n * k))))
+        ]
+    int4 = int4_layers(w, max(2, -(-args.min_mb * 2**20 // (n * k // 2))))
+    for m in args.m:
+        x = torch.randn(m, k)
+        xb = x.to(torch.bfloat16)
+        xn = x.numpy()
+        with torch.inference_mode():
+            t_fp32 = best_of(lambda d: F.linear(x, d), dense, args.repeats)
+            t_int8 = best_of(lambda q: q(x), int8, args.repeats)
+            t_int4 = best_of(
+                lambda p: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, p[0], GROUP, p[1]),
+                int4,
+                args.repeats,
+            )
+        for bits in args.bits:
+            for name, gran in (
+                ("g128", {"group_size": GROUP}),
+                ("chan", {"granularity": "channel"}),
+            ):
+                per_layer = n * -(-k * bits // 8)
+                layers = nuq_layers(w, max(2, -(-args.min_mb * 2**20 // per_layer)), bits, gran)
+                t = best_of(
+                    lambda L: linear(xn, L[0], L[1], L[2], L[3], n, k, bits, L[4]),
+                    layers,
+                    args.repeats,
+                )
+                gbs = (per_layer + 2 * layers[0][3].size) / t / 1e9
+                lines.append(
+                    f"| {k}x{n} | {m} | {bits} | {name} | {t * 1e3:.3f} | {t_fp32 * 1e3:.3f} "
+                    f"| {t_fp32 / t:.2f}x | {t_int8 / t:.2f}x | {t_int4 / t:.2f}x "
+                    f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |"
+                )
+                print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one shape, M = 1 and 64")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-mb", type=int, default=96, help="weights cycled per case")
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 8, 64])
+    args = parser.parse_args()
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.quick:
+        args.m = [1, 64]
+    torch.set_num_threads(nuq_rs.get_num_threads())
+    bandwidth = read_bandwidth(args.repeats)
+    print(
+        f"threads: torch {torch.get_num_threads()}, nuq {nuq_rs.get_num_threads()}; "
+        f"np.sum read bandwidth {bandwidth:.1f} GB/s; weights cycled >= {args.min_mb} MB"
+    )
+    print(
+        "| KxN | M | bits | gran | nuq ms | fp32 ms | vs fp32 | vs int8 | vs int4 "
+        "| weight GB/s (of read bw) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for k, n in shapes:
+        bench_shape(k, n, args, bandwidth)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+//! Times each phase of quantizing one large tensor (run with --release on an
+//! idle machine): `cargo run --release -p nuq-core --example phases`.
+
+use std::time::Instant;
+
+use nuq_core::encode::Encoder;
+use nuq_core::pack::pack;
+use nuq_core::stats::{fit_rows, fit_tensor, moments};
+use nuq_core::{quantize, Config, FamilyChoice, Granularity};
+
+fn time<T>(label: &str, base: f64, mut f: impl FnMut() -> T) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "{label:<28} {:>8.1} ms  {:>6.1}x sum",
+        best * 1e3,
+        best / base
+    );
+    best
+}
+
+fn main() {
+    let (rows, cols) = (4096, 8192);
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            (u - 0.5) * 0.02 + ((s & 0xff) as f32 - 127.5) * 1e-4
+        })
+        .collect();
+    let base = time("sum (single pass floor)", 1.0, || x.iter().sum::<f32>());
+    let base = base.max(1e-9);
+    time("moments", base, || moments(&x).unwrap());
+    time("fit_tensor", base, || fit_tensor(&x).unwrap());
+    let f = fit_tensor(&x).unwrap();
+    time("median", base, || nuq_core::stats::median(&x));
+    time("mean_abs_dev", base, || {
+        nuq_core::stats::mean_abs_dev(&x, 0.0)
+    });
+    let fits = [
+        (nuq_core::Family::Gaussian, f.gaussian.loc, f.gaussian.scale),
+        (nuq_core::Family::Laplace, f.laplace.loc, f.laplace.scale),
+    ];
+    time("ks_tensor (both)", base, || {
+        nuq_core::stats::ks_tensor(&x, &fits)
+    });
+    time("ks_tensor (gaussian)", base, || {
+        nuq_core::stats::ks_tensor(&x, &fits[..1])
+    });
+    time("fit_rows", base, || fit_rows(&x, cols).unwrap());
+    let bounds: Vec<f32> = (1..16).map(|i| (i as f32 - 8.0) * 0.3).collect();
+    let enc = Encoder::new(&bounds);
+    let mut codes = vec![0u8; x.len()];
+    time("encode 4-bit (1 thread)", base, || {
+        enc.encode(&x, 0.0, 50.0, &mut codes)
+    });
+    let mut packed = vec![0u8; x.len() / 2];
+    time("pack 4-bit (1 thread)", base, || {
+        pack(&codes, 4, &mut packed)
+    });
+    for g in [
+        Granularity::Tensor,
+        Granularity::Channel,
+        Granularity::Group(128),
+    ] {
+        let cfg = Config {
+            bits: 4,
+            granularity: g,
+            family: FamilyChoice::Auto,
+        };
+        time(&format!("quantize {g:?}"), base, || {
+            quantize(&x, rows, cols, &cfg).unwrap()
+        });
+    }
+}
