@@ -99,10 +99,10 @@ def bench_shape(k: int, n: int, args, bandwidth: float) -> list[str]:
         xb = x.to(torch.bfloat16)
         xn = x.numpy()
         with torch.inference_mode():
-            t_fp32 = best_of(lambda d: F.linear(x, d), dense, args.repeats)
-            t_int8 = best_of(lambda q: q(x), int8, args.repeats)
+            t_fp32 = best_of(lambda d, x=x: F.linear(x, d), dense, args.repeats)
+            t_int8 = best_of(lambda q, x=x: q(x), int8, args.repeats)
             t_int4 = best_of(
-                lambda p: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, p[0], GROUP, p[1]),
+                lambda p, xb=xb: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, p[0], GROUP, p[1]),
                 int4,
                 args.repeats,
             )
@@ -114,7 +114,9 @@ def bench_shape(k: int, n: int, args, bandwidth: float) -> list[str]:
                 per_layer = n * -(-k * bits // 8)
                 layers = nuq_layers(w, max(2, -(-args.min_mb * 2**20 // per_layer)), bits, gran)
                 t = best_of(
-                    lambda L: linear(xn, L[0], L[1], L[2], L[3], n, k, bits, L[4]),
+                    lambda L, xn=xn, bits=bits: linear(
+                        xn, L[0], L[1], L[2], L[3], n, k, bits, L[4]
+                    ),
                     layers,
                     args.repeats,
                 )

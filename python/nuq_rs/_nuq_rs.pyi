@@ -5,6 +5,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "QuantizationError",
+    "NonFiniteError",
+    "quantize",
+    "dequantize",
+    "lloyd_max",
+    "linear",
+    "set_num_threads",
+    "get_num_threads",
+    "__version__",
+]
+
 __version__: str
 
 class QuantizationError(ValueError): ...
