@@ -194,6 +194,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="~10M parameters, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
     parser.add_argument("--ref-params", type=float, default=None, help="reference subset size")
+    parser.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), help="what to time"
+    )
     parser.add_argument("--peak-child", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_child:
@@ -203,7 +206,7 @@ def main() -> None:
     ref_budget = int(args.ref_params or (5e5 if args.quick else 4e6))
 
     # Memory first, in fresh subprocesses, before this process holds the input.
-    memory = {label: peak_memory(label, args.quick) for label in CONFIGS}
+    memory = {label: peak_memory(label, args.quick) for label in args.configs}
     sd = make_state_dict(args.quick)
     arrays = {k: v.numpy() for k, v in sd.items()}
     n_params = sum(v.numel() for v in sd.values())
@@ -235,7 +238,7 @@ def main() -> None:
     )
     print(header)
     largest_bytes = 4 * sd[largest].numel()
-    for label in CONFIGS:
+    for label in args.configs:
         t_all = median_seconds(nuq_call(sd, label), repeats)
         t_sub = median_seconds(nuq_call(sub_sd, label), repeats)
         ref = reference_call([arrays[k] for k in names], label)
