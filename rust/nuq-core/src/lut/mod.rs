@@ -18,13 +18,18 @@
 //! Every output element is computed by exactly one task in a fixed order, so
 //! results are bit-identical for any Rayon thread count.
 
+mod phased;
 mod scalar;
 mod small;
 mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
+mod x86_avx2_phased;
+#[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512_phased;
 
 mod kernel;
 
