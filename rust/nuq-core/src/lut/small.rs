@@ -24,7 +24,7 @@ pub(crate) fn run(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, y_t: &mut [f
         .for_each(|(task, chunk)| {
             let r0 = task * ROWS_PER_TASK;
             match &xp {
-                Some(xp) => isa.dot_rows_phased(w, r0, (x, xp, m), chunk),
+                Some(xp) => isa.dot_rows_phased(w, r0, (x, xp.as_slice(), m), chunk),
                 None => {
                     for (t, out) in chunk.chunks_mut(m).enumerate() {
                         isa.dot_rows(w, r0 + t, x, out);

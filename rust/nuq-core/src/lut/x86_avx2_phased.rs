@@ -11,6 +11,8 @@ use crate::weights::PackedWeights;
 
 /// Units per vector.
 const LANES: usize = 8;
+/// Bytes of packed codes prefetched ahead of the chunk being decoded.
+const PREFETCH: usize = 1024;
 
 /// The 8 units of the chunk whose packed bytes start at `bytes`.
 ///
@@ -96,7 +98,10 @@ fn dot_row<const B: u32, const R: usize, const A: usize>(
         for c0 in (start..vend).step_by(chunk) {
             // SAFETY: `c0` is a multiple of `chunk` (segments start on chunk
             // boundaries) and `c0 + chunk <= cols`, so the chunk's bytes are in `row`.
-            let mut u = unsafe { units::<B>(row.as_ptr().add(c0 * B as usize / 8)) };
+            let at = c0 * B as usize / 8;
+            // Prefetching never faults, so the address may run past the row.
+            _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH).cast());
+            let mut u = unsafe { units::<B>(row.as_ptr().add(at)) };
             for p in 0..phases {
                 let wv = lookup::<B>(u, lo, hi);
                 for (a, xr) in acc.iter_mut().zip(xp) {
