@@ -1,5 +1,8 @@
 //! Times `lut::linear_with` per kernel on one 4096x4096 layer (idle machine,
 //! --release): `cargo run --release -p nuq-core --example lut_kernels`.
+//! Optional arguments: bit widths to time (default `4 3`); `LUT_ROWS=n`
+//! shrinks N (e.g. to an L2-resident layer, to separate decode cost from
+//! memory traffic); `LUT_M=m` times that batch size only.
 
 use std::time::Instant;
 
@@ -7,28 +10,43 @@ use nuq_core::lut::{linear_with, Kernel};
 use nuq_core::{quantize, Config, FamilyChoice, Granularity};
 
 fn main() {
-    let (n, k) = (4096, 4096);
+    let n = std::env::var("LUT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let k = 4096;
+    let ms: Vec<usize> = match std::env::var("LUT_M").ok().and_then(|v| v.parse().ok()) {
+        Some(m) => vec![m],
+        None => vec![1, 4, 16, 64],
+    };
+    let bits: Vec<u32> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let bits = if bits.is_empty() { vec![4, 3] } else { bits };
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();
-    for g in [Granularity::Channel, Granularity::Group(128)] {
-        let cfg = Config {
-            bits: 4,
-            granularity: g,
-            family: FamilyChoice::Auto,
-        };
-        let q = quantize(&w, n, k, &cfg).unwrap();
-        for m in [1usize, 64] {
-            let x = vec![0.5f32; m * k];
-            let mut y = vec![0f32; m * n];
-            for kernel in Kernel::available() {
-                let mut best = f64::INFINITY;
-                for _ in 0..20 {
-                    let t = Instant::now();
-                    linear_with(kernel, &x, m, &q.view(), None, &mut y).unwrap();
-                    best = best.min(t.elapsed().as_secs_f64());
+    for b in bits {
+        for g in [Granularity::Channel, Granularity::Group(128)] {
+            let cfg = Config {
+                bits: b,
+                granularity: g,
+                family: FamilyChoice::Auto,
+            };
+            let q = quantize(&w, n, k, &cfg).unwrap();
+            for m in ms.iter().copied() {
+                let x: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+                let mut y = vec![0f32; m * n];
+                for kernel in Kernel::available().into_iter().skip(1) {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..20 {
+                        let t = Instant::now();
+                        linear_with(kernel, &x, m, &q.view(), None, &mut y).unwrap();
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                    println!("b{b} {g:?} m={m} {:<7} {:.3} ms", kernel.name(), best * 1e3);
                 }
-                println!("{g:?} m={m} {:<7} {:.3} ms", kernel.name(), best * 1e3);
             }
         }
     }

@@ -111,6 +111,43 @@ impl Isa {
         }
     }
 
+    /// Units per vector of the phase-split decode (`super::phased`), if this
+    /// kernel has one.
+    pub(crate) fn phased_lanes(self) -> Option<usize> {
+        match self {
+            Isa::Scalar => None,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(8),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(16),
+        }
+    }
+
+    /// [`Isa::dot_rows`] of the weight rows `r0..r0 + out.len() / m` (`out`
+    /// is `[rows, m]`) through the phase-split decode: `xp` is `x` permuted
+    /// by the `Layout` built from [`Isa::phased_lanes`].
+    pub(crate) fn dot_rows_phased(
+        self,
+        w: &PackedWeights,
+        r0: usize,
+        (x, xp, m): (&[f32], &[f32], usize),
+        out: &mut [f32],
+    ) {
+        match self {
+            Isa::Scalar => {
+                for (t, out_r) in out.chunks_mut(m).enumerate() {
+                    super::scalar::dot_rows(w, r0 + t, x, out_r);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` implies AVX2 + FMA were detected (see above).
+            Isa::Avx2 => unsafe { super::x86_avx2_phased::dot_rows(w, r0, x, xp, m, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` implies AVX-512F was detected (see above).
+            Isa::Avx512 => unsafe { super::x86_avx512_phased::dot_rows(w, r0, x, xp, m, out) },
+        }
+    }
+
     /// Writes `scale · levels[code(r, j)]` for `j in k0..k0 + out.len()`.
     pub(crate) fn decode_row(self, w: &PackedWeights, r: usize, k0: usize, out: &mut [f32]) {
         match self {

@@ -18,13 +18,18 @@
 //! Every output element is computed by exactly one task in a fixed order, so
 //! results are bit-identical for any Rayon thread count.
 
+mod phased;
 mod scalar;
 mod small;
 mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
+mod x86_avx2_phased;
+#[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512_phased;
 
 mod kernel;
 
@@ -139,9 +144,21 @@ fn row_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     if k == 0 {
         return vec![0.0; m];
     }
-    x.chunks_exact(k)
-        .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
-        .collect()
+    x.chunks_exact(k).map(row_sum).collect()
+}
+
+/// Σ of one row in f64 over 8 interleaved partial sums (fixed order, so
+/// deterministic), which vectorizes instead of waiting on one add chain.
+fn row_sum(row: &[f32]) -> f32 {
+    let mut part = [0.0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (p, &v) in part.iter_mut().zip(c) {
+            *p += f64::from(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+    (part.iter().sum::<f64>() + tail) as f32
 }
 
 /// Adds offset and bias to the per-row dot products `y_t` (`[N, m]`) and

@@ -191,6 +191,25 @@ fn several_tiles_in_both_directions() {
 }
 
 #[test]
+fn phase_split_decode_chunks_and_tails() {
+    // Chunk-aligned segments (128/256/512 codes per chunk on AVX-512, half on
+    // AVX2) with a scalar tail; every block size of rows of x.
+    for bits in 1..=4 {
+        for (cols, gran) in [
+            (1100, Gran::Channel),
+            (1024, Gran::Group(128)),
+            (1024, Gran::Group(512)),
+            (600, Gran::Tensor),
+        ] {
+            let case = Case::new(21, cols, bits, gran, u64::from(bits) + cols as u64);
+            for m in [1, 2, 3, 4, 7, 8, 15, 16] {
+                check_all(&case, m, m as u64).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
 fn degenerate_shapes_give_bias_or_nothing() {
     let empty_k = Case::new(3, 0, 4, Gran::Channel, 1);
     let mut y = vec![f32::NAN; 6];
