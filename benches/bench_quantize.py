@@ -256,10 +256,11 @@ def main() -> None:
         "x floor(b) < 1 means slower than one np.sum pass over the input; x ref(a) is the "
         "speed-up over the NumPy/SciPy reference on the same subset."
     )
+    first = args.configs[0]
     print(
         f"peak extra: VmHWM growth during the call beyond the built input (reset via "
-        f"clear_refs: {memory['tensor']['reset']}), includes the packed output "
-        f"(~{memory['tensor']['out'] / 2**20:.0f} MiB at tensor granularity); "
+        f"clear_refs: {memory[first]['reset']}), includes the packed output "
+        f"(~{memory[first]['out'] / 2**20:.0f} MiB at {first} granularity); "
         f"/largest: relative to the largest tensor {largest} "
         f"({largest_bytes / 2**20:.0f} MiB fp32)."
     )
