@@ -98,6 +98,8 @@ def test_state_dict_stays_packed_and_reloads():
     x = torch.randn(3, 256)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), q(x))
+    # dequantize() decodes what was loaded, not what the twin was built from.
+    torch.testing.assert_close(twin.dequantize().weight, q.dequantize().weight)
 
 
 def test_training_through_it_is_refused_and_bad_input_is_clear():

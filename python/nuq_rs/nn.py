@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
 from ._report import Report
 from ._state_dict import _check_groups, _override, _report_of
@@ -33,9 +34,16 @@ class _Packed(nn.Module):
     def _store(self, q: QuantizedTensor) -> None:
         self.bits = q.bits
         self.group_size = q.config.group_size
-        self.quantized = q
+        self.weight_shape = q.shape
         for name in ("packed", "levels", "loc", "scale"):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(getattr(q, name))))
+
+    def _decoded_weight(self) -> torch.Tensor:
+        """The fp32 weight decoded from the buffers (so a loaded state dict counts)."""
+        rows, cols = matrix_shape(self.weight_shape)
+        parts = (self.packed, self.levels, self.loc, self.scale)
+        w = _dequantize(*(p.numpy() for p in parts), rows, cols, self.bits, self.group_size)
+        return torch.from_numpy(w).reshape(self.weight_shape)
 
     def _matmul(
         self, x2: torch.Tensor, rows: slice, cols: int, bias: torch.Tensor | None = None
@@ -116,7 +124,7 @@ class NuqLinear(_Packed):
         """A float :class:`torch.nn.Linear` with the decoded weight."""
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         with torch.no_grad():
-            lin.weight.copy_(self.quantized.dequantize())
+            lin.weight.copy_(self._decoded_weight())
             if self.bias is not None:
                 lin.bias.copy_(self.bias)
         return lin
@@ -179,7 +187,7 @@ class NuqConv2d(_Packed):
             bias=self.bias is not None,
         )
         with torch.no_grad():
-            conv.weight.copy_(self.quantized.dequantize())
+            conv.weight.copy_(self._decoded_weight())
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv

@@ -84,6 +84,27 @@ fn quantize<'py>(
     Ok(out)
 }
 
+/// The borrowed view of a packed matrix passed as arrays: codes, then
+/// `[levels, loc, scale]`, for a `[rows, cols]` shape.
+fn packed_view<'a>(
+    packed: &'a PyReadonlyArray1<'_, u8>,
+    [levels, loc, scale]: [&'a PyReadonlyArray1<'_, f32>; 3],
+    [rows, cols]: [usize; 2],
+    bits: u32,
+    group_size: Option<usize>,
+) -> PyResult<PackedWeights<'a>> {
+    Ok(PackedWeights {
+        rows,
+        cols,
+        bits,
+        packed: packed.as_slice()?,
+        levels: levels.as_slice()?,
+        loc: loc.as_slice()?,
+        scale: scale.as_slice()?,
+        group_size,
+    })
+}
+
 /// `y = x · Wᵀ (+ bias)` for a float32 `[m, cols]` matrix `x`, straight from
 /// the packed codes of the `rows x cols` matrix W (the LUT matmul).
 #[pyfunction]
@@ -102,16 +123,8 @@ fn linear<'py>(
     group_size: Option<usize>,
     bias: Option<PyReadonlyArray1<'py, f32>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let view = PackedWeights {
-        rows,
-        cols,
-        bits,
-        packed: packed.as_slice()?,
-        levels: levels.as_slice()?,
-        loc: loc.as_slice()?,
-        scale: scale.as_slice()?,
-        group_size,
-    };
+    let arrays = [&levels, &loc, &scale];
+    let view = packed_view(&packed, arrays, [rows, cols], bits, group_size)?;
     let [m, k] = [x.shape()[0], x.shape()[1]];
     if k != cols {
         return Err(PyValueError::new_err(format!(
@@ -145,16 +158,8 @@ fn dequantize<'py>(
     bits: u32,
     group_size: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let view = PackedWeights {
-        rows,
-        cols,
-        bits,
-        packed: packed.as_slice()?,
-        levels: levels.as_slice()?,
-        loc: loc.as_slice()?,
-        scale: scale.as_slice()?,
-        group_size,
-    };
+    let arrays = [&levels, &loc, &scale];
+    let view = packed_view(&packed, arrays, [rows, cols], bits, group_size)?;
     let out = py
         .detach(|| {
             view.validate()?;
