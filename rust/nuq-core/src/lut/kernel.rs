@@ -161,47 +161,59 @@ impl Isa {
         }
     }
 
-    /// Adds `Σ_{k < klen} x[i, k0 + k] · tile[t, k]` to `out[t * m + i]` for
-    /// every row `i < g.m` of `x` and every decoded row `t < g.rows` of the tile.
-    pub(crate) fn gemm_tile(self, g: &TileArgs, out: &mut [f32]) {
+    /// Rows of `x` per panel of the prefill kernel ([`Isa::gemm_panel`]):
+    /// two vectors' worth.
+    pub(crate) fn panel_width(self) -> usize {
         match self {
-            Isa::Scalar => super::scalar::gemm_tile(g, out),
+            Isa::Scalar => 8,
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` implies AVX2 + FMA were detected (see above).
-            Isa::Avx2 => unsafe { super::x86_avx2::gemm_tile(g, out) },
+            Isa::Avx2 => 16,
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512` implies AVX-512F was detected (see above).
-            Isa::Avx512 => unsafe { super::x86_avx512::gemm_tile(g, out) },
+            Isa::Avx512 => 32,
+        }
+    }
+
+    /// Adds `Σ_{k < klen} x[i0 + l, k0 + k] · tile[t, k]` to
+    /// `out[t * m + i0 + l]` for every decoded row `t < g.rows` and every
+    /// valid panel row `l < g.mlen`.
+    pub(crate) fn gemm_panel(self, g: &PanelArgs, out: &mut [f32]) {
+        g.check(self.panel_width(), out.len());
+        match self {
+            Isa::Scalar => super::scalar::gemm_panel(g, out),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` implies AVX2 + FMA were detected (see above);
+            // `check` proved the lengths the kernel relies on.
+            Isa::Avx2 => unsafe { super::x86_avx2::gemm_panel(g, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` implies AVX-512F was detected (see above);
+            // `check` proved the lengths the kernel relies on.
+            Isa::Avx512 => unsafe { super::x86_avx512::gemm_panel(g, out) },
         }
     }
 }
 
-/// Operands of one tile product (see [`Isa::gemm_tile`]).
-pub(crate) struct TileArgs<'a> {
-    /// Row-major `[m, k]` activations.
-    pub x: &'a [f32],
-    pub m: usize,
-    pub k: usize,
-    /// First column of `x` covered by the tile.
-    pub k0: usize,
-    /// Valid columns of the tile.
+/// Operands of one panel product (see [`Isa::gemm_panel`]).
+pub(crate) struct PanelArgs<'a> {
+    /// `klen` steps of `width` rows of `x`: `x[i0 + l, k0 + k]` at
+    /// `xp[k * width + l]`, zero for `l >= mlen`.
+    pub xp: &'a [f32],
     pub klen: usize,
-    /// Decoded weights: `rows` rows of stride `ld`.
+    /// Decoded weights: `rows` rows of stride `ld`, `klen` valid columns.
     pub tile: &'a [f32],
     pub rows: usize,
     pub ld: usize,
+    /// Row length of `out` (`[rows, m]`), and the rows of `x` in this panel.
+    pub m: usize,
+    pub i0: usize,
+    pub mlen: usize,
 }
 
-impl TileArgs<'_> {
-    /// The `klen` activations of row `i` that meet the tile.
-    pub fn x_row(&self, i: usize) -> &[f32] {
-        let s = i * self.k + self.k0;
-        &self.x[s..s + self.klen]
-    }
-
-    /// The `klen` decoded weights of tile row `t`.
-    pub fn w_row(&self, t: usize) -> &[f32] {
-        &self.tile[t * self.ld..t * self.ld + self.klen]
+impl PanelArgs<'_> {
+    /// The kernels read and write unchecked inside these bounds.
+    fn check(&self, width: usize, out_len: usize) {
+        assert!(self.xp.len() >= self.klen * width && self.mlen <= width);
+        assert!(self.klen <= self.ld && self.rows * self.ld <= self.tile.len());
+        assert!(self.i0 + self.mlen <= self.m && self.rows * self.m <= out_len);
     }
 }
 

@@ -12,8 +12,8 @@
 //!   and decodes each weight row once in registers for a block of up to 8 rows
 //!   of `x` (`small`).
 //! - larger `m` (prefill, im2col): compute-bound; a tile of W is decoded into a
-//!   small f32 buffer and reused by a register-blocked kernel over all of `x`
-//!   (`tile`).
+//!   small f32 buffer and reused by an outer-product micro-kernel over panels
+//!   of `x` (`tile`).
 //!
 //! Every output element is computed by exactly one task in a fixed order, so
 //! results are bit-identical for any Rayon thread count.
@@ -96,14 +96,14 @@ pub fn linear_with(
         return Ok(());
     }
     let sumx = row_sums(x, m, w.cols);
-    let mut y_t = vec![0.0f32; w.rows * m];
     let isa = kernel.isa();
     if m <= SMALL_M {
+        let mut y_t = vec![0.0f32; w.rows * m];
         small::run(isa, x, m, w, &mut y_t);
+        finish(&y_t, &sumx, m, w, bias, y);
     } else {
-        tile::run(isa, x, m, w, &mut y_t);
+        tile::run(isa, x, w, (&sumx, bias), y);
     }
-    finish(&y_t, &sumx, m, w, bias, y);
     Ok(())
 }
 
@@ -175,10 +175,16 @@ fn finish(
     let n = w.rows;
     y.par_chunks_mut(n).enumerate().for_each(|(i, y_row)| {
         for (r, out) in y_row.iter_mut().enumerate() {
-            let b = bias.map_or(0.0, |b| b[r]);
-            *out = y_t[r * m + i] + w.loc_of(r) * sumx[i] + b;
+            *out = output(w, r, y_t[r * m + i], sumx[i], bias);
         }
     });
+}
+
+/// Output `r` of a row of `x` from its offset-free dot product `dot` and the
+/// row's sum `sx`: adds the weight row's offset and the bias.
+#[inline]
+fn output(w: &PackedWeights, r: usize, dot: f32, sx: f32, bias: Option<&[f32]>) -> f32 {
+    dot + w.loc_of(r) * sx + bias.map_or(0.0, |b| b[r])
 }
 
 /// Runs `$body` with `const $b: u32` bound to `$bits` (1..=8); the body is

@@ -2,7 +2,7 @@
 //! three primitives (used when no SIMD path applies, and for head/tail codes
 //! of the SIMD paths).
 
-use super::kernel::TileArgs;
+use super::kernel::PanelArgs;
 use crate::weights::PackedWeights;
 
 /// Little-endian `u64` from `bytes[off..off + 8]`, zero-padded past the end.
@@ -51,21 +51,6 @@ pub(crate) fn x_rows<const MR: usize>(x: &[f32], k: usize, i0: usize) -> [&[f32]
     core::array::from_fn(|a| &x[(i0 + a) * k..(i0 + a + 1) * k])
 }
 
-/// `out[(t0 + b) * m + i0 + a] += d[a][b]`.
-pub(crate) fn add_block<const R: usize, const T: usize>(
-    d: &[[f32; T]; R],
-    m: usize,
-    i0: usize,
-    t0: usize,
-    out: &mut [f32],
-) {
-    for (a, d_row) in d.iter().enumerate() {
-        for (b, v) in d_row.iter().enumerate() {
-            out[(t0 + b) * m + i0 + a] += v;
-        }
-    }
-}
-
 /// Rows of `x` handled together so each code is decoded once per block.
 const BLOCK: usize = 16;
 
@@ -102,15 +87,41 @@ pub(crate) fn decode_row(w: &PackedWeights, r: usize, k0: usize, out: &mut [f32]
     }
 }
 
-/// Scalar [`super::kernel::Isa::gemm_tile`].
-pub(crate) fn gemm_tile(g: &TileArgs, out: &mut [f32]) {
-    for t in 0..g.rows {
-        let wr = g.w_row(t);
-        for i in 0..g.m {
-            let dot: f32 = g.x_row(i).iter().zip(wr).map(|(a, b)| a * b).sum();
-            out[t * g.m + i] += dot;
+/// Panel width of the scalar prefill kernel (see `Isa::panel_width`).
+const PANEL: usize = 8;
+/// Weight rows per register tile of the scalar prefill kernel.
+const NR: usize = 4;
+
+/// Scalar [`super::kernel::Isa::gemm_panel`]: `NR x PANEL` accumulators
+/// (edges one weight row at a time), a shape compilers vectorize.
+pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
+    let mut t = 0;
+    while t < g.rows {
+        t += if g.rows - t >= NR {
+            panel_rows::<NR>(g, t, out)
+        } else {
+            panel_rows::<1>(g, t, out)
+        };
+    }
+}
+
+fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usize {
+    let mut acc = [[0.0f32; PANEL]; R];
+    let ws: [&[f32]; R] = core::array::from_fn(|r| &g.tile[(t0 + r) * g.ld..][..g.klen]);
+    for (k, xv) in g.xp.chunks_exact(PANEL).take(g.klen).enumerate() {
+        for (a, wr) in acc.iter_mut().zip(ws) {
+            for (c, &xl) in a.iter_mut().zip(xv) {
+                *c += wr[k] * xl;
+            }
         }
     }
+    for (r, a) in acc.iter().enumerate() {
+        let dst = &mut out[(t0 + r) * g.m + g.i0..][..g.mlen];
+        for (d, &v) in dst.iter_mut().zip(a) {
+            *d += v;
+        }
+    }
+    R
 }
 
 /// Reference `y = x · Wᵀ + bias`, decoding `W[r, j]` in full for every product.

@@ -177,7 +177,8 @@ fn every_batch_size_up_to_300() {
 
 #[test]
 fn several_tiles_in_both_directions() {
-    // N > TILE_N and K > TILE_K, with groups that cut chunks off byte alignment.
+    // N > TILE_N and K > TILE_K, with groups that cut chunks off byte alignment;
+    // m = 300 spans two chunks of rows of x.
     for (bits, gran) in [
         (3, Gran::Group(100)),
         (4, Gran::Channel),
@@ -187,6 +188,7 @@ fn several_tiles_in_both_directions() {
         let case = Case::new(70, 1100, bits, gran, 99);
         check_all(&case, 1, 1).unwrap();
         check_all(&case, 37, 2).unwrap();
+        check_all(&case, 300, 3).unwrap();
     }
 }
 

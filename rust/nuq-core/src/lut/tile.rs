@@ -1,43 +1,140 @@
-//! Prefill driver (`m > 16`): compute-bound, so a tile of W is decoded once into
-//! an f32 buffer that stays in cache and a register-blocked kernel runs every
-//! row of `x` against it. Tasks own disjoint tiles of output rows.
+//! Prefill driver (`m > 16`): compute-bound, so W is decoded tile by tile into
+//! a small f32 buffer that stays in cache, and an outer-product micro-kernel
+//! runs every row of `x` against it.
+//!
+//! `x` is repacked once per chunk of `MC` rows into panels (`Panels`): `width`
+//! rows of `x` interleaved along `k`, so the kernel loads a whole vector of
+//! rows at each `k` and broadcasts one decoded weight against it. Tasks are
+//! (chunk of `x` rows, tile of weight rows) pairs, so both a tall `x`
+//! (im2col) and a wide `W` (LLM layers) spread over the cores.
 
 use rayon::prelude::*;
 
-use super::kernel::{Isa, TileArgs};
+use super::kernel::{Isa, PanelArgs};
+use super::output;
 use crate::weights::PackedWeights;
 
-/// Weight rows per tile (and per Rayon task).
-pub(crate) const TILE_N: usize = 32;
-/// Columns per tile: `TILE_N * TILE_K` floats = 64 KiB, an L2-resident buffer.
-pub(crate) const TILE_K: usize = 512;
+/// Rows of `x` per chunk: a multiple of every panel width.
+const MC: usize = 256;
+/// Weight rows per tile: a multiple of every kernel's register tile (12, 6, 4).
+pub(crate) const TILE_N: usize = 48;
+/// Columns per tile: a decoded tile is `TILE_N * TILE_K` floats (48 KiB, in
+/// L2), a panel slice `TILE_K * width` floats (at most 32 KiB, in L1).
+pub(crate) const TILE_K: usize = 256;
 
-/// Fills `y_t` (`[N, m]`) with the offset-free dot products of every weight row.
-pub(crate) fn run(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, y_t: &mut [f32]) {
-    y_t.par_chunks_mut(TILE_N * m).enumerate().for_each_init(
-        || vec![0.0f32; TILE_N * TILE_K],
-        |tile, (task, out)| {
-            out.fill(0.0);
-            let r0 = task * TILE_N;
-            let rows = out.len() / m;
-            for k0 in (0..w.cols).step_by(TILE_K) {
-                let klen = TILE_K.min(w.cols - k0);
-                for t in 0..rows {
-                    let dst = &mut tile[t * TILE_K..t * TILE_K + klen];
-                    isa.decode_row(w, r0 + t, k0, dst);
-                }
-                let args = TileArgs {
-                    x,
-                    m,
-                    k: w.cols,
-                    k0,
-                    klen,
-                    tile,
-                    rows,
-                    ld: TILE_K,
-                };
-                isa.gemm_tile(&args, out);
-            }
-        },
-    );
+/// Writes `y = x · Wᵀ + loc · Σx + bias` (row-major `[m, w.rows]`);
+/// `sumx[i]` is the sum of row `i` of `x`.
+pub(crate) fn run(
+    isa: Isa,
+    x: &[f32],
+    w: &PackedWeights,
+    (sumx, bias): (&[f32], Option<&[f32]>),
+    y: &mut [f32],
+) {
+    let (k, n) = (w.cols, w.rows);
+    y.par_chunks_mut(MC * n)
+        .enumerate()
+        .for_each(|(c, y_chunk)| {
+            let i0 = c * MC;
+            let rows = y_chunk.len() / n;
+            let panels = Panels::pack(isa.panel_width(), &x[i0 * k..(i0 + rows) * k], rows, k);
+            let blocks: Vec<Vec<f32>> = (0..n.div_ceil(TILE_N))
+                .into_par_iter()
+                .map_init(
+                    || vec![0.0f32; TILE_N * TILE_K],
+                    |tile, b| products(isa, w, &panels, b * TILE_N, tile),
+                )
+                .collect();
+            y_chunk
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(i, y_row)| {
+                    for (r, out) in y_row.iter_mut().enumerate() {
+                        let dot = blocks[r / TILE_N][(r % TILE_N) * rows + i];
+                        *out = output(w, r, dot, sumx[i0 + i], bias);
+                    }
+                });
+        });
+}
+
+/// Offset-free dot products of weight rows `r0..r0 + TILE_N` (clipped to
+/// `w.rows`) with every row of the chunk: `[tile rows, panels.m]`.
+fn products(isa: Isa, w: &PackedWeights, panels: &Panels, r0: usize, tile: &mut [f32]) -> Vec<f32> {
+    let rows = TILE_N.min(w.rows - r0);
+    let mut out = vec![0.0f32; rows * panels.m];
+    for k0 in (0..w.cols).step_by(TILE_K) {
+        let klen = TILE_K.min(w.cols - k0);
+        for t in 0..rows {
+            isa.decode_row(w, r0 + t, k0, &mut tile[t * TILE_K..t * TILE_K + klen]);
+        }
+        for p in 0..panels.count() {
+            let args = PanelArgs {
+                xp: panels.slice(p, k0, klen),
+                klen,
+                tile,
+                rows,
+                ld: TILE_K,
+                m: panels.m,
+                i0: p * panels.width,
+                mlen: panels.width.min(panels.m - p * panels.width),
+            };
+            isa.gemm_panel(&args, &mut out);
+        }
+    }
+    out
+}
+
+/// Rows of `x` regrouped by `width`: panel `p` holds rows
+/// `p * width..(p + 1) * width` interleaved along `k` (element `(k, l)` at
+/// `k * width + l`), zero past the last row.
+struct Panels {
+    width: usize,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl Panels {
+    fn pack(width: usize, x: &[f32], m: usize, k: usize) -> Self {
+        let mut data = vec![0.0f32; m.div_ceil(width) * k * width];
+        if k > 0 {
+            data.par_chunks_mut(k * width)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let rows = &x[p * width * k..(m.min((p + 1) * width)) * k];
+                    for (l, row) in rows.chunks_exact(k).enumerate() {
+                        for (j, &v) in row.iter().enumerate() {
+                            panel[j * width + l] = v;
+                        }
+                    }
+                });
+        }
+        Panels { width, m, k, data }
+    }
+
+    fn count(&self) -> usize {
+        self.m.div_ceil(self.width)
+    }
+
+    /// Columns `k0..k0 + klen` of panel `p`.
+    fn slice(&self, p: usize, k0: usize, klen: usize) -> &[f32] {
+        let start = (p * self.k + k0) * self.width;
+        &self.data[start..start + klen * self.width]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panels_interleave_rows_and_zero_pad() {
+        // x: 3 rows of 2 columns, panel width 2 -> 2 panels, the last half empty.
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let p = Panels::pack(2, &x, 3, 2);
+        assert_eq!(p.count(), 2);
+        assert_eq!(p.slice(0, 0, 2), &[1.0, 3.0, 2.0, 4.0]);
+        assert_eq!(p.slice(1, 0, 2), &[5.0, 0.0, 6.0, 0.0]);
+        assert_eq!(p.slice(1, 1, 1), &[6.0, 0.0]);
+    }
 }

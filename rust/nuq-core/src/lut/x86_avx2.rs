@@ -5,16 +5,16 @@
 
 use core::arch::x86_64::*;
 
-use super::kernel::TileArgs;
-use super::scalar::{add_block, code_at, load_le_u64, padded_levels, vector_span, x_rows};
+use super::kernel::PanelArgs;
+use super::scalar::{code_at, load_le_u64, padded_levels, vector_span, x_rows};
 use super::with_bits;
 use crate::weights::PackedWeights;
 
 /// Codes per vector.
 const LANES: usize = 8;
-/// Register tile of the prefill kernel (8 of the 16 ymm registers accumulate).
-const MR: usize = 4;
-const NR: usize = 2;
+/// Weight rows per register tile of the prefill kernel (x two vectors of
+/// panel rows: 12 of the 16 ymm registers accumulate).
+const NR: usize = 6;
 
 /// A scaled codebook ready for register lookups.
 #[derive(Clone, Copy)]
@@ -186,70 +186,51 @@ fn decode_row_b<const B: u32>(w: &PackedWeights, r: usize, k0: usize, out: &mut 
     }
 }
 
-/// `R x T` dot products of equal-length rows, one ymm accumulator each.
+/// See [`super::kernel::Isa::gemm_panel`]: `NR` weight rows by 16 panel rows
+/// (two ymm) per register tile, edges one weight row at a time.
 #[target_feature(enable = "avx2,fma")]
-fn dot_block<const R: usize, const T: usize>(
-    xs: [&[f32]; R],
-    ws: [&[f32]; T],
-    len: usize,
-) -> [[f32; T]; R] {
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let vec_end = len / LANES * LANES;
-    for j in (0..vec_end).step_by(LANES) {
-        let mut wv = [_mm256_setzero_ps(); T];
-        for (v, wr) in wv.iter_mut().zip(ws) {
-            // SAFETY: j + 8 <= vec_end <= len == wr.len().
-            *v = unsafe { _mm256_loadu_ps(wr.as_ptr().add(j)) };
-        }
-        for (a, xr) in acc.iter_mut().zip(xs) {
-            // SAFETY: j + 8 <= vec_end <= len == xr.len().
-            let xv = unsafe { _mm256_loadu_ps(xr.as_ptr().add(j)) };
-            for (c, v) in a.iter_mut().zip(wv) {
-                *c = _mm256_fmadd_ps(xv, v, *c);
-            }
-        }
-    }
-    let mut res = [[0.0f32; T]; R];
-    for ((res_row, a), xr) in res.iter_mut().zip(acc).zip(xs) {
-        for ((s, c), wr) in res_row.iter_mut().zip(a).zip(ws) {
-            let tail: f32 = (vec_end..len).map(|j| xr[j] * wr[j]).sum();
-            *s = hsum(c) + tail;
-        }
-    }
-    res
-}
-
-/// See [`super::kernel::Isa::gemm_tile`]: `MR x NR` register tiles, edges 1 wide.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn gemm_tile(g: &TileArgs, out: &mut [f32]) {
-    let mut i = 0;
-    while i < g.m {
-        i += if g.m - i >= MR {
-            rows_block::<MR>(g, i, out)
+pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
+    let mut t = 0;
+    while t < g.rows {
+        t += if g.rows - t >= NR {
+            panel_rows::<NR>(g, t, out)
         } else {
-            rows_block::<1>(g, i, out)
+            panel_rows::<1>(g, t, out)
         };
     }
 }
 
+/// Outer products over `k`: one broadcast weight times two vectors of `x`.
 #[target_feature(enable = "avx2,fma")]
-fn rows_block<const R: usize>(g: &TileArgs, i0: usize, out: &mut [f32]) -> usize {
-    let xs: [&[f32]; R] = core::array::from_fn(|a| g.x_row(i0 + a));
-    let mut t = 0;
-    while t < g.rows {
-        if g.rows - t >= NR {
-            let d = dot_block::<R, NR>(xs, core::array::from_fn(|b| g.w_row(t + b)), g.klen);
-            add_block(&d, g.m, i0, t, out);
-            t += NR;
-        } else {
-            add_block(
-                &dot_block::<R, 1>(xs, [g.w_row(t)], g.klen),
-                g.m,
-                i0,
-                t,
-                out,
-            );
-            t += 1;
+fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usize {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let (xp, w) = (g.xp.as_ptr(), g.tile[t0 * g.ld..].as_ptr());
+    for k in 0..g.klen {
+        // SAFETY: `PanelArgs::check` proved `xp` holds `klen * 16` floats and
+        // the tile `(t0 + R) * ld` with `klen <= ld`, so every read is in bounds.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_ps(xp.add(k * 16)),
+                _mm256_loadu_ps(xp.add(k * 16 + 8)),
+            )
+        };
+        for (r, c) in acc.iter_mut().enumerate() {
+            // SAFETY: as above, `(t0 + r) * ld + k` is inside the tile.
+            let s = _mm256_set1_ps(unsafe { *w.add(r * g.ld + k) });
+            c[0] = _mm256_fmadd_ps(s, a, c[0]);
+            c[1] = _mm256_fmadd_ps(s, b, c[1]);
+        }
+    }
+    for (r, c) in acc.iter().enumerate() {
+        let mut sums = [0.0f32; 16];
+        // SAFETY: `sums` holds two vectors.
+        unsafe {
+            _mm256_storeu_ps(sums.as_mut_ptr(), c[0]);
+            _mm256_storeu_ps(sums.as_mut_ptr().add(8), c[1]);
+        }
+        let dst = &mut out[(t0 + r) * g.m + g.i0..][..g.mlen];
+        for (d, s) in dst.iter_mut().zip(sums) {
+            *d += s;
         }
     }
     R

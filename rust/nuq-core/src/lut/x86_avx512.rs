@@ -5,16 +5,16 @@
 
 use core::arch::x86_64::*;
 
-use super::kernel::TileArgs;
-use super::scalar::{add_block, code_at, load_le_u64, padded_levels, vector_span, x_rows};
+use super::kernel::PanelArgs;
+use super::scalar::{code_at, load_le_u64, padded_levels, vector_span, x_rows};
 use super::with_bits;
 use crate::weights::PackedWeights;
 
 /// Codes per vector.
 const LANES: usize = 16;
-/// Register tile of the prefill kernel: rows of `x` x decoded weight rows.
-const MR: usize = 4;
-const NR: usize = 4;
+/// Weight rows per register tile of the prefill kernel (x two vectors of
+/// panel rows: 24 of the 32 zmm registers accumulate).
+const NR: usize = 12;
 
 /// A scaled codebook ready for register lookups.
 #[derive(Clone, Copy)]
@@ -202,70 +202,56 @@ fn decode_row_b<const B: u32>(w: &PackedWeights, r: usize, k0: usize, out: &mut 
     }
 }
 
-/// `R x T` dot products of equal-length rows, one zmm accumulator each.
+/// See [`super::kernel::Isa::gemm_panel`]: `NR` weight rows by 32 panel rows
+/// (two zmm) per register tile, edges one weight row at a time.
 #[target_feature(enable = "avx512f")]
-fn dot_block<const R: usize, const T: usize>(
-    xs: [&[f32]; R],
-    ws: [&[f32]; T],
-    len: usize,
-) -> [[f32; T]; R] {
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
-    let vec_end = len / LANES * LANES;
-    for j in (0..vec_end).step_by(LANES) {
-        let mut wv = [_mm512_setzero_ps(); T];
-        for (v, wr) in wv.iter_mut().zip(ws) {
-            // SAFETY: j + 16 <= vec_end <= len == wr.len().
-            *v = unsafe { _mm512_loadu_ps(wr.as_ptr().add(j)) };
-        }
-        for (a, xr) in acc.iter_mut().zip(xs) {
-            // SAFETY: j + 16 <= vec_end <= len == xr.len().
-            let xv = unsafe { _mm512_loadu_ps(xr.as_ptr().add(j)) };
-            for (c, v) in a.iter_mut().zip(wv) {
-                *c = _mm512_fmadd_ps(xv, v, *c);
-            }
-        }
-    }
-    let mut res = [[0.0f32; T]; R];
-    for ((res_row, a), xr) in res.iter_mut().zip(acc).zip(xs) {
-        for ((s, c), wr) in res_row.iter_mut().zip(a).zip(ws) {
-            let tail: f32 = (vec_end..len).map(|j| xr[j] * wr[j]).sum();
-            *s = _mm512_reduce_add_ps(c) + tail;
-        }
-    }
-    res
-}
-
-/// See [`super::kernel::Isa::gemm_tile`]: `MR x NR` register tiles, edges 1 wide.
-#[target_feature(enable = "avx512f")]
-pub(crate) fn gemm_tile(g: &TileArgs, out: &mut [f32]) {
-    let mut i = 0;
-    while i < g.m {
-        i += if g.m - i >= MR {
-            rows_block::<MR>(g, i, out)
+pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
+    let mut t = 0;
+    while t < g.rows {
+        t += if g.rows - t >= NR {
+            panel_rows::<NR>(g, t, out)
         } else {
-            rows_block::<1>(g, i, out)
+            panel_rows::<1>(g, t, out)
         };
     }
 }
 
+/// Outer products over `k`: one broadcast weight times two vectors of `x`.
 #[target_feature(enable = "avx512f")]
-fn rows_block<const R: usize>(g: &TileArgs, i0: usize, out: &mut [f32]) -> usize {
-    let xs: [&[f32]; R] = core::array::from_fn(|a| g.x_row(i0 + a));
-    let mut t = 0;
-    while t < g.rows {
-        if g.rows - t >= NR {
-            let d = dot_block::<R, NR>(xs, core::array::from_fn(|b| g.w_row(t + b)), g.klen);
-            add_block(&d, g.m, i0, t, out);
-            t += NR;
-        } else {
-            add_block(
-                &dot_block::<R, 1>(xs, [g.w_row(t)], g.klen),
-                g.m,
-                i0,
-                t,
-                out,
-            );
-            t += 1;
+fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usize {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let (xp, w) = (g.xp.as_ptr(), g.tile[t0 * g.ld..].as_ptr());
+    for k in 0..g.klen {
+        // SAFETY: `PanelArgs::check` proved `xp` holds `klen * 32` floats and
+        // the tile `(t0 + R) * ld` with `klen <= ld`, so every read is in bounds.
+        let (a, b) = unsafe {
+            (
+                _mm512_loadu_ps(xp.add(k * 32)),
+                _mm512_loadu_ps(xp.add(k * 32 + 16)),
+            )
+        };
+        for (r, c) in acc.iter_mut().enumerate() {
+            // SAFETY: as above, `(t0 + r) * ld + k` is inside the tile.
+            let s = _mm512_set1_ps(unsafe { *w.add(r * g.ld + k) });
+            c[0] = _mm512_fmadd_ps(s, a, c[0]);
+            c[1] = _mm512_fmadd_ps(s, b, c[1]);
+        }
+    }
+    for (r, c) in acc.iter().enumerate() {
+        let dst = &mut out[(t0 + r) * g.m + g.i0..][..g.mlen];
+        for (v, &cv) in c.iter().enumerate() {
+            let lanes = g.mlen.saturating_sub(v * 16).min(16);
+            if lanes == 0 {
+                continue;
+            }
+            let mask = (((1u32 << lanes) - 1) & 0xFFFF) as __mmask16;
+            // SAFETY: lane `l` is touched only if `v * 16 + l < mlen ==
+            // dst.len()`; masked-off lanes are neither read nor written.
+            unsafe {
+                let p = dst.as_mut_ptr().add(v * 16);
+                let cur = _mm512_maskz_loadu_ps(mask, p);
+                _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(cur, cv));
+            }
         }
     }
     R
