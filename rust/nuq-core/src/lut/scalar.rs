@@ -93,14 +93,14 @@ const PANEL: usize = 8;
 const NR: usize = 4;
 
 /// Scalar [`super::kernel::Isa::gemm_panel`]: `NR x PANEL` accumulators
-/// (edges one weight row at a time), a shape compilers vectorize.
+/// (edge rows in smaller tiles), a shape compilers vectorize.
 pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
     let mut t = 0;
     while t < g.rows {
-        t += if g.rows - t >= NR {
-            panel_rows::<NR>(g, t, out)
-        } else {
-            panel_rows::<1>(g, t, out)
+        t += match g.rows - t {
+            NR.. => panel_rows::<NR>(g, t, out),
+            2.. => panel_rows::<2>(g, t, out),
+            _ => panel_rows::<1>(g, t, out),
         };
     }
 }

@@ -187,15 +187,16 @@ fn decode_row_b<const B: u32>(w: &PackedWeights, r: usize, k0: usize, out: &mut 
 }
 
 /// See [`super::kernel::Isa::gemm_panel`]: `NR` weight rows by 16 panel rows
-/// (two ymm) per register tile, edges one weight row at a time.
+/// (two ymm) per register tile; edge rows in smaller power-of-two tiles.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
     let mut t = 0;
     while t < g.rows {
-        t += if g.rows - t >= NR {
-            panel_rows::<NR>(g, t, out)
-        } else {
-            panel_rows::<1>(g, t, out)
+        t += match g.rows - t {
+            NR.. => panel_rows::<NR>(g, t, out),
+            4.. => panel_rows::<4>(g, t, out),
+            2.. => panel_rows::<2>(g, t, out),
+            _ => panel_rows::<1>(g, t, out),
         };
     }
 }
