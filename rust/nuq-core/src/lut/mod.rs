@@ -107,6 +107,17 @@ pub fn linear_with(
     Ok(())
 }
 
+/// Writes row `r` of W decoded (`loc + scale · level`, the product rounded
+/// before the sum as in [`linear_reference`]) into `out` (`w.cols` floats),
+/// with the kernel of this CPU. `w` must be valid.
+pub(crate) fn decode_row(w: &PackedWeights, r: usize, out: &mut [f32]) {
+    Kernel::detect().isa().decode_row(w, r, 0, out);
+    let loc = w.loc_of(r);
+    if loc != 0.0 {
+        out.iter_mut().for_each(|v| *v += loc);
+    }
+}
+
 /// Scalar reference: decodes every weight as `loc + scale · level` and sums
 /// in row order. The definition every fast path is tested against.
 pub fn linear_reference(
