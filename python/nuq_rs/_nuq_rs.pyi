@@ -11,6 +11,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "lloyd_max",
+    "conv2d",
     "linear",
     "set_num_threads",
     "get_num_threads",
@@ -53,6 +54,19 @@ def linear(
     bits: int,
     group_size: int | None = None,
     bias: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
+def conv2d(
+    x: npt.NDArray[np.float32],
+    packed: npt.NDArray[np.uint8],
+    levels: npt.NDArray[np.float32],
+    loc: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    rows: int,
+    cols: int,
+    bits: int,
+    group_size: int | None,
+    bias: npt.NDArray[np.float32] | None,
+    geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int],
 ) -> npt.NDArray[np.float32]: ...
 def lloyd_max(
     family: str, bits: int

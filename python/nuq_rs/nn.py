@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._nuq_rs import conv2d as _conv2d
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
 from ._report import Report
@@ -134,8 +134,8 @@ class NuqLinear(_Packed):
 
 
 class NuqConv2d(_Packed):
-    """A :class:`torch.nn.Conv2d` on packed weights (im2col + the LUT matmul),
-    with stride, padding, dilation and groups (depthwise included)."""
+    """A :class:`torch.nn.Conv2d` on packed weights (implicit im2col into the LUT
+    matmul), with stride, padding, dilation and groups (depthwise included)."""
 
     def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -156,23 +156,32 @@ class NuqConv2d(_Packed):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prepare(x)
-        batch, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)
-        cols = cols.transpose(1, 2)  # [batch, positions, C * kh * kw]
-        per_in = self.in_channels // self.groups * kh * kw
-        per_out = self.out_channels // self.groups
-        outs = []
-        for g in range(self.groups):
-            xg = cols[..., g * per_in : (g + 1) * per_in].reshape(-1, per_in).contiguous()
-            outs.append(self._matmul(xg, slice(g * per_out, (g + 1) * per_out), per_in))
-        y = torch.cat(outs, dim=1) if self.groups > 1 else outs[0]
-        if self.bias is not None:
-            y += self.bias
-        y = y.reshape(batch, ho * wo, self.out_channels).transpose(1, 2)
-        return y.reshape(batch, self.out_channels, ho, wo).to(x.dtype)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected input [batch, {self.in_channels}, height, width], got {list(x.shape)}"
+            )
+        rows, cols = matrix_shape(self.weight_shape)
+        geometry = (
+            tuple(self.kernel_size),
+            tuple(self.stride),
+            tuple(self.padding),
+            tuple(self.dilation),
+            self.groups,
+        )
+        y = _conv2d(
+            x.to(torch.float32).contiguous().numpy(),
+            self.packed.numpy(),
+            self.levels.numpy(),
+            self.loc.numpy(),
+            self.scale.numpy(),
+            rows,
+            cols,
+            self.bits,
+            self.group_size,
+            None if self.bias is None else self.bias.numpy(),
+            geometry,
+        )
+        return torch.from_numpy(y).to(x.dtype)
 
     def dequantize(self) -> nn.Conv2d:
         """A float :class:`torch.nn.Conv2d` with the decoded weight."""

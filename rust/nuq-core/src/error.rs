@@ -22,6 +22,9 @@ pub enum NuqError {
         expected: usize,
         actual: usize,
     },
+    /// A convolution's geometry does not fit its input or weights.
+    #[error("convolution: {0}")]
+    InvalidConv(String),
     /// A code does not index the codebook.
     #[error("code {code} at flat index {index} is outside a codebook of {levels} levels")]
     CodeOutOfRange {

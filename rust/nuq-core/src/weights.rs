@@ -94,6 +94,33 @@ impl<'a> PackedWeights<'a> {
         self.group_size.unwrap_or(self.cols).max(1)
     }
 
+    /// Rows `r0..r1` as weights of their own (one group of a grouped
+    /// convolution); `self` must be valid and `r0 <= r1 <= rows`.
+    pub(crate) fn row_range(&self, r0: usize, r1: usize) -> PackedWeights<'a> {
+        let per_row = |len: usize| self.rows > 1 && len == self.rows;
+        let scale = match self.group_size {
+            Some(g) => {
+                let per = self.cols / g;
+                &self.scale[r0 * per..r1 * per]
+            }
+            None if per_row(self.scale.len()) => &self.scale[r0..r1],
+            None => self.scale,
+        };
+        let loc = if per_row(self.loc.len()) {
+            &self.loc[r0..r1]
+        } else {
+            self.loc
+        };
+        let row_bytes = self.row_bytes();
+        PackedWeights {
+            rows: r1 - r0,
+            packed: &self.packed[r0 * row_bytes..r1 * row_bytes],
+            loc,
+            scale,
+            ..*self
+        }
+    }
+
     /// Packed bytes of row `r`.
     pub(crate) fn row(&self, r: usize) -> &'a [u8] {
         let len = packed_len(self.cols, self.bits);

@@ -35,6 +35,7 @@ impl From<CoreError> for PyErr {
             NuqError::InvalidBits(_)
             | NuqError::InvalidGroupSize { .. }
             | NuqError::LengthMismatch { .. }
+            | NuqError::InvalidConv(_)
             | NuqError::CodeOutOfRange { .. } => QuantizationError::new_err(msg),
         }
     }

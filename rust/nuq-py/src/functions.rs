@@ -1,8 +1,8 @@
 //! The `#[pyfunction]`s: extract, release the GIL, call the core, convert back.
 
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use nuq_core::{Config, Family, FamilyChoice, Granularity, PackedWeights};
 use pyo3::exceptions::PyValueError;
@@ -143,6 +143,56 @@ fn linear<'py>(
     PyArray1::from_vec(py, y).reshape([m, rows])
 }
 
+/// `(kernel, stride, padding, dilation)` as `(height, width)` pairs, and groups.
+type Geometry = ([usize; 2], [usize; 2], [usize; 2], [usize; 2], usize);
+
+/// `conv2d(x, W) (+ bias)` for a float32 NCHW `x`, straight from the packed
+/// codes of W (`rows` = out channels, `cols` = in_channels / groups * kh * kw):
+/// implicit im2col into the LUT matmul.
+#[pyfunction]
+#[pyo3(signature = (x, packed, levels, loc, scale, rows, cols, bits, group_size, bias, geometry))]
+#[allow(clippy::too_many_arguments)]
+fn conv2d<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+    packed: PyReadonlyArray1<'py, u8>,
+    levels: PyReadonlyArray1<'py, f32>,
+    loc: PyReadonlyArray1<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group_size: Option<usize>,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+    geometry: Geometry,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let arrays = [&levels, &loc, &scale];
+    let view = packed_view(&packed, arrays, [rows, cols], bits, group_size)?;
+    let (kernel, stride, padding, dilation, groups) = geometry;
+    let [batch, in_channels, height, width] = [0, 1, 2, 3].map(|a| x.shape()[a]);
+    let shape = nuq_core::lut::ConvShape {
+        batch,
+        in_channels,
+        height,
+        width,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    let xs = x.as_slice()?;
+    let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+    let (y, [oh, ow]) = py
+        .detach(|| {
+            let out = shape.output_size()?;
+            let mut y = vec![0f32; batch * rows * out[0] * out[1]];
+            pool::run(|| nuq_core::lut::conv2d(&shape, xs, &view, bias, &mut y)).map(|()| (y, out))
+        })
+        .map_err(CoreError)?;
+    PyArray1::from_vec(py, y).reshape([batch, rows, oh, ow])
+}
+
 /// Decodes packed codes back to a flat float32 array of `rows * cols` values.
 #[pyfunction]
 #[pyo3(signature = (packed, levels, loc, scale, rows, cols, bits, group_size=None))]
@@ -217,6 +267,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(lloyd_max, m)?)?;
     m.add_function(wrap_pyfunction!(linear, m)?)?;
+    m.add_function(wrap_pyfunction!(conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

@@ -18,6 +18,7 @@
 //! Every output element is computed by exactly one task in a fixed order, so
 //! results are bit-identical for any Rayon thread count.
 
+mod conv;
 mod phased;
 mod scalar;
 mod small;
@@ -34,6 +35,7 @@ mod x86_avx512_phased;
 mod kernel;
 
 pub use crate::weights::PackedWeights;
+pub use conv::{conv2d, conv2d_with, ConvShape};
 pub use kernel::Kernel;
 
 use crate::weights::check_len;

@@ -8,17 +8,17 @@ use super::*;
 use crate::pack::{packed_len, scalar::pack};
 
 /// Named tolerance of every LUT path: relative to `Σ_j |x_j w_rj| + |bias_r|`.
-const REL_TOL: f64 = 1e-5;
+pub(super) const REL_TOL: f64 = 1e-5;
 
 #[derive(Clone, Copy, Debug)]
-enum Gran {
+pub(super) enum Gran {
     Tensor,
     Channel,
     Group(usize),
 }
 
 /// Owned test weights; `view()` borrows them as the kernels see them.
-struct Case {
+pub(super) struct Case {
     rows: usize,
     cols: usize,
     bits: u32,
@@ -30,10 +30,10 @@ struct Case {
 }
 
 /// Small deterministic generator (splitmix64) so failures reproduce.
-struct Rng(u64);
+pub(super) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -46,13 +46,13 @@ impl Rng {
         lo + (hi - lo) * (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    pub(super) fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n).map(|_| self.f32(lo, hi)).collect()
     }
 }
 
 impl Case {
-    fn new(rows: usize, cols: usize, bits: u32, gran: Gran, seed: u64) -> Self {
+    pub(super) fn new(rows: usize, cols: usize, bits: u32, gran: Gran, seed: u64) -> Self {
         let mut rng = Rng(seed);
         let mut levels = rng.vec(1 << bits, -3.0, 3.0);
         levels.sort_by(f32::total_cmp);
@@ -81,7 +81,7 @@ impl Case {
         }
     }
 
-    fn view(&self) -> PackedWeights<'_> {
+    pub(super) fn view(&self) -> PackedWeights<'_> {
         PackedWeights {
             rows: self.rows,
             cols: self.cols,
@@ -96,7 +96,12 @@ impl Case {
 }
 
 /// Dense f64 product and its error scale `Σ_j |x_j w_rj| + |bias_r|`, `[m, N]`.
-fn dense_f64(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+pub(super) fn dense_f64(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+) -> (Vec<f64>, Vec<f64>) {
     let (n, k) = (w.rows, w.cols);
     let (mut y, mut mag) = (vec![0.0; m * n], vec![0.0; m * n]);
     for i in 0..m {

@@ -15,7 +15,7 @@ use super::output;
 use crate::weights::PackedWeights;
 
 /// Rows of `x` per chunk: a multiple of every panel width.
-const MC: usize = 256;
+pub(super) const MC: usize = 256;
 /// Weight rows per tile: a multiple of every kernel's register tile (12, 6, 4).
 pub(crate) const TILE_N: usize = 48;
 /// Columns per tile: a decoded tile is `TILE_N * TILE_K` floats (48 KiB, in
@@ -59,7 +59,13 @@ pub(crate) fn run(
 
 /// Offset-free dot products of weight rows `r0..r0 + TILE_N` (clipped to
 /// `w.rows`) with every row of the chunk: `[tile rows, panels.m]`.
-fn products(isa: Isa, w: &PackedWeights, panels: &Panels, r0: usize, tile: &mut [f32]) -> Vec<f32> {
+pub(super) fn products(
+    isa: Isa,
+    w: &PackedWeights,
+    panels: &Panels,
+    r0: usize,
+    tile: &mut [f32],
+) -> Vec<f32> {
     let rows = TILE_N.min(w.rows - r0);
     let mut out = vec![0.0f32; rows * panels.m];
     for k0 in (0..w.cols).step_by(TILE_K) {
@@ -87,32 +93,54 @@ fn products(isa: Isa, w: &PackedWeights, panels: &Panels, r0: usize, tile: &mut 
 /// Rows of `x` regrouped by `width`: panel `p` holds rows
 /// `p * width..(p + 1) * width` interleaved along `k` (element `(k, l)` at
 /// `k * width + l`), zero past the last row.
-struct Panels {
-    width: usize,
-    m: usize,
+pub(super) struct Panels {
+    pub width: usize,
+    pub m: usize,
     k: usize,
     data: Vec<f32>,
 }
 
 impl Panels {
-    fn pack(width: usize, x: &[f32], m: usize, k: usize) -> Self {
+    /// Panels of `m` rows of `k` values, each filled in parallel by
+    /// `fill(p, panel)` on a zeroed `[k, width]` buffer.
+    pub(super) fn build<F>(width: usize, m: usize, k: usize, fill: F) -> Self
+    where
+        F: Fn(usize, &mut [f32]) + Sync,
+    {
         let mut data = vec![0.0f32; m.div_ceil(width) * k * width];
         if k > 0 {
             data.par_chunks_mut(k * width)
                 .enumerate()
-                .for_each(|(p, panel)| {
-                    let rows = &x[p * width * k..(m.min((p + 1) * width)) * k];
-                    for (l, row) in rows.chunks_exact(k).enumerate() {
-                        for (j, &v) in row.iter().enumerate() {
-                            panel[j * width + l] = v;
-                        }
-                    }
-                });
+                .for_each(|(p, panel)| fill(p, panel));
         }
         Panels { width, m, k, data }
     }
 
-    fn count(&self) -> usize {
+    /// Panels of the row-major `[m, k]` matrix `x`.
+    fn pack(width: usize, x: &[f32], m: usize, k: usize) -> Self {
+        Self::build(width, m, k, |p, panel| {
+            let rows = &x[p * width * k..m.min((p + 1) * width) * k];
+            for (l, row) in rows.chunks_exact(k).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    panel[j * width + l] = v;
+                }
+            }
+        })
+    }
+
+    /// Σ over `k` of row `i`, in f64.
+    pub(super) fn column_sum(&self, i: usize) -> f32 {
+        let (p, l) = (i / self.width, i % self.width);
+        let panel = &self.data[p * self.k * self.width..(p + 1) * self.k * self.width];
+        panel
+            .iter()
+            .skip(l)
+            .step_by(self.width)
+            .map(|&v| f64::from(v))
+            .sum::<f64>() as f32
+    }
+
+    pub(super) fn count(&self) -> usize {
         self.m.div_ceil(self.width)
     }
 
