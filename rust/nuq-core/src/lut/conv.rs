@@ -90,25 +90,20 @@ pub fn conv2d_with(
         return Ok(());
     }
     let (isa, n, positions) = (kernel.isa(), w.rows, oh * ow);
-    let image = shape.in_channels * shape.height * shape.width;
     let per_out = n / shape.groups;
-    let x_per_group = image / shape.groups;
-    y.par_chunks_mut(n * positions)
-        .zip(x.par_chunks(image.max(1)))
-        .for_each(|(y_b, x_b)| {
-            for g in 0..shape.groups {
-                let x_g = &x_b[g * x_per_group..(g + 1) * x_per_group];
-                let wg = w.row_range(g * per_out, (g + 1) * per_out);
-                let blocks = group_products(isa, shape, [oh, ow], x_g, &wg);
-                for (t, y_r) in y_b[g * per_out * positions..]
-                    .chunks_exact_mut(positions)
-                    .take(per_out)
-                    .enumerate()
-                {
-                    write_row(w, g * per_out + t, t, &blocks, bias, y_r);
+    for g in 0..shape.groups {
+        let wg = w.row_range(g * per_out, (g + 1) * per_out);
+        let blocks = group_products(isa, shape, [oh, ow], (x, g), &wg);
+        y.par_chunks_mut(n * positions)
+            .enumerate()
+            .for_each(|(b, y_b)| {
+                for t in 0..per_out {
+                    let r = g * per_out + t;
+                    let y_r = &mut y_b[r * positions..(r + 1) * positions];
+                    write_row(w, (r, t), &blocks, b * positions, bias, y_r);
                 }
-            }
-        });
+            });
+    }
     Ok(())
 }
 
@@ -148,89 +143,151 @@ fn check(
     Ok([oh, ow])
 }
 
-/// One group of one image: per chunk of `MC` output positions, the
+/// Group `g` of every image: per chunk of `MC` output positions (counted
+/// across the batch, so small images still fill whole chunks), the
 /// offset-free products `[wg.rows, chunk]` and the patch sums `[chunk]`.
 fn group_products(
     isa: Isa,
     shape: &ConvShape,
     out_hw: [usize; 2],
-    x_g: &[f32],
+    (x, g): (&[f32], usize),
     wg: &PackedWeights,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let positions = out_hw[0] * out_hw[1];
-    (0..positions.div_ceil(MC))
+    let total = shape.batch * out_hw[0] * out_hw[1];
+    (0..total.div_ceil(MC))
         .into_par_iter()
         .map_init(
-            || vec![0.0f32; TILE_N * TILE_K],
-            |tile, c| {
-                let p0 = c * MC;
-                let mc = MC.min(positions - p0);
-                let (panels, sums) = patches(isa.panel_width(), shape, out_hw, x_g, p0..p0 + mc);
-                let mut dots = Vec::with_capacity(wg.rows * mc);
+            || (vec![0.0f32; TILE_N * TILE_K], Vec::new()),
+            |(tile, storage), c| {
+                let q0 = c * MC;
+                let chunk = q0..q0 + MC.min(total - q0);
+                let scratch = std::mem::take(storage);
+                let (panels, sums) =
+                    patches(isa.panel_width(), shape, out_hw, (x, g, scratch), chunk);
+                let mut dots = Vec::with_capacity(wg.rows * panels.m);
                 for r0 in (0..wg.rows).step_by(TILE_N) {
                     dots.extend(products(isa, wg, &panels, r0, tile));
                 }
+                *storage = panels.into_data();
                 (dots, sums)
             },
         )
         .collect()
 }
 
-/// Output channel `r` (row `t` of its group) over every position.
+/// Output channel `r` (row `t` of its group) of the image whose first
+/// position has batch-wide index `q0`.
 fn write_row(
     w: &PackedWeights,
-    r: usize,
-    t: usize,
+    (r, t): (usize, usize),
     blocks: &[(Vec<f32>, Vec<f32>)],
+    q0: usize,
     bias: Option<&[f32]>,
     y_r: &mut [f32],
 ) {
-    for ((dots, sums), y_c) in blocks.iter().zip(y_r.chunks_mut(MC)) {
-        let mc = y_c.len();
-        for ((out, &dot), &sum) in y_c.iter_mut().zip(&dots[t * mc..]).zip(sums) {
+    let mut p = 0;
+    while p < y_r.len() {
+        let q = q0 + p;
+        let (dots, sums) = &blocks[q / MC];
+        let (off, mc) = (q % MC, sums.len());
+        let end = p + (mc - off).min(y_r.len() - p);
+        let run = &mut y_r[p..end];
+        let dots = &dots[t * mc + off..];
+        for ((out, &dot), &sum) in run.iter_mut().zip(dots).zip(&sums[off..]) {
             *out = output(w, r, dot, sum, bias);
         }
+        p += run.len();
     }
 }
 
-/// The im2col columns of output positions `pos` as panels, and the sum of
-/// each column (for the `loc · Σx` term), accumulated in f64.
+/// The im2col columns of the batch-wide output positions `chunk` (group
+/// `g`) as panels (in the recycled `storage`), and the sum of each column (for the `loc · Σx` term),
+/// accumulated in f64.
 fn patches(
     width: usize,
     shape: &ConvShape,
-    [_, ow]: [usize; 2],
-    x_g: &[f32],
-    pos: std::ops::Range<usize>,
+    [oh, ow]: [usize; 2],
+    (x, g, storage): (&[f32], usize, Vec<f32>),
+    chunk: std::ops::Range<usize>,
 ) -> (Panels, Vec<f32>) {
-    let (c_g, [kh, kw]) = (shape.in_channels / shape.groups, shape.kernel);
-    let (h, wd) = (shape.height as isize, shape.width as isize);
-    let origin = |p: usize, a: usize| {
-        let o = [p / ow, p % ow][a];
-        (o * shape.stride[a]) as isize - shape.padding[a] as isize
-    };
-    let mc = pos.len();
-    let panels = Panels::build(width, mc, shape.patch_len(), |p, panel| {
-        for l in 0..width.min(mc - p * width) {
-            let q = pos.start + p * width + l;
-            let (y0, x0) = (origin(q, 0), origin(q, 1));
-            let mut j = 0;
-            for c in 0..c_g {
-                let plane = &x_g[c * shape.height * shape.width..];
-                for dy in 0..kh {
-                    let iy = y0 + (dy * shape.dilation[0]) as isize;
-                    for dx in 0..kw {
-                        let ix = x0 + (dx * shape.dilation[1]) as isize;
-                        if (0..h).contains(&iy) && (0..wd).contains(&ix) {
-                            panel[j * width + l] = plane[(iy * wd + ix) as usize];
-                        }
-                        j += 1;
+    let plane = shape.height * shape.width;
+    let c_g = shape.in_channels / shape.groups;
+    let mc = chunk.len();
+    let panels = Panels::build(width, mc, shape.patch_len(), storage, |p, panel| {
+        let first = chunk.start + p * width;
+        let count = width.min(mc - p * width);
+        let mut runs = Vec::new();
+        let mut l = 0;
+        while l < count {
+            let (b, pos) = ((first + l) / (oh * ow), (first + l) % (oh * ow));
+            let (oy, ox) = (pos / ow, pos % ow);
+            let len = (ow - ox).min(count - l);
+            runs.push(Run {
+                l0: l,
+                len,
+                base: (b * shape.in_channels + g * c_g) * plane,
+                y: (oy * shape.stride[0]) as isize - shape.padding[0] as isize,
+                x: (ox * shape.stride[1]) as isize - shape.padding[1] as isize,
+            });
+            l += len;
+        }
+        fill_patches(shape, x, &runs, width, panel);
+    });
+    let sums = panels.row_sums();
+    (panels, sums)
+}
+
+/// Panel rows `l0..l0 + len`: consecutive positions of one output row of one
+/// image. `base` is the group's first input plane in `x`; `(y, x)` the
+/// top-left input coordinate of the first patch (negative in the padding).
+struct Run {
+    l0: usize,
+    len: usize,
+    base: usize,
+    y: isize,
+    x: isize,
+}
+
+/// Writes the patches of `runs` into one panel (rows `(c, dy, dx)`): per
+/// run, one input row segment, copied whole when the stride is 1; outside the
+/// input stays zero (padding).
+fn fill_patches(shape: &ConvShape, x: &[f32], runs: &[Run], width: usize, panel: &mut [f32]) {
+    let (h, w, step) = (shape.height, shape.width, shape.stride[1]);
+    let c_g = shape.in_channels / shape.groups;
+    let taps = (0..shape.kernel[0]).flat_map(|dy| (0..shape.kernel[1]).map(move |dx| (dy, dx)));
+    let rows = (0..c_g).flat_map(|c| taps.clone().map(move |t| (c, t)));
+    for ((c, (dy, dx)), dst_row) in rows.zip(panel.chunks_exact_mut(width)) {
+        let (oy, ox) = (
+            (dy * shape.dilation[0]) as isize,
+            (dx * shape.dilation[1]) as isize,
+        );
+        for run in runs {
+            // A negative row wraps to a huge value: one compare.
+            let iy = (run.y + oy) as usize;
+            if iy >= h {
+                continue;
+            }
+            let src = &x[run.base + (c * h + iy) * w..][..w];
+            let dst = &mut dst_row[run.l0..run.l0 + run.len];
+            let x0 = run.x + ox;
+            if step == 1 {
+                // Position i reads src[x0 + i]: the part inside 0..w.
+                let lo = (-x0).clamp(0, run.len as isize) as usize;
+                let hi = (w as isize - x0).clamp(0, run.len as isize) as usize;
+                if lo < hi {
+                    let s0 = (x0 + lo as isize) as usize;
+                    dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                }
+            } else {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    let ix = (x0 + (i * step) as isize) as usize;
+                    if ix < w {
+                        *d = src[ix];
                     }
                 }
             }
         }
-    });
-    let sums = (0..mc).map(|i| panels.column_sum(i)).collect();
-    (panels, sums)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,11 @@ use proptest::prelude::*;
 use super::*;
 use crate::pack::{packed_len, scalar::pack};
 
-/// Named tolerance of every LUT path: relative to `Σ_j |x_j w_rj| + |bias_r|`.
+/// Named tolerance of every LUT path, relative to `Σ_j |x_j| (|loc_r| +
+/// |s_rj · level_j|) + |bias_r|`: the kernels sum the offset-free products and
+/// add `loc_r · Σx` once, so this (not `Σ |x_j w_rj|`, smaller when `loc`
+/// cancels `s · level`) bounds their rounding. For quantized weights `loc` is
+/// the mean, small against the spread, and the two scales nearly agree.
 pub(super) const REL_TOL: f64 = 1e-5;
 
 #[derive(Clone, Copy, Debug)]
@@ -95,7 +99,7 @@ impl Case {
     }
 }
 
-/// Dense f64 product and its error scale `Σ_j |x_j w_rj| + |bias_r|`, `[m, N]`.
+/// Dense f64 product and its error scale (see `REL_TOL`), `[m, N]`.
 pub(super) fn dense_f64(
     x: &[f32],
     m: usize,
@@ -110,10 +114,13 @@ pub(super) fn dense_f64(
             let (mut s, mut a) = (b, b.abs());
             for j in 0..k {
                 let c = scalar::code_at(w.row(r), j, w.bits);
-                let wj =
-                    f64::from(w.loc_of(r)) + f64::from(w.scale_of(r, j)) * f64::from(w.levels[c]);
-                s += f64::from(x[i * k + j]) * wj;
-                a += (f64::from(x[i * k + j]) * wj).abs();
+                let (loc, dev) = (
+                    f64::from(w.loc_of(r)),
+                    f64::from(w.scale_of(r, j)) * f64::from(w.levels[c]),
+                );
+                let xj = f64::from(x[i * k + j]);
+                s += xj * (loc + dev);
+                a += xj.abs() * (loc.abs() + dev.abs());
             }
             y[i * n + r] = s;
             mag[i * n + r] = a;

@@ -102,12 +102,15 @@ pub(super) struct Panels {
 
 impl Panels {
     /// Panels of `m` rows of `k` values, each filled in parallel by
-    /// `fill(p, panel)` on a zeroed `[k, width]` buffer.
-    pub(super) fn build<F>(width: usize, m: usize, k: usize, fill: F) -> Self
+    /// `fill(p, panel)` on a zeroed `[k, width]` buffer. `data` is recycled
+    /// storage (see [`Panels::into_data`]), so repeated calls skip the
+    /// allocator and its page faults.
+    pub(super) fn build<F>(width: usize, m: usize, k: usize, mut data: Vec<f32>, fill: F) -> Self
     where
         F: Fn(usize, &mut [f32]) + Sync,
     {
-        let mut data = vec![0.0f32; m.div_ceil(width) * k * width];
+        data.clear();
+        data.resize(m.div_ceil(width) * k * width, 0.0);
         if k > 0 {
             data.par_chunks_mut(k * width)
                 .enumerate()
@@ -118,7 +121,7 @@ impl Panels {
 
     /// Panels of the row-major `[m, k]` matrix `x`.
     fn pack(width: usize, x: &[f32], m: usize, k: usize) -> Self {
-        Self::build(width, m, k, |p, panel| {
+        Self::build(width, m, k, Vec::new(), |p, panel| {
             let rows = &x[p * width * k..m.min((p + 1) * width) * k];
             for (l, row) in rows.chunks_exact(k).enumerate() {
                 for (j, &v) in row.iter().enumerate() {
@@ -128,16 +131,25 @@ impl Panels {
         })
     }
 
-    /// Σ over `k` of row `i`, in f64.
-    pub(super) fn column_sum(&self, i: usize) -> f32 {
-        let (p, l) = (i / self.width, i % self.width);
-        let panel = &self.data[p * self.k * self.width..(p + 1) * self.k * self.width];
-        panel
-            .iter()
-            .skip(l)
-            .step_by(self.width)
-            .map(|&v| f64::from(v))
-            .sum::<f64>() as f32
+    /// Σ over `k` of every row, accumulated in f64.
+    pub(super) fn row_sums(&self) -> Vec<f32> {
+        let mut sums = Vec::with_capacity(self.count() * self.width);
+        for panel in self.data.chunks_exact((self.k * self.width).max(1)) {
+            let mut acc = vec![0.0f64; self.width];
+            for step in panel.chunks_exact(self.width) {
+                acc.iter_mut()
+                    .zip(step)
+                    .for_each(|(a, &v)| *a += f64::from(v));
+            }
+            sums.extend(acc.iter().map(|&a| a as f32));
+        }
+        sums.resize(self.m, 0.0);
+        sums
+    }
+
+    /// The storage, for the next [`Panels::build`].
+    pub(super) fn into_data(self) -> Vec<f32> {
+        self.data
     }
 
     pub(super) fn count(&self) -> usize {

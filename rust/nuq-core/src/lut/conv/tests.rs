@@ -128,9 +128,10 @@ fn strided_padded_dilated_grouped_and_depthwise() {
 
 #[test]
 fn several_chunks_tiles_and_k_blocks() {
-    // 20 x 20 = 400 positions (two chunks), 50 output channels (two tiles),
-    // 32 * 9 = 288 patch values (two k blocks), groups that cut codes.
-    let s = shape(1, 32, [20, 20], [3, 3], [1, 1, 1, 1]);
+    // 3 images of 20 x 20 = 400 positions (chunks of 256 cross images
+    // mid-way), 50 output channels (two tiles), 32 * 9 = 288 patch values
+    // (two k blocks), groups that cut codes.
+    let s = shape(3, 32, [20, 20], [3, 3], [1, 1, 1, 1]);
     check(&s, 50, 4, Gran::Group(96), 7).unwrap();
 }
 
