@@ -120,6 +120,22 @@ def test_training_through_it_is_refused_and_bad_input_is_clear():
         qnn.quantize_model(nn.Sequential(nn.Linear(8, 4)), exclude=["^head"])
 
 
+def test_conv2d_bad_input_is_clear_and_odd_layouts_work():
+    layer = nn.Conv2d(4, 6, 3, padding=1)
+    q = qnn.NuqConv2d.from_float(layer, bits=4)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=r"expected input \[batch, 4, height, width\]"):
+            q(torch.randn(2, 3, 8, 8))
+        with pytest.raises(ValueError, match="kernel height spans 3 but the padded input"):
+            qnn.NuqConv2d.from_float(nn.Conv2d(4, 6, 3), bits=4)(torch.randn(1, 4, 1, 5))
+        assert q(torch.randn(0, 4, 8, 8)).shape == (0, 6, 8, 8)
+        x = torch.randn(2, 4, 7, 5)
+        want = q(x)
+        torch.testing.assert_close(q(x.to(memory_format=torch.channels_last)), want)
+        torch.testing.assert_close(q(x.double()), want.double())
+        assert q(x.double()).dtype == torch.float64
+
+
 def test_kernel_errors_are_clean_value_errors():
     lin = nn.Linear(16, 4)
     q = nuq_rs.quantize_tensor(lin.weight, bits=4)
