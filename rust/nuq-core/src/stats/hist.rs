@@ -238,6 +238,10 @@ fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
 /// table lookup, plus a short scan when a top-level bucket was refined.
 struct Router {
     grid: Grid,
+    /// Top-level buckets holding a target, one bit each (8 KiB for 2^16
+    /// buckets: stays in L1, unlike `first`). Most values of a pass belong
+    /// to no target and are rejected here.
+    live: Vec<u64>,
     /// Per top-level bucket: first entry of that bucket, or `NONE`.
     first: Vec<u32>,
     /// (root, lo, hi, target), sorted by value; an inexact run is the only
@@ -251,9 +255,11 @@ impl Router {
     /// `targets` are record indices, ascending.
     fn new(layout: &Layout, targets: &[usize]) -> Self {
         let mut first = vec![NONE; layout.grid.nb];
+        let mut live = vec![0u64; layout.grid.nb.div_ceil(64)];
         let mut entries = Vec::with_capacity(targets.len());
         for (t, &i) in targets.iter().enumerate() {
             let r = &layout.recs[i];
+            live[r.root / 64] |= 1 << (r.root % 64);
             if first[r.root] == NONE {
                 first[r.root] = entries.len() as u32;
             }
@@ -266,6 +272,7 @@ impl Router {
         }
         Router {
             grid: layout.grid,
+            live,
             first,
             entries,
         }
@@ -274,6 +281,9 @@ impl Router {
     #[inline]
     fn route(&self, v: f64) -> Option<usize> {
         let root = self.grid.index(v);
+        if self.live[root / 64] & (1 << (root % 64)) == 0 {
+            return None;
+        }
         let first = self.first[root];
         if first == NONE {
             return None;
@@ -326,27 +336,37 @@ pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> 
 /// into the non-empty buckets of a finer grid over its own `[lo, hi]`.
 pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout, targets: &[usize]) {
     let router = Router::new(layout, targets);
+    let total: usize = targets.iter().map(|&i| layout.recs[i].count).sum();
     let grids: Vec<(usize, Grid)> = {
         let mut base = 0;
         targets
             .iter()
             .map(|&i| {
                 let r = &layout.recs[i];
-                let nb = (r.count / 8).clamp(2, MAX_BUCKETS);
+                let nb = sub_buckets(r.count, total);
                 let g = (base, Grid::new(r.lo, r.hi, nb));
                 base += nb;
                 g
             })
             .collect()
     };
-    let total: usize = grids.iter().map(|(_, g)| g.nb).sum();
-    let bins = histogram(src, total, |v| {
+    let nbins: usize = grids.iter().map(|(_, g)| g.nb).sum();
+    let bins = histogram(src, nbins, |v| {
         router.route(v.to_f64()).map(|t| {
             let (base, g) = &grids[t];
             base + g.index(v.to_f64())
         })
     });
     splice(layout, targets, &grids, &bins);
+}
+
+/// Sub-buckets for a run of `count` elements among targets holding `total`:
+/// about 8 elements each, but at most `MAX_BUCKETS` for the whole pass
+/// (shared in proportion to the counts) so that the bins stay in cache and
+/// the record list stays short when many runs are refined at once.
+fn sub_buckets(count: usize, total: usize) -> usize {
+    let share = (count as u128 * MAX_BUCKETS as u128 / total.max(1) as u128) as usize;
+    (count / 8).min(share).clamp(2, MAX_BUCKETS)
 }
 
 /// Replaces each target record by its non-empty sub-buckets.
@@ -429,6 +449,18 @@ mod tests {
         check_layout(&x, &build(&Flat(&x), lo, hi, 1024, true));
         // A grid narrower than the data: the end runs catch the rest.
         check_layout(&x, &build(&Flat(&x), -20.0, 20.0, 1000, false));
+    }
+
+    #[test]
+    fn refinement_bins_stay_within_the_budget() {
+        let counts = [3usize, 17, 5_000, 1 << 20, 1 << 24, 123_456_789];
+        let total: usize = counts.iter().sum();
+        let bins: Vec<usize> = counts.iter().map(|&c| sub_buckets(c, total)).collect();
+        assert!(bins.iter().all(|&b| b >= 2));
+        assert!(bins.iter().sum::<usize>() <= MAX_BUCKETS + 2 * counts.len());
+        // Alone, a run gets about 8 elements per bucket, capped.
+        assert_eq!(sub_buckets(800, 800), 100);
+        assert_eq!(sub_buckets(1 << 30, 1 << 30), MAX_BUCKETS);
     }
 
     #[test]
