@@ -12,7 +12,7 @@
 //! own `[min, max]`, one data pass): both exact, both cheap when few records
 //! are involved.
 
-use super::source::{fold_parts, Source, Value};
+use super::source::{fold_parts, Source, Value, CHUNK};
 
 /// Largest bucket count of one histogram: 2^16 u32 counters (256 KiB) per
 /// thread stay in L2 (refinement bins with min/max: 768 KiB).
@@ -46,6 +46,16 @@ impl Grid {
             .min((self.nb - 1) as f64);
         // SAFETY: `t` is finite, not NaN, and within [0, nb - 1] (nb <= 2^32).
         unsafe { t.to_int_unchecked::<u32>() as usize }
+    }
+
+    /// `index` of every value of `vals` into `out` (a loop without stores to
+    /// shared state, so that the compiler keeps the grid in registers and
+    /// can vectorize it).
+    #[inline]
+    fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
+        for (o, &v) in out.iter_mut().zip(vals) {
+            *o = self.index(v.to_f64()) as u32;
+        }
     }
 
     /// Value bounds `[lo, hi]` of every value whose index is `b`: the grid
@@ -175,8 +185,12 @@ fn count_histogram<S: Source>(src: &S, grid: &Grid) -> Vec<usize> {
             end - start,
             || vec![0u32; grid.nb],
             |mut h, r| {
-                src.visit(start + r.start..start + r.end, |v| {
-                    h[grid.index(v.to_f64())] += 1;
+                let mut idx = [0u32; CHUNK];
+                src.visit_chunks(start + r.start..start + r.end, |vals| {
+                    grid.index_block(vals, &mut idx);
+                    for &b in &idx[..vals.len()] {
+                        h[b as usize] += 1;
+                    }
                 });
                 h
             },
@@ -193,13 +207,14 @@ fn count_histogram<S: Source>(src: &S, grid: &Grid) -> Vec<usize> {
     totals
 }
 
-/// (count, min, max) per bucket of `bucket(v)` (`None`: skip the value).
-/// Per-thread `u32` bins, merged exactly; passes of at most `BLOCK` elements
-/// keep the `u32` counts from overflowing.
-fn histogram<S, B>(src: &S, nb: usize, bucket: B) -> Vec<(usize, S::V, S::V)>
+/// (count, min, max) per bucket `bucket(target, value)` of the values that
+/// `router` assigns to a target (the others are skipped). Per-thread `u32`
+/// bins, merged exactly; passes of at most `BLOCK` elements keep the `u32`
+/// counts from overflowing.
+fn histogram<S, B>(src: &S, nb: usize, router: &Router, bucket: B) -> Vec<(usize, S::V, S::V)>
 where
     S: Source,
-    B: Fn(S::V) -> Option<usize> + Sync,
+    B: Fn(usize, f64) -> usize + Sync,
 {
     let n = src.len();
     let mut totals = vec![(0usize, S::V::HIGHEST, S::V::LOWEST); nb];
@@ -209,10 +224,8 @@ where
             end - start,
             || vec![Bin::<S::V>::EMPTY; nb],
             |mut h, r| {
-                src.visit(start + r.start..start + r.end, |v| {
-                    if let Some(b) = bucket(v) {
-                        h[b].add(v)
-                    }
+                src.visit_chunks(start + r.start..start + r.end, |vals| {
+                    router.route_block(vals, |t, v| h[bucket(t, v.to_f64())].add(v))
                 });
                 h
             },
@@ -278,12 +291,26 @@ impl Router {
         }
     }
 
+    /// Calls `f(target, value)` for every value of `vals` that belongs to a
+    /// target: grid indices for the whole block first, then the bit-set
+    /// test, and the full lookup only for the few values that pass it.
     #[inline]
-    fn route(&self, v: f64) -> Option<usize> {
-        let root = self.grid.index(v);
-        if self.live[root / 64] & (1 << (root % 64)) == 0 {
-            return None;
+    fn route_block<V: Value>(&self, vals: &[V], mut f: impl FnMut(usize, V)) {
+        let mut idx = [0u32; CHUNK];
+        self.grid.index_block(vals, &mut idx);
+        for (&root, &v) in idx.iter().zip(vals) {
+            let root = root as usize;
+            if self.live[root / 64] & (1 << (root % 64)) != 0 {
+                if let Some(t) = self.lookup(root, v.to_f64()) {
+                    f(t, v);
+                }
+            }
         }
+    }
+
+    /// The target holding `v`, whose top-level bucket is `root`.
+    #[inline]
+    fn lookup(&self, root: usize, v: f64) -> Option<usize> {
         let first = self.first[root];
         if first == NONE {
             return None;
@@ -311,11 +338,7 @@ pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> 
         src.len(),
         || vec![Vec::new(); nt],
         |mut acc: Vec<Vec<S::V>>, r| {
-            src.visit(r, |v| {
-                if let Some(t) = router.route(v.to_f64()) {
-                    acc[t].push(v);
-                }
-            });
+            src.visit_chunks(r, |vals| router.route_block(vals, |t, v| acc[t].push(v)));
             acc
         },
         |mut a, b| {
@@ -351,11 +374,9 @@ pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout, targets: &[usize])
             .collect()
     };
     let nbins: usize = grids.iter().map(|(_, g)| g.nb).sum();
-    let bins = histogram(src, nbins, |v| {
-        router.route(v.to_f64()).map(|t| {
-            let (base, g) = &grids[t];
-            base + g.index(v.to_f64())
-        })
+    let bins = histogram(src, nbins, &router, |t, v| {
+        let (base, g) = &grids[t];
+        base + g.index(v)
     });
     splice(layout, targets, &grids, &bins);
 }
