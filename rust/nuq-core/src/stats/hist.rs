@@ -12,6 +12,7 @@
 //! own `[min, max]`, one data pass): both exact, both cheap when few records
 //! are involved.
 
+use super::router::Router;
 use super::source::{fold_parts, Source, Value, CHUNK};
 
 /// Largest bucket count of one histogram: 2^16 u32 counters (256 KiB) per
@@ -29,7 +30,7 @@ const BLOCK: usize = 1 << 31;
 pub(crate) struct Grid {
     lo: f64,
     inv: f64,
-    nb: usize,
+    pub(crate) nb: usize,
 }
 
 impl Grid {
@@ -52,7 +53,7 @@ impl Grid {
     /// shared state, so that the compiler keeps the grid in registers and
     /// can vectorize it).
     #[inline]
-    fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
+    pub(crate) fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
         for (o, &v) in out.iter_mut().zip(vals) {
             *o = self.index(v.to_f64()) as u32;
         }
@@ -118,7 +119,7 @@ pub(crate) struct Rec {
     pub offset: usize,
     pub count: usize,
     /// Top-level bucket the run lies in (routing key for later passes).
-    root: usize,
+    pub(crate) root: usize,
     /// Set once every element's exact KS terms have been taken into account.
     pub done: bool,
 }
@@ -140,7 +141,7 @@ impl Rec {
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
     pub n: usize,
-    grid: Grid,
+    pub(crate) grid: Grid,
     pub recs: Vec<Rec>,
 }
 
@@ -245,88 +246,6 @@ fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
         x.max = x.max.max_v(y.max);
     }
     a
-}
-
-/// Maps a value to the target record holding it, if any: one grid index and a
-/// table lookup, plus a short scan when a top-level bucket was refined.
-struct Router {
-    grid: Grid,
-    /// Top-level buckets holding a target, one bit each (8 KiB for 2^16
-    /// buckets: stays in L1, unlike `first`). Most values of a pass belong
-    /// to no target and are rejected here.
-    live: Vec<u64>,
-    /// Per top-level bucket: first entry of that bucket, or `NONE`.
-    first: Vec<u32>,
-    /// (root, lo, hi, target), sorted by value; an inexact run is the only
-    /// entry of its root (its bounds overlap the neighbours' by the guard).
-    entries: Vec<(usize, f64, f64, usize)>,
-}
-
-const NONE: u32 = u32::MAX;
-
-impl Router {
-    /// `targets` are record indices, ascending.
-    fn new(layout: &Layout, targets: &[usize]) -> Self {
-        let mut first = vec![NONE; layout.grid.nb];
-        let mut live = vec![0u64; layout.grid.nb.div_ceil(64)];
-        let mut entries = Vec::with_capacity(targets.len());
-        for (t, &i) in targets.iter().enumerate() {
-            let r = &layout.recs[i];
-            live[r.root / 64] |= 1 << (r.root % 64);
-            if first[r.root] == NONE {
-                first[r.root] = entries.len() as u32;
-            }
-            let (lo, hi) = if r.exact {
-                (r.lo, r.hi)
-            } else {
-                (f64::NEG_INFINITY, f64::INFINITY)
-            };
-            entries.push((r.root, lo, hi, t));
-        }
-        Router {
-            grid: layout.grid,
-            live,
-            first,
-            entries,
-        }
-    }
-
-    /// Calls `f(target, value)` for every value of `vals` that belongs to a
-    /// target: grid indices for the whole block first, then the bit-set
-    /// test, and the full lookup only for the few values that pass it.
-    #[inline]
-    fn route_block<V: Value>(&self, vals: &[V], mut f: impl FnMut(usize, V)) {
-        let mut idx = [0u32; CHUNK];
-        self.grid.index_block(vals, &mut idx);
-        for (&root, &v) in idx.iter().zip(vals) {
-            let root = root as usize;
-            if self.live[root / 64] & (1 << (root % 64)) != 0 {
-                if let Some(t) = self.lookup(root, v.to_f64()) {
-                    f(t, v);
-                }
-            }
-        }
-    }
-
-    /// The target holding `v`, whose top-level bucket is `root`.
-    #[inline]
-    fn lookup(&self, root: usize, v: f64) -> Option<usize> {
-        let first = self.first[root];
-        if first == NONE {
-            return None;
-        }
-        let tail = &self.entries[first as usize..];
-        // Usually one entry per root; a refined root has several, searched
-        // by value (entries are sorted by root, then value).
-        let i = match tail.get(1) {
-            Some(e) if e.0 == root => tail.partition_point(|e| e.0 == root && e.2 < v),
-            _ => 0,
-        };
-        match tail.get(i) {
-            Some(&(r, lo, hi, t)) if r == root && lo <= v && v <= hi => Some(t),
-            _ => None,
-        }
-    }
 }
 
 /// Copies out the elements of the records `targets` (ascending indices), one
