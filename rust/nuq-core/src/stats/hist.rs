@@ -12,7 +12,8 @@
 //! own `[min, max]`, one data pass): both exact, both cheap when few records
 //! are involved.
 
-use super::source::{fold_parts, Source, Value};
+use super::router::Router;
+use super::source::{fold_parts, Source, Value, CHUNK};
 
 /// Largest bucket count of one histogram: 2^16 u32 counters (256 KiB) per
 /// thread stay in L2 (refinement bins with min/max: 768 KiB).
@@ -29,7 +30,7 @@ const BLOCK: usize = 1 << 31;
 pub(crate) struct Grid {
     lo: f64,
     inv: f64,
-    nb: usize,
+    pub(crate) nb: usize,
 }
 
 impl Grid {
@@ -46,6 +47,16 @@ impl Grid {
             .min((self.nb - 1) as f64);
         // SAFETY: `t` is finite, not NaN, and within [0, nb - 1] (nb <= 2^32).
         unsafe { t.to_int_unchecked::<u32>() as usize }
+    }
+
+    /// `index` of every value of `vals` into `out` (a loop without stores to
+    /// shared state, so that the compiler keeps the grid in registers and
+    /// can vectorize it).
+    #[inline]
+    pub(crate) fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
+        for (o, &v) in out.iter_mut().zip(vals) {
+            *o = self.index(v.to_f64()) as u32;
+        }
     }
 
     /// Value bounds `[lo, hi]` of every value whose index is `b`: the grid
@@ -108,7 +119,7 @@ pub(crate) struct Rec {
     pub offset: usize,
     pub count: usize,
     /// Top-level bucket the run lies in (routing key for later passes).
-    root: usize,
+    pub(crate) root: usize,
     /// Set once every element's exact KS terms have been taken into account.
     pub done: bool,
 }
@@ -130,7 +141,7 @@ impl Rec {
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
     pub n: usize,
-    grid: Grid,
+    pub(crate) grid: Grid,
     pub recs: Vec<Rec>,
 }
 
@@ -175,8 +186,12 @@ fn count_histogram<S: Source>(src: &S, grid: &Grid) -> Vec<usize> {
             end - start,
             || vec![0u32; grid.nb],
             |mut h, r| {
-                src.visit(start + r.start..start + r.end, |v| {
-                    h[grid.index(v.to_f64())] += 1;
+                let mut idx = [0u32; CHUNK];
+                src.visit_chunks(start + r.start..start + r.end, |vals| {
+                    grid.index_block(vals, &mut idx);
+                    for &b in &idx[..vals.len()] {
+                        h[b as usize] += 1;
+                    }
                 });
                 h
             },
@@ -193,13 +208,14 @@ fn count_histogram<S: Source>(src: &S, grid: &Grid) -> Vec<usize> {
     totals
 }
 
-/// (count, min, max) per bucket of `bucket(v)` (`None`: skip the value).
-/// Per-thread `u32` bins, merged exactly; passes of at most `BLOCK` elements
-/// keep the `u32` counts from overflowing.
-fn histogram<S, B>(src: &S, nb: usize, bucket: B) -> Vec<(usize, S::V, S::V)>
+/// (count, min, max) per bucket `bucket(target, value)` of the values that
+/// `router` assigns to a target (the others are skipped). Per-thread `u32`
+/// bins, merged exactly; passes of at most `BLOCK` elements keep the `u32`
+/// counts from overflowing.
+fn histogram<S, B>(src: &S, nb: usize, router: &Router, bucket: B) -> Vec<(usize, S::V, S::V)>
 where
     S: Source,
-    B: Fn(S::V) -> Option<usize> + Sync,
+    B: Fn(usize, f64) -> usize + Sync,
 {
     let n = src.len();
     let mut totals = vec![(0usize, S::V::HIGHEST, S::V::LOWEST); nb];
@@ -209,10 +225,8 @@ where
             end - start,
             || vec![Bin::<S::V>::EMPTY; nb],
             |mut h, r| {
-                src.visit(start + r.start..start + r.end, |v| {
-                    if let Some(b) = bucket(v) {
-                        h[b].add(v)
-                    }
+                src.visit_chunks(start + r.start..start + r.end, |vals| {
+                    router.route_block(vals, |t, v| h[bucket(t, v.to_f64())].add(v))
                 });
                 h
             },
@@ -234,64 +248,6 @@ fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
     a
 }
 
-/// Maps a value to the target record holding it, if any: one grid index and a
-/// table lookup, plus a short scan when a top-level bucket was refined.
-struct Router {
-    grid: Grid,
-    /// Per top-level bucket: first entry of that bucket, or `NONE`.
-    first: Vec<u32>,
-    /// (root, lo, hi, target), sorted by value; an inexact run is the only
-    /// entry of its root (its bounds overlap the neighbours' by the guard).
-    entries: Vec<(usize, f64, f64, usize)>,
-}
-
-const NONE: u32 = u32::MAX;
-
-impl Router {
-    /// `targets` are record indices, ascending.
-    fn new(layout: &Layout, targets: &[usize]) -> Self {
-        let mut first = vec![NONE; layout.grid.nb];
-        let mut entries = Vec::with_capacity(targets.len());
-        for (t, &i) in targets.iter().enumerate() {
-            let r = &layout.recs[i];
-            if first[r.root] == NONE {
-                first[r.root] = entries.len() as u32;
-            }
-            let (lo, hi) = if r.exact {
-                (r.lo, r.hi)
-            } else {
-                (f64::NEG_INFINITY, f64::INFINITY)
-            };
-            entries.push((r.root, lo, hi, t));
-        }
-        Router {
-            grid: layout.grid,
-            first,
-            entries,
-        }
-    }
-
-    #[inline]
-    fn route(&self, v: f64) -> Option<usize> {
-        let root = self.grid.index(v);
-        let first = self.first[root];
-        if first == NONE {
-            return None;
-        }
-        let tail = &self.entries[first as usize..];
-        // Usually one entry per root; a refined root has several, searched
-        // by value (entries are sorted by root, then value).
-        let i = match tail.get(1) {
-            Some(e) if e.0 == root => tail.partition_point(|e| e.0 == root && e.2 < v),
-            _ => 0,
-        };
-        match tail.get(i) {
-            Some(&(r, lo, hi, t)) if r == root && lo <= v && v <= hi => Some(t),
-            _ => None,
-        }
-    }
-}
-
 /// Copies out the elements of the records `targets` (ascending indices), one
 /// vector per target, in unspecified order.
 pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> Vec<Vec<S::V>> {
@@ -301,11 +257,7 @@ pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> 
         src.len(),
         || vec![Vec::new(); nt],
         |mut acc: Vec<Vec<S::V>>, r| {
-            src.visit(r, |v| {
-                if let Some(t) = router.route(v.to_f64()) {
-                    acc[t].push(v);
-                }
-            });
+            src.visit_chunks(r, |vals| router.route_block(vals, |t, v| acc[t].push(v)));
             acc
         },
         |mut a, b| {
@@ -326,27 +278,35 @@ pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> 
 /// into the non-empty buckets of a finer grid over its own `[lo, hi]`.
 pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout, targets: &[usize]) {
     let router = Router::new(layout, targets);
+    let total: usize = targets.iter().map(|&i| layout.recs[i].count).sum();
     let grids: Vec<(usize, Grid)> = {
         let mut base = 0;
         targets
             .iter()
             .map(|&i| {
                 let r = &layout.recs[i];
-                let nb = (r.count / 8).clamp(2, MAX_BUCKETS);
+                let nb = sub_buckets(r.count, total);
                 let g = (base, Grid::new(r.lo, r.hi, nb));
                 base += nb;
                 g
             })
             .collect()
     };
-    let total: usize = grids.iter().map(|(_, g)| g.nb).sum();
-    let bins = histogram(src, total, |v| {
-        router.route(v.to_f64()).map(|t| {
-            let (base, g) = &grids[t];
-            base + g.index(v.to_f64())
-        })
+    let nbins: usize = grids.iter().map(|(_, g)| g.nb).sum();
+    let bins = histogram(src, nbins, &router, |t, v| {
+        let (base, g) = &grids[t];
+        base + g.index(v)
     });
     splice(layout, targets, &grids, &bins);
+}
+
+/// Sub-buckets for a run of `count` elements among targets holding `total`:
+/// about 8 elements each, but at most `MAX_BUCKETS` for the whole pass
+/// (shared in proportion to the counts) so that the bins stay in cache and
+/// the record list stays short when many runs are refined at once.
+fn sub_buckets(count: usize, total: usize) -> usize {
+    let share = (count as u128 * MAX_BUCKETS as u128 / total.max(1) as u128) as usize;
+    (count / 8).min(share).clamp(2, MAX_BUCKETS)
 }
 
 /// Replaces each target record by its non-empty sub-buckets.
@@ -429,6 +389,18 @@ mod tests {
         check_layout(&x, &build(&Flat(&x), lo, hi, 1024, true));
         // A grid narrower than the data: the end runs catch the rest.
         check_layout(&x, &build(&Flat(&x), -20.0, 20.0, 1000, false));
+    }
+
+    #[test]
+    fn refinement_bins_stay_within_the_budget() {
+        let counts = [3usize, 17, 5_000, 1 << 20, 1 << 24, 123_456_789];
+        let total: usize = counts.iter().sum();
+        let bins: Vec<usize> = counts.iter().map(|&c| sub_buckets(c, total)).collect();
+        assert!(bins.iter().all(|&b| b >= 2));
+        assert!(bins.iter().sum::<usize>() <= MAX_BUCKETS + 2 * counts.len());
+        // Alone, a run gets about 8 elements per bucket, capped.
+        assert_eq!(sub_buckets(800, 800), 100);
+        assert_eq!(sub_buckets(1 << 30, 1 << 30), MAX_BUCKETS);
     }
 
     #[test]

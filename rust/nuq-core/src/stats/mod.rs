@@ -39,6 +39,7 @@ mod fit;
 mod hist;
 mod ks;
 mod moments;
+mod router;
 mod rows;
 mod select;
 mod source;

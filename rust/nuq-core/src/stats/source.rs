@@ -78,7 +78,26 @@ pub(crate) trait Source: Sync {
     fn len(&self) -> usize;
     /// Calls `f` on every value of the flat index range, in order.
     fn visit<F: FnMut(Self::V)>(&self, range: Range<usize>, f: F);
+    /// Calls `f` on consecutive slices (at most `CHUNK` values each) covering
+    /// the range in order: lets per-value work run in tight, vectorizable
+    /// loops over a block.
+    fn visit_chunks<F: FnMut(&[Self::V])>(&self, range: Range<usize>, mut f: F) {
+        let mut buf = Vec::with_capacity(CHUNK);
+        self.visit(range, |v| {
+            buf.push(v);
+            if buf.len() == CHUNK {
+                f(&buf);
+                buf.clear();
+            }
+        });
+        if !buf.is_empty() {
+            f(&buf);
+        }
+    }
 }
+
+/// Values per block of `visit_chunks`.
+pub(crate) const CHUNK: usize = 64;
 
 /// The tensor itself.
 pub(crate) struct Flat<'a>(pub &'a [f32]);
@@ -91,6 +110,9 @@ impl Source for Flat<'_> {
     #[inline]
     fn visit<F: FnMut(f32)>(&self, range: Range<usize>, f: F) {
         self.0[range].iter().copied().for_each(f);
+    }
+    fn visit_chunks<F: FnMut(&[f32])>(&self, range: Range<usize>, f: F) {
+        self.0[range].chunks(CHUNK).for_each(f);
     }
 }
 
@@ -135,6 +157,20 @@ impl Source for Standardized<'_> {
                 f(standardize(x, loc, inv));
             }
             i = row_end;
+        }
+    }
+    fn visit_chunks<F: FnMut(&[f64])>(&self, range: Range<usize>, mut f: F) {
+        let mut buf = [0.0; CHUNK];
+        let mut i = range.start;
+        while i < range.end {
+            let r = i / self.row_len;
+            let end = ((r + 1) * self.row_len).min(range.end).min(i + CHUNK);
+            let (loc, inv) = (self.loc[r], self.inv[r]);
+            for (z, &x) in buf.iter_mut().zip(&self.x[i..end]) {
+                *z = standardize(x, loc, inv);
+            }
+            f(&buf[..end - i]);
+            i = end;
         }
     }
 }
@@ -187,6 +223,30 @@ mod tests {
         let mut got = Vec::new();
         s.visit(2..10, |z| got.push(z));
         assert_eq!(got, vec![0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.25]);
+    }
+
+    #[test]
+    fn chunks_are_the_visited_values_in_order() {
+        let x: Vec<f32> = (0..1000).map(|i| (i % 37) as f32).collect();
+        let (loc, inv) = (vec![0.5; 10], vec![inv_scale(2.0); 10]);
+        let s = Standardized {
+            x: &x,
+            row_len: 100,
+            loc: &loc,
+            inv: &inv,
+        };
+        for range in [0..1000, 3..977, 150..151, 40..40] {
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            s.visit(range.clone(), |z| want.push(z));
+            s.visit_chunks(range.clone(), |c| {
+                assert!(!c.is_empty() && c.len() <= CHUNK);
+                got.extend_from_slice(c);
+            });
+            assert_eq!(got, want);
+            let mut flat = Vec::new();
+            Flat(&x).visit_chunks(range.clone(), |c| flat.extend_from_slice(c));
+            assert_eq!(flat, &x[range]);
+        }
     }
 
     #[test]
