@@ -111,9 +111,9 @@ pub fn linear_with(
 
 /// Writes row `r` of W decoded (`loc + scale · level`, the product rounded
 /// before the sum as in [`linear_reference`]) into `out` (`w.cols` floats),
-/// with the kernel of this CPU. `w` must be valid.
-pub(crate) fn decode_row(w: &PackedWeights, r: usize, out: &mut [f32]) {
-    Kernel::detect().isa().decode_row(w, r, 0, out);
+/// with `kernel`. `w` must be valid.
+pub(crate) fn decode_row(kernel: Kernel, w: &PackedWeights, r: usize, out: &mut [f32]) {
+    kernel.isa().decode_row(w, r, 0, out);
     let loc = w.loc_of(r);
     if loc != 0.0 {
         out.iter_mut().for_each(|v| *v += loc);

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::error::{NuqError, Result};
-use crate::lut::decode_row;
+use crate::lut::{decode_row, Kernel};
 use crate::weights::PackedWeights;
 
 /// Writes the decoded `rows x cols` matrix into `out` (row-major).
@@ -20,8 +20,9 @@ pub fn dequantize(w: &PackedWeights, out: &mut [f32]) -> Result<()> {
     if out.is_empty() {
         return Ok(());
     }
+    let kernel = Kernel::detect();
     out.par_chunks_mut(w.cols)
         .enumerate()
-        .for_each(|(r, row)| decode_row(w, r, row));
+        .for_each(|(r, row)| decode_row(kernel, w, r, row));
     Ok(())
 }

@@ -80,20 +80,6 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
         loc: moments.mean,
         scale: moments.std,
     };
-    let fitted = |g: LocScale, l: LocScale| {
-        [
-            Fitted {
-                family: Family::Gaussian,
-                loc: g.loc,
-                scale: g.scale,
-            },
-            Fitted {
-                family: Family::Laplace,
-                loc: l.loc,
-                scale: l.scale,
-            },
-        ]
-    };
     let (laplace, d) = if x.len() < SMALL_N {
         let mut v = x.to_vec();
         let median = median_small(&mut v);
@@ -101,7 +87,7 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
             loc: median,
             scale: mean_abs_dev(x, median),
         };
-        let d = ks_small(v, &fitted(gaussian, laplace));
+        let d = ks_small(v, &both_fits(gaussian, laplace));
         (laplace, d)
     } else {
         let mut layout = build(
@@ -116,7 +102,7 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
             loc: median,
             scale: mean_abs_dev(x, median),
         };
-        let d = ks_layout(&Flat(x), &mut layout, &fitted(gaussian, laplace));
+        let d = ks_layout(&Flat(x), &mut layout, &both_fits(gaussian, laplace));
         (laplace, d)
     };
     Ok(TensorFit {
@@ -126,6 +112,22 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
         d_gaussian: d[0],
         d_laplace: d[1],
     })
+}
+
+/// The Gaussian and Laplace fits as the KS code takes them, in that order.
+pub(crate) fn both_fits(g: LocScale, l: LocScale) -> [Fitted; 2] {
+    [
+        Fitted {
+            family: Family::Gaussian,
+            loc: g.loc,
+            scale: g.scale,
+        },
+        Fitted {
+            family: Family::Laplace,
+            loc: l.loc,
+            scale: l.scale,
+        },
+    ]
 }
 
 /// Per-row fits (rows of `row_len`) and, per family, the KS statistic of the

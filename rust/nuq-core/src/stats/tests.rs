@@ -257,36 +257,33 @@ fn results_do_not_depend_on_the_thread_count() {
 /// Exactly Gaussian data: D ~ 1/sqrt(n) is comparable to the top-level
 /// bucket masses, so a large share of the data is refined at once (the
 /// refinement budget path), for the tensor and for the pooled rows.
-#[test]
-fn gaussian_data_refined_in_bulk_stay_exact() {
-    use super::hist::build;
-    use super::ks::{ks_layout, Fitted};
-    use super::source::Flat;
-    let x = sample(0, 1 << 21, 99);
-    let f = fit_tensor(&x).unwrap();
+/// `fit_tensor(x)`, after checking both KS statistics and the median
+/// against the sort-based references.
+fn assert_fit_is_exact(x: &[f32]) -> TensorFit {
+    let f = fit_tensor(x).unwrap();
     let (g, l) = (f.gaussian, f.laplace);
     assert_eq!(
         f.d_gaussian,
-        ks_sorted_reference(&x, Family::Gaussian, g.loc, g.scale)
+        ks_sorted_reference(x, Family::Gaussian, g.loc, g.scale)
     );
     assert_eq!(
         f.d_laplace,
-        ks_sorted_reference(&x, Family::Laplace, l.loc, l.scale)
+        ks_sorted_reference(x, Family::Laplace, l.loc, l.scale)
     );
-    assert_eq!(l.loc, sorted_median(&x));
+    assert_eq!(f.laplace.loc, sorted_median(x));
+    f
+}
+
+#[test]
+fn gaussian_data_refined_in_bulk_stay_exact() {
+    use super::fit::both_fits;
+    use super::hist::build;
+    use super::ks::ks_layout;
+    use super::source::Flat;
+    let x = sample(0, 1 << 21, 99);
+    let f = assert_fit_is_exact(&x);
     // A coarse top-level grid makes nearly every run a candidate.
-    let fits = [
-        Fitted {
-            family: Family::Gaussian,
-            loc: g.loc,
-            scale: g.scale,
-        },
-        Fitted {
-            family: Family::Laplace,
-            loc: l.loc,
-            scale: l.scale,
-        },
-    ];
+    let fits = both_fits(f.gaussian, f.laplace);
     let m = f.moments;
     let mut layout = build(&Flat(&x), m.min, m.max, 256, true);
     let d = ks_layout(&Flat(&x), &mut layout, &fits);
@@ -306,43 +303,22 @@ fn gaussian_data_refined_in_bulk_stay_exact() {
 #[test]
 #[ignore = "slow under the test profile; run with --ignored"]
 fn huge_tensor_matches_the_reference() {
-    let x = sample(0, 10_000_000, 2024);
-    let f = fit_tensor(&x).unwrap();
-    let (g, l) = (f.gaussian, f.laplace);
-    assert_eq!(
-        f.d_gaussian,
-        ks_sorted_reference(&x, Family::Gaussian, g.loc, g.scale)
-    );
-    assert_eq!(
-        f.d_laplace,
-        ks_sorted_reference(&x, Family::Laplace, l.loc, l.scale)
-    );
-    assert_eq!(l.loc, sorted_median(&x));
+    assert_fit_is_exact(&sample(0, 10_000_000, 2024));
 }
 
 /// The point of the pruning: only a sliver of the data is ever gathered
 /// (at most the gather budget of n/8; typically well under 2%).
 #[test]
 fn ks_gathers_a_small_fraction() {
+    use super::fit::both_fits;
     use super::hist::{buckets_for, build};
-    use super::ks::{ks_layout, Fitted};
+    use super::ks::ks_layout;
     use super::source::Flat;
     let n = 1_000_000;
     for kind in 0u8..8 {
         let x = sample(kind, n, 5);
         let f = fit_tensor(&x).unwrap();
-        let fits = [
-            Fitted {
-                family: Family::Gaussian,
-                loc: f.gaussian.loc,
-                scale: f.gaussian.scale,
-            },
-            Fitted {
-                family: Family::Laplace,
-                loc: f.laplace.loc,
-                scale: f.laplace.scale,
-            },
-        ];
+        let fits = both_fits(f.gaussian, f.laplace);
         let m = f.moments;
         let mut layout = build(&Flat(&x), m.min, m.max, buckets_for(n), true);
         ks_layout(&Flat(&x), &mut layout, &fits);
