@@ -145,7 +145,8 @@ fn check(
 
 /// Group `g` of every image: per chunk of `MC` output positions (counted
 /// across the batch, so small images still fill whole chunks), the
-/// offset-free products `[wg.rows, chunk]` and the patch sums `[chunk]`.
+/// offset-free products `[wg.rows, chunk]` and the patch sums `[chunk]`
+/// (zeros, without a pass over the patches, when no row has an offset).
 fn group_products(
     isa: Isa,
     shape: &ConvShape,
@@ -154,6 +155,7 @@ fn group_products(
     wg: &PackedWeights,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let total = shape.batch * out_hw[0] * out_hw[1];
+    let offsets = wg.loc.iter().any(|&l| l != 0.0);
     (0..total.div_ceil(MC))
         .into_par_iter()
         .map_init(
@@ -162,8 +164,12 @@ fn group_products(
                 let q0 = c * MC;
                 let chunk = q0..q0 + MC.min(total - q0);
                 let scratch = std::mem::take(storage);
-                let (panels, sums) =
-                    patches(isa.panel_width(), shape, out_hw, (x, g, scratch), chunk);
+                let panels = patches(isa.panel_width(), shape, out_hw, (x, g, scratch), chunk);
+                let sums = if offsets {
+                    panels.row_sums()
+                } else {
+                    vec![0.0; panels.m]
+                };
                 let mut dots = Vec::with_capacity(wg.rows * panels.m);
                 for r0 in (0..wg.rows).step_by(TILE_N) {
                     dots.extend(products(isa, wg, &panels, r0, tile));
@@ -201,19 +207,18 @@ fn write_row(
 }
 
 /// The im2col columns of the batch-wide output positions `chunk` (group
-/// `g`) as panels (in the recycled `storage`), and the sum of each column (for the `loc · Σx` term),
-/// accumulated in f64.
+/// `g`) as panels (in the recycled `storage`).
 fn patches(
     width: usize,
     shape: &ConvShape,
     [oh, ow]: [usize; 2],
     (x, g, storage): (&[f32], usize, Vec<f32>),
     chunk: std::ops::Range<usize>,
-) -> (Panels, Vec<f32>) {
+) -> Panels {
     let plane = shape.height * shape.width;
     let c_g = shape.in_channels / shape.groups;
     let mc = chunk.len();
-    let panels = Panels::build(width, mc, shape.patch_len(), storage, |p, panel| {
+    Panels::build(width, mc, shape.patch_len(), storage, |p, panel| {
         let first = chunk.start + p * width;
         let count = width.min(mc - p * width);
         let mut runs = Vec::new();
@@ -232,9 +237,7 @@ fn patches(
             l += len;
         }
         fill_patches(shape, x, &runs, width, panel);
-    });
-    let sums = panels.row_sums();
-    (panels, sums)
+    })
 }
 
 /// Panel rows `l0..l0 + len`: consecutive positions of one output row of one

@@ -131,7 +131,8 @@ impl Panels {
         })
     }
 
-    /// Σ over `k` of every row, accumulated in f64.
+    /// Σ over `k` of every row (the `loc · Σx` term of a convolution's
+    /// patches), accumulated in f64.
     pub(super) fn row_sums(&self) -> Vec<f32> {
         let mut sums = Vec::with_capacity(self.count() * self.width);
         for panel in self.data.chunks_exact((self.k * self.width).max(1)) {
