@@ -2,7 +2,8 @@
 //! --release): `cargo run --release -p nuq-core --example lut_kernels`.
 //! Optional arguments: bit widths to time (default `4 3`); `LUT_ROWS=n`
 //! shrinks N (e.g. to an L2-resident layer, to separate decode cost from
-//! memory traffic); `LUT_M=m` times that batch size only.
+//! memory traffic); `LUT_M=m` times that batch size only; `LUT_KERNEL=avx512`
+//! times that kernel only.
 
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let bits = if bits.is_empty() { vec![4, 3] } else { bits };
+    let only = std::env::var("LUT_KERNEL").ok();
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();
@@ -39,6 +41,9 @@ fn main() {
                 let x: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
                 let mut y = vec![0f32; m * n];
                 for kernel in Kernel::available().into_iter().skip(1) {
+                    if only.as_deref().is_some_and(|k| k != kernel.name()) {
+                        continue;
+                    }
                     let mut best = f64::INFINITY;
                     for _ in 0..20 {
                         let t = Instant::now();

@@ -3,6 +3,8 @@
 
 use std::sync::OnceLock;
 
+use super::tile::TILE_K;
+
 use crate::weights::PackedWeights;
 
 /// Instruction sets with a kernel file.
@@ -198,10 +200,10 @@ pub(crate) struct PanelArgs<'a> {
     /// `xp[k * width + l]`, zero for `l >= mlen`.
     pub xp: &'a [f32],
     pub klen: usize,
-    /// Decoded weights: `rows` rows of stride `ld`, `klen` valid columns.
+    /// Decoded weights: `rows` rows of stride [`TILE_K`] (a constant, so the
+    /// kernels address the rows with immediate offsets), `klen` valid columns.
     pub tile: &'a [f32],
     pub rows: usize,
-    pub ld: usize,
     /// Row length of `out` (`[rows, m]`), and the rows of `x` in this panel.
     pub m: usize,
     pub i0: usize,
@@ -212,7 +214,7 @@ impl PanelArgs<'_> {
     /// The kernels read and write unchecked inside these bounds.
     fn check(&self, width: usize, out_len: usize) {
         assert!(self.xp.len() >= self.klen * width && self.mlen <= width);
-        assert!(self.klen <= self.ld && self.rows * self.ld <= self.tile.len());
+        assert!(self.klen <= TILE_K && self.rows * TILE_K <= self.tile.len());
         assert!(self.i0 + self.mlen <= self.m && self.rows * self.m <= out_len);
     }
 }

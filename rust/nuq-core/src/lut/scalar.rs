@@ -3,6 +3,7 @@
 //! of the SIMD paths).
 
 use super::kernel::PanelArgs;
+use super::tile::TILE_K;
 use crate::weights::PackedWeights;
 
 /// Little-endian `u64` from `bytes[off..off + 8]`, zero-padded past the end.
@@ -107,7 +108,7 @@ pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
 
 fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usize {
     let mut acc = [[0.0f32; PANEL]; R];
-    let ws: [&[f32]; R] = core::array::from_fn(|r| &g.tile[(t0 + r) * g.ld..][..g.klen]);
+    let ws: [&[f32]; R] = core::array::from_fn(|r| &g.tile[(t0 + r) * TILE_K..][..g.klen]);
     for (k, xv) in g.xp.chunks_exact(PANEL).take(g.klen).enumerate() {
         for (a, wr) in acc.iter_mut().zip(ws) {
             for (c, &xl) in a.iter_mut().zip(xv) {

@@ -79,7 +79,6 @@ pub(super) fn products(
                 klen,
                 tile,
                 rows,
-                ld: TILE_K,
                 m: panels.m,
                 i0: p * panels.width,
                 mlen: panels.width.min(panels.m - p * panels.width),

@@ -7,6 +7,7 @@ use core::arch::x86_64::*;
 
 use super::kernel::PanelArgs;
 use super::scalar::{code_at, load_le_u64, padded_levels, vector_span, x_rows};
+use super::tile::TILE_K;
 use super::with_bits;
 use crate::weights::PackedWeights;
 
@@ -205,10 +206,10 @@ pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usize {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    let (xp, w) = (g.xp.as_ptr(), g.tile[t0 * g.ld..].as_ptr());
+    let (xp, w) = (g.xp.as_ptr(), g.tile[t0 * TILE_K..].as_ptr());
     for k in 0..g.klen {
         // SAFETY: `PanelArgs::check` proved `xp` holds `klen * 16` floats and
-        // the tile `(t0 + R) * ld` with `klen <= ld`, so every read is in bounds.
+        // the tile `(t0 + R) * TILE_K` with `klen <= TILE_K`, so every read is in bounds.
         let (a, b) = unsafe {
             (
                 _mm256_loadu_ps(xp.add(k * 16)),
@@ -216,8 +217,8 @@ fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usiz
             )
         };
         for (r, c) in acc.iter_mut().enumerate() {
-            // SAFETY: as above, `(t0 + r) * ld + k` is inside the tile.
-            let s = _mm256_set1_ps(unsafe { *w.add(r * g.ld + k) });
+            // SAFETY: as above, `(t0 + r) * TILE_K + k` is inside the tile.
+            let s = _mm256_set1_ps(unsafe { *w.add(r * TILE_K + k) });
             c[0] = _mm256_fmadd_ps(s, a, c[0]);
             c[1] = _mm256_fmadd_ps(s, b, c[1]);
         }

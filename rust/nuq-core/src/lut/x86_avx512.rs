@@ -7,6 +7,7 @@ use core::arch::x86_64::*;
 
 use super::kernel::PanelArgs;
 use super::scalar::{code_at, load_le_u64, padded_levels, vector_span, x_rows};
+use super::tile::TILE_K;
 use super::with_bits;
 use crate::weights::PackedWeights;
 
@@ -59,12 +60,21 @@ impl<'a, const B: u32> Book<'a, B> {
     }
 }
 
-/// Indices of codes `j..j + 16` of `row` (`j % 8 == 0`, so byte-aligned).
+/// Indices of codes `j..j + 16` of `row` (`j % 8 == 0`, so byte-aligned), for
+/// [`Book::lookup`] only: at 4 bits the lanes keep bits above the code.
 #[target_feature(enable = "avx512f")]
 fn indices<const B: u32>(row: &[u8], j: usize) -> __m512i {
     let off = j * B as usize / 8;
     let mask = (1i32 << B) - 1;
-    if B <= 4 {
+    if B == 4 {
+        // Each byte doubled (b0 b0 b1 b1 ..), widened to a lane, and the odd
+        // lanes shifted down a nibble. The bits left above the code need no
+        // mask: `vpermps` reads only the low 4 bits of an index.
+        let bytes = _mm_cvtsi64_si128(load_le_u64(row, off) as i64);
+        let pairs = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));
+        let sh = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+        _mm512_srlv_epi32(pairs, sh)
+    } else if B < 4 {
         // Two runs of 8 codes, each within 32 bits: one shift per lane.
         let v = load_le_u64(row, off);
         let runs = _mm512_inserti64x4::<1>(
@@ -222,10 +232,10 @@ pub(crate) fn gemm_panel(g: &PanelArgs, out: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usize {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let (xp, w) = (g.xp.as_ptr(), g.tile[t0 * g.ld..].as_ptr());
+    let (xp, w) = (g.xp.as_ptr(), g.tile[t0 * TILE_K..].as_ptr());
     for k in 0..g.klen {
         // SAFETY: `PanelArgs::check` proved `xp` holds `klen * 32` floats and
-        // the tile `(t0 + R) * ld` with `klen <= ld`, so every read is in bounds.
+        // the tile `(t0 + R) * TILE_K` with `klen <= TILE_K`, so every read is in bounds.
         let (a, b) = unsafe {
             (
                 _mm512_loadu_ps(xp.add(k * 32)),
@@ -233,8 +243,8 @@ fn panel_rows<const R: usize>(g: &PanelArgs, t0: usize, out: &mut [f32]) -> usiz
             )
         };
         for (r, c) in acc.iter_mut().enumerate() {
-            // SAFETY: as above, `(t0 + r) * ld + k` is inside the tile.
-            let s = _mm512_set1_ps(unsafe { *w.add(r * g.ld + k) });
+            // SAFETY: as above, `(t0 + r) * TILE_K + k` is inside the tile.
+            let s = _mm512_set1_ps(unsafe { *w.add(r * TILE_K + k) });
             c[0] = _mm512_fmadd_ps(s, a, c[0]);
             c[1] = _mm512_fmadd_ps(s, b, c[1]);
         }
