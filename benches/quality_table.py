@@ -96,25 +96,36 @@ def weight_tensors(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     }
 
 
-def as_blocks(x: np.ndarray, granularity: str) -> tuple[np.ndarray, str]:
-    """The array and granularity every method gets for one table cell.
+def group_width(numel: int) -> int:
+    """Width of the flat blocks of the "group" cells: the largest divisor of the
+    weight count that is at most GROUP (so no padding is needed), or 0 when
+    that is below GROUP / 4 (small groups would spend too much on scales)."""
+    width = max(d for d in range(1, GROUP + 1) if numel % d == 0)
+    return width if 4 * width >= GROUP else 0
 
-    "group" means 64 consecutive weights in memory order, as NF4 blocks them:
-    the tensor is viewed as (numel / 64, 64) and quantized per row of that view,
-    which equals nuq's per-row groups when the row length is a multiple of 64.
-    Tensors with a weight count not divisible by 64 go per channel instead.
+
+def as_blocks(x: np.ndarray, granularity: str) -> tuple[np.ndarray, str, int | None]:
+    """The array, granularity and group size every method gets for one table cell.
+
+    "group" means blocks of consecutive weights in memory order, as NF4 blocks
+    them: the tensor is viewed as (numel / width, width) and quantized per row
+    of that view, which equals nuq's per-row groups when the row length is a
+    multiple of the width. The width is GROUP when it divides the weight count,
+    else the largest divisor below it (:func:`group_width`): NF4 zero-pads its
+    last block instead, and every cell counts what its method stores, padding
+    and scales included. Tensors without such a divisor go per channel.
     """
     if granularity != "group":
-        return x, granularity
-    if x.size % GROUP:
-        return x, "channel"
-    return x.reshape(-1, GROUP), "group"
+        return x, granularity, None
+    width = group_width(x.size)
+    if not width:
+        return x, "channel", None
+    return x.reshape(-1, width), "group", width
 
 
 def quantize_all(name: str, x: np.ndarray, bits: int, granularity: str) -> dict[str, tuple]:
     """Dequantized array and bits/weight of every method for one tensor."""
-    view, gran = as_blocks(x, granularity)
-    g = GROUP if gran == "group" else None
+    view, gran, g = as_blocks(x, granularity)
     qt = nuq_rs.quantize_tensor(view, bits, granularity=gran, group_size=g)
     deq = np.asarray(qt.dequantize(), dtype=np.float32)
     assert deq.shape == view.shape, (name, deq.shape, view.shape)
@@ -131,7 +142,9 @@ def quantize_all(name: str, x: np.ndarray, bits: int, granularity: str) -> dict[
 
 
 def quality_table(model: str, tensors: dict[str, np.ndarray]) -> list[str]:
-    fallback = [k for k, x in tensors.items() if as_blocks(x, "group")[1] != "group"]
+    narrower = {k: group_width(x.size) for k, x in tensors.items() if x.size % GROUP}
+    fallback = [k for k, w in narrower.items() if not w]
+    narrower = {k: w for k, w in narrower.items() if w}
     n = sum(x.size for x in tensors.values())
     lines = [
         f"### {model}: {len(tensors)} weight tensors, {n} weights",
@@ -139,10 +152,16 @@ def quality_table(model: str, tensors: dict[str, np.ndarray]) -> list[str]:
         "Cells: SQNR (MSE) bits-per-weight incl. metadata, over all weight tensors. "
         f"Group {GROUP}: {GROUP} consecutive weights in memory order (as NF4 blocks).",
     ]
+    if narrower:
+        widths = ", ".join(f"{k} ({w})" for k, w in narrower.items())
+        lines.append(
+            f"Group {GROUP}: weight count not a multiple of {GROUP}, so blocks of its largest "
+            f"divisor below {GROUP} for every method except NF4 (zero-padded blocks): {widths}."
+        )
     if fallback:
         lines.append(
-            f"Group {GROUP}: weight count not a multiple of {GROUP}, so per channel for "
-            f"every method except NF4 (zero-padded blocks): {', '.join(fallback)}."
+            f"Group {GROUP}: no divisor of the weight count in [{GROUP // 4}, {GROUP}], so per "
+            f"channel for every method except NF4: {', '.join(fallback)}."
         )
     lines += ["", "| bits | granularity | " + " | ".join(METHODS) + " |"]
     lines.append("|---|---|" + "---|" * len(METHODS))

@@ -1,4 +1,5 @@
-"""The file format: save / load round trips, the v1 fixture, damaged files, atomic writes."""
+"""The file format: save / load round trips, the v1 and v2 fixtures, damaged files,
+atomic writes."""
 
 from __future__ import annotations
 
@@ -72,9 +73,12 @@ def test_saved_file_is_plain_safetensors(saved):
         assert f.get_tensor("a.weight.levels").shape == (8,)
     assert {"a.weight.packed", "a.weight.levels", "a.weight.loc", "a.weight.scale"} <= keys
     assert {"a.bias", "n", "mask"} <= keys and "a.weight" not in keys
-    assert meta["format"] == "nuq-rs" and meta["format_version"] == "1"
+    assert "b.weight.levels" not in keys  # group codebooks are implied, not stored
+    assert meta["format"] == "nuq-rs" and meta["format_version"] == "2"
     entries = {e["name"]: e for e in json.loads(meta["tensors"])}
     assert entries["b.weight"]["granularity"] == "group" and entries["b.weight"]["group_size"] == 16
+    assert entries["b.weight"]["codebook"] == "implied"
+    assert entries["a.weight"]["codebook"] == "stored"
     assert entries["a.bias"] == {"name": "a.bias", "kind": "kept"}
     # the pure-Rust reader of the safetensors library accepts the layout too
     from safetensors.torch import load_file
@@ -87,8 +91,12 @@ def test_stored_bytes_match_the_storage_accounting(saved):
     with safe_open(str(saved), framework="numpy") as f:
         for name in q.quantized_names:
             parts = ("packed", "levels", "loc", "scale")
-            stored = sum(f.get_tensor(f"{name}.{p}").nbytes for p in parts)
+            stored = sum(
+                f.get_tensor(f"{name}.{p}").nbytes for p in parts if f"{name}.{p}" in f.keys()
+            )
             assert stored == q[name].storage_bytes
+    # codes and one fp16 scale per group of 16, nothing else: 3 + 16 / 16 bits
+    assert q["b.weight"].bits_per_weight == 4.0
 
 
 def test_tensor_data_is_aligned(saved):
@@ -180,6 +188,33 @@ def test_v1_fixture_matches_an_independent_decoder():
         np.testing.assert_array_equal(got, want.numpy(), err_msg=name)
 
 
+def test_v2_fixture_decodes_to_the_committed_values():
+    """Version 2 as first written (implied group codebooks) keeps decoding the same."""
+    loaded = nuq_rs.load(FIXTURES / "v2_small.nuq.safetensors")
+    expected = np.load(FIXTURES / "v2_small_expected.npz")
+    decoded = loaded.dequantize()
+    assert loaded["emb.weight"].config.group_size == 8
+    assert loaded["emb.weight"].bits_per_weight == 4 + 16 / 8
+    for name in expected.files:
+        np.testing.assert_array_equal(decoded[name].float().numpy(), expected[name], err_msg=name)
+
+
+def test_implied_codebook_is_what_the_quantizer_used(saved):
+    q = quantized()["b.weight"]
+    loaded = nuq_rs.load(saved)["b.weight"]
+    np.testing.assert_array_equal(loaded.levels, q.levels)
+    np.testing.assert_array_equal(
+        q.levels, nuq_rs._nuq_rs.implied_codebook(q.family, q.bits, q.config.group_size)
+    )
+
+
+def test_implied_codebook_needs_groups(saved):
+    edit_metadata(saved, lambda h, entries: entries[0].update(codebook="implied"))
+    assert "bad codebook 'implied' for granularity 'tensor'" in load_error(saved)
+    edit_metadata(saved, lambda h, entries: entries[0].update(codebook="zip"))
+    assert "bad codebook 'zip'" in load_error(saved)
+
+
 # -- damaged files ---------------------------------------------------------------------------
 
 
@@ -258,7 +293,7 @@ def test_plain_safetensors_is_not_a_nuq_file(tmp_path):
 
 def test_newer_version_is_refused(saved):
     header, data = split(saved)
-    header["__metadata__"]["format_version"] = "2"
+    header["__metadata__"]["format_version"] = "3"
     rewrite(saved, header, data)
     assert "upgrade nuq-rs" in load_error(saved)
 

@@ -73,7 +73,20 @@ def test_packed_size_and_bits_per_weight(rng):
     qc = nuq_rs.quantize_tensor(x, 4, granularity="channel")
     assert qc.bits_per_weight == pytest.approx(4 + (16 * 32 + 64 * 64) / x.size)
     qg = nuq_rs.quantize_tensor(x, 4, group_size=50)
-    assert qg.bits_per_weight == pytest.approx(4 + 16 / 50 + 16 * 32 / x.size)
+    assert qg.bits_per_weight == pytest.approx(4 + 16 / 50)  # the codebook is implied
+
+
+@pytest.mark.parametrize("family", ["gaussian", "laplace"])
+def test_group_codebook_is_the_implied_one_of_the_chosen_family(rng, family):
+    x = rng.laplace(size=(32, 128)).astype(np.float32)
+    q = nuq_rs.quantize_tensor(x, 3, group_size=64, family=family)
+    assert q.family == family
+    implied = nuq_rs._nuq_rs.implied_codebook(family, 3, 64)
+    np.testing.assert_array_equal(q.levels, implied)
+    np.testing.assert_array_equal(implied, -implied[::-1])
+    # "auto" takes the family whose codebook fits best: never worse than either
+    auto = nuq_rs.quantize_tensor(x, 3, group_size=64)
+    assert auto.sse <= q.sse * (1 + 1e-3)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

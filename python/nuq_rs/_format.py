@@ -1,14 +1,22 @@
 """The nuq-rs file format: a plain safetensors file plus JSON metadata.
 
-Layout (format version 1). A quantized tensor ``NAME`` is stored as four
-safetensors tensors: ``NAME.packed`` (U8, ``rows x ceil(cols * bits / 8)``),
+Layout (format version 2). A quantized tensor ``NAME`` is stored as the
+safetensors tensors ``NAME.packed`` (U8, ``rows x ceil(cols * bits / 8)``),
 ``NAME.levels`` (F32, ``2**bits``), ``NAME.loc`` (F32) and ``NAME.scale``
 (F32, or F16 for groups, whose scales are fp16 values already). A kept tensor is
 stored under its own name, as it was. The header's ``__metadata__`` holds
-``format = "nuq-rs"``, ``format_version = "1"`` and ``tensors``: a JSON list,
+``format = "nuq-rs"``, ``format_version = "2"`` and ``tensors``: a JSON list,
 in state-dict order, of ``{"name", "kind": "kept"}`` or of the quantized
-tensor's shape, original dtype, bits, granularity, group size, family and fit
-statistics. Everything needed to decode is in the file; nothing is pickled.
+tensor's shape, original dtype, bits, granularity, group size, family, fit
+statistics and ``codebook``. Everything needed to decode is in the file;
+nothing is pickled.
+
+``codebook`` is ``"stored"`` (``NAME.levels`` present) or ``"implied"``: group
+tensors store no ``NAME.levels``, their codebook being a deterministic
+function of (family, bits, group size) that the reader recomputes
+(``implied_codebook`` of the extension). Version 1 had no ``codebook`` field
+and stored every codebook, groups' included; such files still read as
+``"stored"``.
 
 This module parses and checks safetensors headers (ours and any other), so that
 a damaged file fails with a message naming the file and the problem.
@@ -27,7 +35,8 @@ from ._report import TensorReport
 from ._tensor import QuantConfig, matrix_shape
 
 FORMAT_NAME = "nuq-rs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CODEBOOKS = ("stored", "implied")
 #: Larger headers are refused, as the safetensors library does.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -93,8 +102,17 @@ def kept_report(name: str, slot: Slot) -> TensorReport:
     )
 
 
-def quantized_slots(name: str, shape: tuple[int, ...], config: QuantConfig) -> dict[str, Slot]:
-    """The four tensors storing a quantized tensor; sizes follow from shape and config."""
+def implied_codebook(config: QuantConfig) -> bool:
+    """Whether this writer leaves the codebook out (groups: implied by family,
+    bits and group size)."""
+    return config.granularity == "group"
+
+
+def quantized_slots(
+    name: str, shape: tuple[int, ...], config: QuantConfig, implied: bool
+) -> dict[str, Slot]:
+    """The tensors storing a quantized tensor (no levels when the codebook is
+    ``implied``); sizes follow from shape and config."""
     rows, cols = matrix_shape(shape)
     if config.granularity == "tensor":
         n_loc = n_scale = 1
@@ -103,12 +121,15 @@ def quantized_slots(name: str, shape: tuple[int, ...], config: QuantConfig) -> d
     else:
         n_loc, n_scale = 0, rows * cols // config.group_size
     scale_dtype = "F16" if config.granularity == "group" else "F32"
-    return {
+    slots = {
         f"{name}.packed": Slot("U8", (rows, -(-cols * config.bits // 8))),
         f"{name}.levels": Slot("F32", (2**config.bits,)),
         f"{name}.loc": Slot("F32", (n_loc,)),
         f"{name}.scale": Slot(scale_dtype, (n_scale,)),
     }
+    if implied:
+        del slots[f"{name}.levels"]
+    return slots
 
 
 def quantized_entry(name: str, shape: tuple[int, ...], dtype: str, config: QuantConfig) -> dict:
@@ -122,6 +143,7 @@ def quantized_entry(name: str, shape: tuple[int, ...], dtype: str, config: Quant
         "granularity": config.granularity,
         "group_size": config.group_size,
         "family": "gaussian",
+        "codebook": "implied" if implied_codebook(config) else "stored",
         **dict.fromkeys(STAT_FIELDS, WIDEST_FLOAT),
     }
 

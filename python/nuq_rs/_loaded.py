@@ -12,7 +12,8 @@ import numpy as np
 
 from . import _format
 from ._checkpoint import SafetensorsFile
-from ._format import DTYPES, FORMAT_NAME, FORMAT_VERSION, FormatError
+from ._format import CODEBOOKS, DTYPES, FORMAT_NAME, FORMAT_VERSION, FormatError
+from ._nuq_rs import implied_codebook
 from ._report import Report
 from ._state_dict import _report_of
 from ._tensor import QuantConfig, QuantizedTensor
@@ -99,9 +100,12 @@ def _expected_slots(path: Path, name: str, e: Any) -> dict[str, _format.Slot | N
             raise ValueError(f"bad shape {e['shape']}")
         if e["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"bad dtype {e['dtype']!r}")
+        codebook = e.get("codebook", "stored")  # version 1 stored every codebook
+        if codebook not in CODEBOOKS or codebook == "implied" and config.group_size is None:
+            raise ValueError(f"bad codebook {codebook!r} for granularity {config.granularity!r}")
     except (TypeError, ValueError) as err:
         raise FormatError(f"{path}: metadata of tensor {name!r}: {err}") from None
-    return _format.quantized_slots(name, tuple(e["shape"]), config)
+    return _format.quantized_slots(name, tuple(e["shape"]), config, codebook == "implied")
 
 
 def _config(e: dict[str, Any]) -> QuantConfig:
@@ -140,9 +144,15 @@ class LoadedStateDict(Mapping[str, Any]):
     def _quantized(self, e: dict[str, Any]) -> QuantizedTensor:
         name, f = e["name"], self._file
         scale = f.array(f"{name}.scale").astype(np.float32, copy=False)
-        parts = {p: f.array(f"{name}.{p}").reshape(-1) for p in ("packed", "levels", "loc")}
+        parts = {p: f.array(f"{name}.{p}").reshape(-1) for p in ("packed", "loc")}
         config = _config(e)
-        storage = sum(f.slots[f"{name}.{p}"].nbytes for p in ("packed", "levels", "loc", "scale"))
+        stored = ["packed", "loc", "scale"]
+        if e.get("codebook", "stored") == "implied":
+            parts["levels"] = implied_codebook(e["family"], config.bits, config.group_size)
+        else:
+            parts["levels"] = f.array(f"{name}.levels").reshape(-1)
+            stored.append("levels")
+        storage = sum(f.slots[f"{name}.{p}"].nbytes for p in stored)
         return QuantizedTensor(
             shape=tuple(e["shape"]),
             dtype=e["dtype"],

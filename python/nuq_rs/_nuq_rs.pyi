@@ -11,6 +11,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "lloyd_max",
+    "implied_codebook",
     "conv2d",
     "linear",
     "set_num_threads",
@@ -71,5 +72,6 @@ def conv2d(
 def lloyd_max(
     family: str, bits: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]: ...
+def implied_codebook(family: str, bits: int, group_size: int) -> npt.NDArray[np.float32]: ...
 def set_num_threads(threads: int | None = None) -> None: ...
 def get_num_threads() -> int: ...

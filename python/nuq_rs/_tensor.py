@@ -123,7 +123,9 @@ class QuantizedTensor:
 
     @property
     def bits_per_weight(self) -> float:
-        """Storage per weight, codebook, locations and scales included."""
+        """Storage per weight as a file holds it, codebook, locations and scales
+        included (group codebooks are implied by family, bits and group size:
+        0 bits; group scales are fp16)."""
         return 8 * self.storage_bytes / self.numel if self.numel else 0.0
 
     @property

@@ -78,7 +78,8 @@ class FileWriter:
             self._entries[p.name] = {"name": p.name, "kind": "kept"}
             return {p.name: Slot(p.dtype, p.shape)}
         self._entries[p.name] = _format.quantized_entry(p.name, p.shape, p.dtype, p.config)
-        return _format.quantized_slots(p.name, p.shape, p.config)
+        implied = _format.implied_codebook(p.config)
+        return _format.quantized_slots(p.name, p.shape, p.config, implied)
 
     def _header(self) -> bytes:
         return _format.encode_header(self._slots, list(self._entries.values()), self._width)
@@ -116,7 +117,10 @@ class FileWriter:
         scale = q.scale
         if q.config.granularity == "group":
             scale = scale.astype(np.float16)  # group scales are fp16 values already
-        for part, array in (("packed", q.packed), ("levels", q.levels), ("loc", q.loc)):
+        parts = [("packed", q.packed), ("loc", q.loc)]
+        if entry["codebook"] == "stored":
+            parts.append(("levels", q.levels))
+        for part, array in parts:
             self._write_slot(f"{name}.{part}", array)
         self._write_slot(f"{name}.scale", scale)
         entry["family"] = q.family

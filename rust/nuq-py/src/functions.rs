@@ -227,20 +227,39 @@ type Solved<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, f64);
 /// b = 1) with `2^bits` levels: `(levels, boundaries, mse)`.
 #[pyfunction]
 fn lloyd_max<'py>(py: Python<'py>, family: &str, bits: u32) -> PyResult<Solved<'py>> {
-    let family = match parse_family(family)? {
-        FamilyChoice::Fixed(f) => f,
-        FamilyChoice::Auto => {
-            return Err(PyValueError::new_err(
-                "family must be 'gaussian' or 'laplace'",
-            ))
-        }
-    };
+    let family = fixed_family(family)?;
     let q = nuq_core::solve::lloyd_max(family, bits).map_err(CoreError)?;
     Ok((
         q.levels.clone().into_pyarray(py),
         q.boundaries.clone().into_pyarray(py),
         q.mse,
     ))
+}
+
+/// `family` as a fixed family ('auto' is refused).
+fn fixed_family(family: &str) -> PyResult<Family> {
+    match parse_family(family)? {
+        FamilyChoice::Fixed(f) => Ok(f),
+        FamilyChoice::Auto => Err(PyValueError::new_err(
+            "family must be 'gaussian' or 'laplace'",
+        )),
+    }
+}
+
+/// The codebook that group quantization implies for `family`, `bits` and
+/// `group_size` (2^bits float32 values in [-1, 1]); files do not store it.
+#[pyfunction]
+fn implied_codebook<'py>(
+    py: Python<'py>,
+    family: &str,
+    bits: u32,
+    group_size: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let family = fixed_family(family)?;
+    let levels = py
+        .detach(|| nuq_core::solve::implied_codebook(family, bits, group_size))
+        .map_err(CoreError)?;
+    Ok(levels.into_pyarray(py))
 }
 
 /// Sets the number of worker threads (`None`: `RAYON_NUM_THREADS` or one per CPU).
@@ -266,6 +285,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(lloyd_max, m)?)?;
+    m.add_function(wrap_pyfunction!(implied_codebook, m)?)?;
     m.add_function(wrap_pyfunction!(linear, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

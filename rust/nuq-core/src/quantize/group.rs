@@ -1,23 +1,23 @@
 //! Group granularity: each group of `g` consecutive weights of a row is divided
-//! by its absmax (stored as f16), and one codebook for the whole tensor is
-//! refined on the normalised values, weighting each group by its squared scale
-//! so that the refinement minimises the error of the real weights.
+//! by its absmax (stored as f16) and encoded with the implied codebook of the
+//! family ([`implied_codebook`]), which the decoder recomputes: nothing but
+//! the codes and one f16 per group is stored.
+//!
+//! With [`FamilyChoice::Auto`] the family is the one whose implied codebook
+//! has the smaller error on this tensor's normalised values, each group
+//! weighted by its squared scale (so, the error of the real weights up to
+//! the binning), rather than the KS choice: what is fitted here is the shape
+//! of x / max|x|, not of x. Both KS statistics are still reported.
 
 use half::f16;
 use rayon::prelude::*;
 
-use super::affine::choose;
 use super::rows::{encode_rows, Codebook};
-use super::{rows_per_task, Config, Quantized};
+use super::{rows_per_task, Config, FamilyChoice, Quantized};
 use crate::error::Result;
-use crate::solve::{absmax_init, lloyd_weighted};
+use crate::family::Family;
+use crate::solve::{bin_centers, implied_codebook, weighted_mse, BINS};
 use crate::stats::fit_tensor;
-
-/// Bins of the normalised-value histogram on [-1, 1]; odd so that -1, 0 and
-/// +1 are bin centres (absmax scaling puts a weight exactly on ±1 in every group).
-const BINS: usize = 4097;
-/// Lloyd iterations of the codebook refinement.
-const REFINE_ITERS: usize = 200;
 
 pub(super) fn quantize(
     x: &[f32],
@@ -27,19 +27,9 @@ pub(super) fn quantize(
     cfg: &Config,
 ) -> Result<Quantized> {
     let fit = fit_tensor(x)?;
-    let family = choose(cfg.family, fit.best());
-    let (fit_loc, fit_scale) = fit.params(family);
     let scale = group_scales(x, g);
-    let (centers, weights) = normalised_histogram(x, cols, g, &scale);
-    let init = absmax_init(family, cfg.bits, g)?;
-    let refined = lloyd_weighted(&centers, &weights, &init, REFINE_ITERS);
-    // Rounded to f16 so that the codebook could be stored at half size
-    // exactly; encode against exactly what decodes.
-    let levels: Vec<f32> = refined
-        .levels
-        .iter()
-        .map(|&v| f16::from_f64(v).to_f32())
-        .collect();
+    let (family, levels) = choose_codebook(x, cols, g, &scale, cfg)?;
+    let (fit_loc, fit_scale) = fit.params(family);
     let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
     let book = Codebook {
         bits: cfg.bits,
@@ -78,9 +68,37 @@ fn group_scales(x: &[f32], g: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Histogram of `x / scale` over `BINS` centres on [-1, 1], each weight counted
+/// The family allowed by `cfg` whose implied codebook has the smallest
+/// scale²-weighted error on the normalised values (ties: Gaussian), and that codebook.
+fn choose_codebook(
+    x: &[f32],
+    cols: usize,
+    g: usize,
+    scale: &[f32],
+    cfg: &Config,
+) -> Result<(Family, Vec<f32>)> {
+    let candidates: &[Family] = match &cfg.family {
+        FamilyChoice::Auto => &Family::ALL,
+        FamilyChoice::Fixed(f) => std::slice::from_ref(f),
+    };
+    let weights = normalised_histogram(x, cols, g, scale);
+    let centers = bin_centers();
+    let mut best: Option<(f64, Family, Vec<f32>)> = None;
+    for &family in candidates {
+        let levels = implied_codebook(family, cfg.bits, g)?;
+        let wide: Vec<f64> = levels.iter().map(|&v| f64::from(v)).collect();
+        let err = weighted_mse(&centers, &weights, &wide);
+        if best.as_ref().is_none_or(|b| err < b.0) {
+            best = Some((err, family, levels));
+        }
+    }
+    let (_, family, levels) = best.expect("at least one candidate family");
+    Ok((family, levels))
+}
+
+/// Weights of `x / scale` on the `BINS` centres of [-1, 1], each weight counted
 /// with its group's squared scale. Chunks are fixed, partial sums added in order.
-fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> (Vec<f64>, Vec<f64>) {
+fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> Vec<f64> {
     let half_span = (BINS - 1) as f32 / 2.0;
     // A whole number of rows, hence of groups (g divides cols).
     let chunk = (rows_per_task(cols) * cols).max(1);
@@ -108,8 +126,5 @@ fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> (Vec
     for hist in &partial {
         weights.iter_mut().zip(hist).for_each(|(a, b)| *a += b);
     }
-    let centers = (0..BINS)
-        .map(|k| k as f64 / f64::from(half_span) - 1.0)
-        .collect();
-    (centers, weights)
+    weights
 }

@@ -10,7 +10,7 @@
 //! |-------------|--------------|--------------------------|---------------------------------------|
 //! | tensor      | 1 value      | 1 value                  | Lloyd–Max of the chosen family        |
 //! | channel     | 1 per row    | 1 per row                | Lloyd–Max of the chosen family        |
-//! | group `g`   | none (0)     | 1 per group (fp16 absmax)| refined on the absmax-normalised data |
+//! | group `g`   | none (0)     | 1 per group (fp16 absmax)| implied by (family, bits, `g`), not stored |
 
 mod affine;
 mod decode;
@@ -77,7 +77,8 @@ pub struct Quantized {
     pub cols: usize,
     pub bits: u32,
     pub granularity: Granularity,
-    /// The family the codebook was solved for.
+    /// The family the codebook was solved for (for groups: the family whose
+    /// implied codebook fits the normalised values best, see `group.rs`).
     pub family: Family,
     /// KS statistic of the data against the fitted Gaussian / Laplace.
     pub d_gaussian: f64,
@@ -156,15 +157,14 @@ impl Quantized {
     }
 
     /// Storage in bytes, as the nuq-rs file holds it: packed codes, the f32
-    /// codebook, f32 locations, and scales (f32, or f16 for groups).
+    /// codebook, f32 locations and f32 scales; for groups only the codes and
+    /// the f16 scales (the codebook is implied by family, bits and group size,
+    /// see [`crate::solve::implied_codebook`]).
     pub fn storage_bytes(&self) -> usize {
-        let scale_bytes = match self.granularity {
-            Granularity::Group(_) => 2,
-            _ => 4,
-        };
-        self.packed.len()
-            + 4 * (self.levels.len() + self.loc.len())
-            + scale_bytes * self.scale.len()
+        match self.granularity {
+            Granularity::Group(_) => self.packed.len() + 2 * self.scale.len(),
+            _ => self.packed.len() + 4 * (self.levels.len() + self.loc.len() + self.scale.len()),
+        }
     }
 
     /// Storage cost per weight in bits, all metadata included.

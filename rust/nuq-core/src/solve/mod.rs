@@ -6,18 +6,24 @@
 //! - [`lloyd_weighted`]: the same optimality conditions on a binned sample
 //!   (1-D weighted k-means), to refine a codebook on data, e.g. per-group
 //!   absmax-normalized weights starting from [`absmax_init`].
+//! - [`implied_codebook`]: the same on the model distribution of absmax-
+//!   normalized groups of a family, so that group codebooks need no storage.
 
 mod absmax;
+mod implied;
 mod lloyd_max;
 pub mod moments;
 mod normal_quantile;
 mod weighted;
 
 pub use absmax::{absmax_init, expected_absmax};
+pub use implied::implied_codebook;
+pub(crate) use implied::{bin_centers, BINS};
 pub use lloyd_max::{lloyd_max, solve_uncached};
 pub use moments::{conditional_mean, partial_moments, Moments};
 pub use normal_quantile::inverse_normal_cdf;
 pub use weighted::lloyd_weighted;
+pub(crate) use weighted::weighted_mse;
 
 use crate::family::Family;
 
