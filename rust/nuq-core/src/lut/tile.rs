@@ -21,6 +21,8 @@ pub(crate) const TILE_N: usize = 48;
 /// Columns per tile: a decoded tile is `TILE_N * TILE_K` floats (48 KiB, in
 /// L2), a panel slice `TILE_K * width` floats (at most 32 KiB, in L1).
 pub(crate) const TILE_K: usize = 256;
+/// Rows of `y` per output task.
+const OUT_ROWS: usize = 8;
 
 /// Writes `y = x · Wᵀ + loc · Σx + bias` (row-major `[m, w.rows]`);
 /// `sumx[i]` is the sum of row `i` of `x`.
@@ -45,13 +47,22 @@ pub(crate) fn run(
                     |tile, b| products(isa, w, &panels, b * TILE_N, tile),
                 )
                 .collect();
+            // Block-major within a few rows of y: the `TILE_N` lines of a
+            // block that a row reads are still in L1 for the next rows.
             y_chunk
-                .par_chunks_mut(n)
+                .par_chunks_mut(OUT_ROWS * n)
                 .enumerate()
-                .for_each(|(i, y_row)| {
-                    for (r, out) in y_row.iter_mut().enumerate() {
-                        let dot = blocks[r / TILE_N][(r % TILE_N) * rows + i];
-                        *out = output(w, r, dot, sumx[i0 + i], bias);
+                .for_each(|(c, y_rows)| {
+                    let first = c * OUT_ROWS;
+                    for (b, block) in blocks.iter().enumerate() {
+                        let r0 = b * TILE_N;
+                        for (di, y_row) in y_rows.chunks_exact_mut(n).enumerate() {
+                            let (i, sx) = (first + di, sumx[i0 + first + di]);
+                            let outs = &mut y_row[r0..r0 + block.len() / rows];
+                            for (t, out) in outs.iter_mut().enumerate() {
+                                *out = output(w, r0 + t, block[t * rows + i], sx, bias);
+                            }
+                        }
                     }
                 });
         });
