@@ -2,7 +2,9 @@
 
 For each (K, N), M, bits and granularity, cycles through enough distinct layers
 that the weights exceed the L3 cache (as a real forward pass does) and reports,
-all measured in this run (median of --repeats passes over the layers):
+all measured in this run: the median of --repeats passes over the layers, with
+every case timed once per round in an order that rotates between rounds, so
+that the machine's slow spells hit all cases alike:
 
 - nuq ``_nuq_rs.linear`` time per layer;
 - ``F.linear`` fp32, ``torch.ao`` dynamic int8 Linear and PyTorch's CPU int4
@@ -32,16 +34,32 @@ SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)]
 GROUP = 128
 
 
-def best_of(fn, layers, repeats: int) -> float:
-    """Median over `repeats` of the mean time per layer of one pass over `layers`."""
-    fn(layers[0])  # warm-up (page faults, thread pools)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for layer in layers:
-            fn(layer)
-        times.append((time.perf_counter() - start) / len(layers))
-    return statistics.median(times)
+def one_pass(fn, layers) -> float:
+    """Mean time per layer of one pass over `layers`."""
+    start = time.perf_counter()
+    for layer in layers:
+        fn(layer)
+    return (time.perf_counter() - start) / len(layers)
+
+
+def interleaved(cases: dict, repeats: int) -> dict[str, float]:
+    """Median time per layer of every case, `cases[name] = (fn, layers)`.
+
+    The cases are timed in rounds, one pass of each per round in an order that
+    rotates between rounds, so a slow spell of the (shared, noisy) machine
+    hits every case alike instead of whichever ran during it.
+    """
+    for fn, layers in cases.values():
+        fn(layers[0])  # warm-up (page faults, thread pools)
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            # Untimed pause: PyTorch's OpenMP threads spin for a while after
+            # each call, and would otherwise eat into the next case's pass.
+            time.sleep(0.05)
+            times[name].append(one_pass(*cases[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def read_bandwidth(repeats: int) -> float:
@@ -94,39 +112,40 @@ def bench_shape(k: int, n: int, args, bandwidth: float) -> list[str]:
             for _ in range(max(2, -(-args.min_mb * 2**20 // (n * k))))
         ]
     int4 = int4_layers(w, max(2, -(-args.min_mb * 2**20 // (n * k // 2))))
+    nuq = {}
+    for bits in args.bits:
+        for name, gran in (("g128", {"group_size": GROUP}), ("chan", {"granularity": "channel"})):
+            per_layer = n * -(-k * bits // 8)
+            count = max(2, -(-args.min_mb * 2**20 // per_layer))
+            nuq[bits, name] = (per_layer, nuq_layers(w, count, bits, gran))
     for m in args.m:
         x = torch.randn(m, k)
         xb = x.to(torch.bfloat16)
         xn = x.numpy()
-        with torch.inference_mode():
-            t_fp32 = best_of(lambda d, x=x: F.linear(x, d), dense, args.repeats)
-            t_int8 = best_of(lambda q, x=x: q(x), int8, args.repeats)
-            t_int4 = best_of(
+        cases = {
+            "fp32": (lambda d, x=x: F.linear(x, d), dense),
+            "int8": (lambda q, x=x: q(x), int8),
+            "int4": (
                 lambda p, xb=xb: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, p[0], GROUP, p[1]),
                 int4,
-                args.repeats,
+            ),
+        }
+        for (bits, name), (_, layers) in nuq.items():
+            cases[f"{bits} {name}"] = (
+                lambda L, xn=xn, bits=bits: linear(xn, L[0], L[1], L[2], L[3], n, k, bits, L[4]),
+                layers,
             )
-        for bits in args.bits:
-            for name, gran in (
-                ("g128", {"group_size": GROUP}),
-                ("chan", {"granularity": "channel"}),
-            ):
-                per_layer = n * -(-k * bits // 8)
-                layers = nuq_layers(w, max(2, -(-args.min_mb * 2**20 // per_layer)), bits, gran)
-                t = best_of(
-                    lambda L, xn=xn, bits=bits: linear(
-                        xn, L[0], L[1], L[2], L[3], n, k, bits, L[4]
-                    ),
-                    layers,
-                    args.repeats,
-                )
-                gbs = (per_layer + 2 * layers[0][3].size) / t / 1e9
-                lines.append(
-                    f"| {k}x{n} | {m} | {bits} | {name} | {t * 1e3:.3f} | {t_fp32 * 1e3:.3f} "
-                    f"| {t_fp32 / t:.2f}x | {t_int8 / t:.2f}x | {t_int4 / t:.2f}x "
-                    f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |"
-                )
-                print(lines[-1], flush=True)
+        with torch.inference_mode():
+            t = interleaved(cases, args.repeats)
+        for (bits, name), (per_layer, layers) in nuq.items():
+            tn = t[f"{bits} {name}"]
+            gbs = (per_layer + 2 * layers[0][3].size) / tn / 1e9
+            lines.append(
+                f"| {k}x{n} | {m} | {bits} | {name} | {tn * 1e3:.3f} | {t['fp32'] * 1e3:.3f} "
+                f"| {t['fp32'] / tn:.2f}x | {t['int8'] / tn:.2f}x | {t['int4'] / tn:.2f}x "
+                f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |"
+            )
+            print(lines[-1], flush=True)
     return lines
 
 
