@@ -11,6 +11,9 @@
 //! `x[c0 + l * P + p]` for `l < LANES`: `x` is permuted once per call so that
 //! those sit contiguously ([`permute_x`]).
 
+use super::scalar::code_at;
+use crate::weights::PackedWeights;
+
 /// Codes per unit for width `bits`: 8 for 3 bits (24-bit units), else `32 / bits`.
 pub(crate) const fn per_unit(bits: u32) -> usize {
     if bits == 3 {
@@ -102,6 +105,52 @@ impl Aligned {
     }
 }
 
+/// The whole `chunk`-code chunks of row `r` in order, as `(c0, scale)` where
+/// `scale` is `Some` when the chunk starts a new scale segment (always for the
+/// first). Segments start on chunk boundaries (`Layout::new`), so a chunk
+/// never straddles two; the changes are counted down, not divided.
+pub(crate) fn chunks<'a>(
+    w: &PackedWeights<'a>,
+    r: usize,
+    chunk: usize,
+) -> impl Iterator<Item = (usize, Option<f32>)> + 'a {
+    let scales = w.scales_of(r);
+    let per_group = w.scale_span().div_ceil(chunk);
+    let vend = w.cols / chunk * chunk;
+    let (mut c0, mut g, mut left) = (0, 0, 0);
+    std::iter::from_fn(move || {
+        if c0 >= vend {
+            return None;
+        }
+        let scale = (left == 0).then(|| {
+            left = per_group;
+            g += 1;
+            scales[g - 1]
+        });
+        left -= 1;
+        c0 += chunk;
+        Some((c0 - chunk, scale))
+    })
+}
+
+/// Adds to `rest` the products of the codes of row `r` past its last whole
+/// `chunk` (scalar: fewer than one chunk) with the rows `xs`.
+pub(crate) fn tail<const R: usize>(
+    w: &PackedWeights,
+    r: usize,
+    chunk: usize,
+    xs: [&[f32]; R],
+    rest: &mut [f32; R],
+) {
+    let (row, span, scales) = (w.row(r), w.scale_span(), w.scales_of(r));
+    for j in w.cols / chunk * chunk..w.cols {
+        let wj = scales[j / span] * w.levels[code_at(row, j, w.bits)];
+        for (s, xr) in rest.iter_mut().zip(xs) {
+            *s += wj * xr[j];
+        }
+    }
+}
+
 /// `table[t] = levels[t % levels.len()]` for `N` entries: a lookup that reads
 /// `N`-entry indices sees every code's level whatever the bits above the code.
 pub(crate) fn repeat_levels<const N: usize>(levels: &[f32]) -> [f32; N] {
@@ -111,6 +160,27 @@ pub(crate) fn repeat_levels<const N: usize>(levels: &[f32]) -> [f32; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_announce_each_new_scale_once() {
+        const SCALE: [f32; 4] = [1.0, 2.0, 3.0, 4.0];
+        let (packed, levels) = ([0u8; 64], [0.0f32; 2]);
+        let view = |group_size, scale: &'static [f32]| PackedWeights {
+            rows: 2,
+            cols: 256,
+            bits: 1,
+            packed: &packed,
+            levels: &levels,
+            loc: &[0.0],
+            scale,
+            group_size,
+        };
+        let grouped: Vec<_> = chunks(&view(Some(128), &SCALE), 1, 64).collect();
+        let want = [(0, Some(3.0)), (64, None), (128, Some(4.0)), (192, None)];
+        assert_eq!(grouped, want);
+        let whole: Vec<_> = chunks(&view(None, &SCALE[..2]), 1, 96).collect();
+        assert_eq!(whole, [(0, Some(2.0)), (96, None)]);
+    }
 
     #[test]
     fn layout_needs_chunk_aligned_segments() {

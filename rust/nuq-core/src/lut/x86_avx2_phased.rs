@@ -5,8 +5,8 @@
 
 use core::arch::x86_64::*;
 
-use super::phased::{per_unit, repeat_levels};
-use super::scalar::{code_at, x_rows};
+use super::phased::{chunks, per_unit, repeat_levels, tail};
+use super::scalar::x_rows;
 use crate::weights::PackedWeights;
 
 /// Units per vector.
@@ -86,39 +86,32 @@ fn dot_row<const B: u32, const R: usize, const A: usize>(
     xs: [&[f32]; R],
     table: [__m256; 2],
 ) -> [f32; R] {
-    let (row, phases, span) = (w.row(r), per_unit(B), w.scale_span());
-    let chunk = LANES * phases;
+    let (row, chunk) = (w.row(r), LANES * per_unit(B));
     let mut acc = [[_mm256_setzero_ps(); A]; R];
-    let mut rest = [0.0f32; R];
-    for (g, &scale) in w.scales_of(r).iter().enumerate() {
-        let (start, end) = (g * span, (g * span + span).min(w.cols));
-        let s = _mm256_set1_ps(scale);
-        let (lo, hi) = (_mm256_mul_ps(table[0], s), _mm256_mul_ps(table[1], s));
-        let vend = start + (end - start) / chunk * chunk;
-        for c0 in (start..vend).step_by(chunk) {
-            // SAFETY: `c0` is a multiple of `chunk` (segments start on chunk
-            // boundaries) and `c0 + chunk <= cols`, so the chunk's bytes are in `row`.
-            let at = c0 * B as usize / 8;
-            // Prefetching never faults, so the address may run past the row.
-            _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH).cast());
-            let mut u = unsafe { units::<B>(row.as_ptr().add(at)) };
-            for p in 0..phases {
-                let wv = lookup::<B>(u, lo, hi);
-                for (a, xr) in acc.iter_mut().zip(xp) {
-                    // SAFETY: c0 + (p + 1) * 8 <= c0 + chunk <= cols == xr.len().
-                    let xv = unsafe { _mm256_loadu_ps(xr.as_ptr().add(c0 + p * LANES)) };
-                    a[p % A] = _mm256_fmadd_ps(wv, xv, a[p % A]);
-                }
-                u = next_code::<B>(u);
-            }
+    let (mut lo, mut hi) = (table[0], table[1]);
+    for (c0, scale) in chunks(w, r, chunk) {
+        if let Some(s) = scale {
+            let s = _mm256_set1_ps(s);
+            (lo, hi) = (_mm256_mul_ps(table[0], s), _mm256_mul_ps(table[1], s));
         }
-        for j in vend..end {
-            let wj = scale * w.levels[code_at(row, j, B)];
-            for (s, xr) in rest.iter_mut().zip(xs) {
-                *s += wj * xr[j];
+        // SAFETY: `chunks` yields whole chunks (`c0 + chunk <= cols`), so the
+        // chunk's bytes are in `row`.
+        let at = c0 * B as usize / 8;
+        // Prefetching never faults, so the address may run past the row.
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH).cast());
+        let mut u = unsafe { units::<B>(row.as_ptr().add(at)) };
+        for p in 0..per_unit(B) {
+            let wv = lookup::<B>(u, lo, hi);
+            for (a, xr) in acc.iter_mut().zip(xp) {
+                // SAFETY: c0 + (p + 1) * 8 <= c0 + chunk <= cols == xr.len().
+                let xv = unsafe { _mm256_loadu_ps(xr.as_ptr().add(c0 + p * LANES)) };
+                a[p % A] = _mm256_fmadd_ps(wv, xv, a[p % A]);
             }
+            u = next_code::<B>(u);
         }
     }
+    let mut rest = [0.0f32; R];
+    tail(w, r, chunk, xs, &mut rest);
     for (s, a) in rest.iter_mut().zip(acc) {
         let total = a[1..].iter().fold(a[0], |t, &v| _mm256_add_ps(t, v));
         *s += hsum(total);
