@@ -46,6 +46,9 @@ where
         };
     }
     let encoder = Encoder::new(book.boundaries);
+    // Indexed by a u8 code: no bounds check in the error loop.
+    let mut table = [0.0f32; 256];
+    table[..book.levels.len()].copy_from_slice(book.levels);
     let task_rows = rows_per_task(cols);
     let sums: Vec<(f64, f64)> = packed
         .par_chunks_mut(task_rows * row_bytes)
@@ -57,7 +60,8 @@ where
             for (i, (row_out, row)) in out.chunks_mut(row_bytes).zip(data.chunks(cols)).enumerate()
             {
                 let r = task * task_rows + i;
-                let (sse, energy) = encode_row(row, &mut codes, &encoder, book, |s| params(r, s));
+                let (sse, energy) =
+                    encode_row(row, &mut codes, &encoder, &table, book, |s| params(r, s));
                 pack(&codes, book.bits, row_out);
                 acc.0 += sse;
                 acc.1 += energy;
@@ -78,6 +82,7 @@ fn encode_row(
     row: &[f32],
     codes: &mut [u8],
     encoder: &Encoder,
+    table: &[f32; 256],
     book: &Codebook,
     params: impl Fn(usize) -> (f32, f32),
 ) -> (f64, f64) {
@@ -90,11 +95,41 @@ fn encode_row(
         let (loc, scale) = params(s);
         let mul = if scale != 0.0 { 1.0 / scale } else { 0.0 };
         encoder.encode(xs, loc, mul, cs);
-        for (&v, &c) in xs.iter().zip(cs.iter()) {
-            let w = loc + scale * book.levels[c as usize];
-            sse += f64::from(v - w) * f64::from(v - w);
-            energy += f64::from(v) * f64::from(v);
-        }
+        let (e, v) = span_error(xs, cs, loc, scale, table);
+        sse += e;
+        energy += v;
     }
     (sse, energy)
+}
+
+/// Partial sums per span: a fixed order, so deterministic.
+const LANES: usize = 8;
+
+/// `(Σ (v - w)², Σ v²)` over a span, `w = loc + scale · table[code]`, in
+/// `LANES` interleaved partial sums: independent add chains instead of one
+/// that every element waits on.
+fn span_error(xs: &[f32], cs: &[u8], loc: f32, scale: f32, table: &[f32; 256]) -> (f64, f64) {
+    let term = |v: f32, c: u8| {
+        let d = f64::from(v - (loc + scale * table[usize::from(c)]));
+        (d * d, f64::from(v) * f64::from(v))
+    };
+    let (mut sse, mut energy) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (mut xc, mut cc) = (xs.chunks_exact(LANES), cs.chunks_exact(LANES));
+    for (x8, c8) in (&mut xc).zip(&mut cc) {
+        for j in 0..LANES {
+            let (e, v) = term(x8[j], c8[j]);
+            sse[j] += e;
+            energy[j] += v;
+        }
+    }
+    let (mut e_tail, mut v_tail) = (0.0, 0.0);
+    for (&v, &c) in xc.remainder().iter().zip(cc.remainder()) {
+        let (e, w) = term(v, c);
+        e_tail += e;
+        v_tail += w;
+    }
+    (
+        sse.iter().sum::<f64>() + e_tail,
+        energy.iter().sum::<f64>() + v_tail,
+    )
 }
