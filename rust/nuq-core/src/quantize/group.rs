@@ -77,14 +77,14 @@ fn choose_codebook(
     scale: &[f32],
     cfg: &Config,
 ) -> Result<(Family, Vec<f32>)> {
-    let candidates: &[Family] = match &cfg.family {
-        FamilyChoice::Auto => &Family::ALL,
-        FamilyChoice::Fixed(f) => std::slice::from_ref(f),
-    };
+    if let FamilyChoice::Fixed(f) = cfg.family {
+        // Nothing to compare: no histogram pass over the data.
+        return Ok((f, implied_codebook(f, cfg.bits, g)?));
+    }
     let weights = normalised_histogram(x, cols, g, scale);
     let centers = bin_centers();
     let mut best: Option<(f64, Family, Vec<f32>)> = None;
-    for &family in candidates {
+    for family in Family::ALL {
         let levels = implied_codebook(family, cfg.bits, g)?;
         let wide: Vec<f64> = levels.iter().map(|&v| f64::from(v)).collect();
         let err = weighted_mse(&centers, &weights, &wide);
