@@ -85,6 +85,7 @@ pub(super) fn products(
         for t in 0..rows {
             isa.decode_row(w, r0 + t, k0, &mut tile[t * TILE_K..t * TILE_K + klen]);
         }
+        prefetch_codes(w, r0..r0 + rows, k0 + TILE_K);
         for p in 0..panels.count() {
             let args = PanelArgs {
                 xp: panels.slice(p, k0, klen),
@@ -99,6 +100,36 @@ pub(super) fn products(
         }
     }
     out
+}
+
+/// Asks for the packed codes (and group scales) of columns `k0..k0 + TILE_K`
+/// of weight rows `rows`, to be decoded next. Rows are `row_bytes` apart, so
+/// the hardware prefetcher does not follow them from one tile to the next;
+/// without this, decoding a row's first line waits on memory (most of the
+/// decode's `perf` samples sat on that load).
+pub(super) fn prefetch_codes(w: &PackedWeights, rows: std::ops::Range<usize>, k0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if k0 < w.cols {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (stride, bits) = (w.row_bytes(), w.bits as usize);
+        let (b0, b1) = (k0 * bits / 8, (k0 + TILE_K).min(w.cols) * bits / 8);
+        let groups = w.group_size.map(|g| (w.cols / g, g));
+        for r in rows {
+            let row = w.packed.as_ptr().wrapping_add(r * stride);
+            for b in (b0..=b1).step_by(64) {
+                // SAFETY: SSE is part of the x86-64 baseline, and a prefetch
+                // never faults, so the address may run past the row.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b).cast()) };
+            }
+            if let Some((per_row, g)) = groups {
+                let s = w.scale.as_ptr().wrapping_add(r * per_row + k0 / g);
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(s.cast()) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, rows, k0);
 }
 
 /// Rows of `x` regrouped by `width`: panel `p` holds rows
