@@ -3,11 +3,11 @@
 //! Optional arguments: bit widths to time (default `4 3`); `LUT_ROWS=n`
 //! shrinks N (e.g. to an L2-resident layer, to separate decode cost from
 //! memory traffic); `LUT_M=m` times that batch size only; `LUT_KERNEL=avx512`
-//! times that kernel only.
+//! times that kernel only (`int8`: the int8-activation VNNI kernel).
 
 use std::time::Instant;
 
-use nuq_core::lut::{linear_with, Kernel};
+use nuq_core::lut::{linear_int8_with, linear_with, Int8Kernel, Kernel};
 use nuq_core::{quantize, Config, FamilyChoice, Granularity};
 
 fn main() {
@@ -51,6 +51,17 @@ fn main() {
                         best = best.min(t.elapsed().as_secs_f64());
                     }
                     println!("b{b} {g:?} m={m} {:<7} {:.3} ms", kernel.name(), best * 1e3);
+                }
+                let int8 =
+                    Int8Kernel::vnni().filter(|_| only.as_deref().is_none_or(|k| k == "int8"));
+                if let Some(kernel) = int8 {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..20 {
+                        let t = Instant::now();
+                        linear_int8_with(kernel, &x, m, &q.view(), None, &mut y).unwrap();
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                    println!("b{b} {g:?} m={m} int8    {:.3} ms", best * 1e3);
                 }
             }
         }

@@ -22,6 +22,9 @@ pub enum NuqError {
         expected: usize,
         actual: usize,
     },
+    /// The int8-activation path needs groups of whole 4-column quads.
+    #[error("int8 activations need a group_size that is a multiple of 4, got {0}")]
+    Int8GroupSize(usize),
     /// A convolution's geometry does not fit its input or weights.
     #[error("convolution: {0}")]
     InvalidConv(String),

@@ -36,6 +36,7 @@ impl From<CoreError> for PyErr {
             | NuqError::InvalidGroupSize { .. }
             | NuqError::LengthMismatch { .. }
             | NuqError::InvalidConv(_)
+            | NuqError::Int8GroupSize(_)
             | NuqError::CodeOutOfRange { .. } => QuantizationError::new_err(msg),
         }
     }

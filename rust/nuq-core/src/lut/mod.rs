@@ -20,6 +20,7 @@
 
 mod conv;
 mod phased;
+mod q8;
 mod scalar;
 mod small;
 mod tile;
@@ -31,12 +32,15 @@ mod x86_avx2_phased;
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512_phased;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512_q8;
 
 mod kernel;
 
 pub use crate::weights::PackedWeights;
 pub use conv::{conv2d, conv2d_with, ConvShape};
 pub use kernel::Kernel;
+pub use q8::BLOCK as INT8_BLOCK;
 
 use crate::weights::check_len;
 
@@ -106,6 +110,74 @@ pub fn linear_with(
     } else {
         tile::run(isa, x, w, (&sumx, bias), y);
     }
+    Ok(())
+}
+
+/// [`linear`] with int8 activations where that is faster: an approximation
+/// for CPUs with AVX512-VNNI, opt-in because it is not within 1e-5 of fp32.
+///
+/// For `m > 16` (prefill; below that the call is memory-bound and runs the
+/// fp32 kernels), on a CPU with AVX-512 F, BW and VNNI, and a group size (if
+/// any) that is a multiple of 4, the codebook is rounded to 255 steps of
+/// `sl = max|levels| / 127` and each row of `x` to 255 steps of
+/// `sx = max|x| / 127` per block of columns (the group, else
+/// [`INT8_BLOCK`]), and the products run as exact integer sums. Everything
+/// else runs [`linear`], so the result is always within the bound below.
+///
+/// Error against [`linear_reference`], per output `(i, r)`, beyond f32
+/// rounding: at most `Σ_j scale_rj · (sx_ij / 2 · |levels[c_rj]| + (|x_ij| +
+/// sx_ij / 2) · sl / 2)`, where `scale_rj` is the scale of weight `(r, j)`
+/// and `sx_ij` the activation scale of its block. The offset and bias terms
+/// are exact.
+pub fn linear_int8(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    match Int8Kernel::vnni() {
+        Some(kernel) if m > SMALL_M && q8::check(w).is_ok() => {
+            linear_int8_with(kernel, x, m, w, bias, y)
+        }
+        _ => linear(x, m, w, bias, y),
+    }
+}
+
+/// An int8-activation kernel that this CPU can run (see [`linear_int8`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Int8Kernel(q8::Q8);
+
+impl Int8Kernel {
+    /// The portable reference: the same integer sums and f32 steps as VNNI.
+    pub fn scalar() -> Self {
+        Int8Kernel(q8::Q8::Scalar)
+    }
+
+    /// The AVX512-VNNI kernel, if this CPU has AVX-512 F, BW and VNNI.
+    pub fn vnni() -> Option<Self> {
+        q8::Q8::vnni().map(Int8Kernel)
+    }
+}
+
+/// The int8-activation product of [`linear_int8`] with an explicit kernel,
+/// for any `m` (tests and benchmarks). Fails on a group size that is not a
+/// multiple of 4.
+pub fn linear_int8_with(
+    kernel: Int8Kernel,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    check_call(x, m, w, bias, y)?;
+    q8::check(w)?;
+    if m == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    let sumx = row_sums(x, m, w.cols);
+    q8::run(kernel.0, x, w, (&sumx, bias), y);
     Ok(())
 }
 
@@ -242,5 +314,7 @@ macro_rules! with_bits {
 }
 pub(crate) use with_bits;
 
+#[cfg(test)]
+mod int8_tests;
 #[cfg(test)]
 mod tests;
