@@ -11,7 +11,9 @@ that the machine's slow spells hit all cases alike:
   kernel (``_weight_int4pack_mm_for_cpu``, group 128, bf16 activations) on the
   same shapes, and nuq's speed-up against each;
 - the effective weight bandwidth (packed bytes / time) against ``np.sum``'s read
-  bandwidth over an fp32 array larger than L3.
+  bandwidth over an fp32 array larger than L3;
+- for M > 16, the opt-in int8-activation path (``int8_activations=True``, the
+  VNNI kernel where the CPU has it) and its speed-up against fp32 and int8.
 
     python benches/bench_matmul.py [--quick] [--repeats 5] [--min-mb 96]
 """
@@ -135,15 +137,28 @@ def bench_shape(k: int, n: int, args, bandwidth: float) -> list[str]:
                 lambda L, xn=xn, bits=bits: linear(xn, L[0], L[1], L[2], L[3], n, k, bits, L[4]),
                 layers,
             )
+            if m > 16:
+                cases[f"{bits} {name} i8"] = (
+                    lambda L, xn=xn, bits=bits: linear(
+                        xn, L[0], L[1], L[2], L[3], n, k, bits, L[4], None, True
+                    ),
+                    layers,
+                )
         with torch.inference_mode():
             t = interleaved(cases, args.repeats)
         for (bits, name), (per_layer, layers) in nuq.items():
             tn = t[f"{bits} {name}"]
             gbs = (per_layer + 2 * layers[0][3].size) / tn / 1e9
+            ti8 = t.get(f"{bits} {name} i8")
+            int8_act = (
+                f"{ti8 * 1e3:.3f} | {t['fp32'] / ti8:.2f}x | {t['int8'] / ti8:.2f}x"
+                if ti8
+                else "- | - | -"
+            )
             lines.append(
                 f"| {k}x{n} | {m} | {bits} | {name} | {tn * 1e3:.3f} | {t['fp32'] * 1e3:.3f} "
                 f"| {t['fp32'] / tn:.2f}x | {t['int8'] / tn:.2f}x | {t['int4'] / tn:.2f}x "
-                f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |"
+                f"| {gbs:.1f} ({gbs / bandwidth:.0%}) | {int8_act} |"
             )
             print(lines[-1], flush=True)
     return lines
@@ -168,9 +183,9 @@ def main() -> None:
     )
     print(
         "| KxN | M | bits | gran | nuq ms | fp32 ms | vs fp32 | vs int8 | vs int4 "
-        "| weight GB/s (of read bw) |"
+        "| weight GB/s (of read bw) | nuq int8-act ms | vs fp32 | vs int8 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, n in shapes:
         bench_shape(k, n, args, bandwidth)
 

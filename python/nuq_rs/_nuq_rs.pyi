@@ -55,6 +55,7 @@ def linear(
     bits: int,
     group_size: int | None = None,
     bias: npt.NDArray[np.float32] | None = None,
+    int8_activations: bool = False,
 ) -> npt.NDArray[np.float32]: ...
 def conv2d(
     x: npt.NDArray[np.float32],

@@ -106,9 +106,11 @@ fn packed_view<'a>(
 }
 
 /// `y = x · Wᵀ (+ bias)` for a float32 `[m, cols]` matrix `x`, straight from
-/// the packed codes of the `rows x cols` matrix W (the LUT matmul).
+/// the packed codes of the `rows x cols` matrix W (the LUT matmul). With
+/// `int8_activations`, `nuq_core::lut::linear_int8` (an approximation with a
+/// stated bound, faster on AVX512-VNNI CPUs for `m > 16`).
 #[pyfunction]
-#[pyo3(signature = (x, packed, levels, loc, scale, rows, cols, bits, group_size=None, bias=None))]
+#[pyo3(signature = (x, packed, levels, loc, scale, rows, cols, bits, group_size=None, bias=None, int8_activations=false))]
 #[allow(clippy::too_many_arguments)]
 fn linear<'py>(
     py: Python<'py>,
@@ -122,10 +124,16 @@ fn linear<'py>(
     bits: u32,
     group_size: Option<usize>,
     bias: Option<PyReadonlyArray1<'py, f32>>,
+    int8_activations: bool,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let arrays = [&levels, &loc, &scale];
     let view = packed_view(&packed, arrays, [rows, cols], bits, group_size)?;
     let [m, k] = [x.shape()[0], x.shape()[1]];
+    let matmul = if int8_activations {
+        nuq_core::lut::linear_int8
+    } else {
+        nuq_core::lut::linear
+    };
     if k != cols {
         return Err(PyValueError::new_err(format!(
             "input has {k} features but the layer expects {cols}"
@@ -137,7 +145,7 @@ fn linear<'py>(
         .detach(|| {
             view.validate()?;
             let mut y = vec![0f32; m * rows];
-            pool::run(|| nuq_core::lut::linear(xs, m, &view, bias, &mut y)).map(|()| y)
+            pool::run(|| matmul(xs, m, &view, bias, &mut y)).map(|()| y)
         })
         .map_err(CoreError)?;
     PyArray1::from_vec(py, y).reshape([m, rows])

@@ -1,0 +1,95 @@
+"""The opt-in int8-activation path of ``NuqLinear`` against its stated bound."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+import nuq_rs.nn as qnn  # noqa: E402
+
+BLOCK = 128  # columns per activation scale without groups (nuq_core INT8_BLOCK)
+
+
+def int8_bound(q: qnn.NuqLinear, x: torch.Tensor) -> torch.Tensor:
+    """The documented bound per output, ``[m, n]``, plus fp32 rounding.
+
+    ``sum_j scale_rj * (sx_ij / 2 * |level_rj| + (|x_ij| + sx_ij / 2) * sl / 2)``
+    with ``sx`` = max|x| / 127 per block of the row and ``sl`` = max|levels| / 127.
+    """
+    n, k = q.out_features, q.in_features
+    w = q.dequantize().weight.detach().double()
+    loc = q.loc.double().reshape(-1, 1) if q.loc.numel() else torch.zeros(1, 1)
+    dev = (w - loc).abs()  # scale * |level| per weight
+    g = q.group_size
+    if g:
+        scale = q.scale.double().reshape(n, k // g).repeat_interleave(g, 1)
+    else:
+        scale = q.scale.double().reshape(-1, 1).expand(n, k)
+    sl = q.levels.abs().max().double() / 127
+    block = g or BLOCK
+    xd = x.double()
+    blocks = xd.abs().split(block, dim=1)
+    sx = torch.cat([b.amax(1, keepdim=True).expand_as(b) for b in blocks], 1) / 127
+    bound = (sx / 2) @ dev.T + ((xd.abs() + sx / 2) @ scale.abs().T) * sl / 2
+    return bound * (1 + 1e-6) + 1e-5 * (xd.abs() @ w.abs().T)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 150),
+    quads=st.integers(1, 80),
+    n=st.integers(1, 70),
+    bits=st.integers(1, 8),
+    gran=st.sampled_from([{}, {"granularity": "channel"}, {"group_size": 4}, {"group_size": 8}]),
+    seed=st.integers(0, 2**31),
+)
+def test_int8_linear_is_within_its_stated_bound(m, quads, n, bits, gran, seed):
+    k = 4 * quads + (0 if gran.get("group_size") else seed % 4)
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(k, n)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n, k, generator=gen) * 0.1)
+    q = qnn.NuqLinear.from_float(lin, bits=bits, activations="int8", **gran)
+    x = torch.randn(m, k, generator=gen) * 3
+    with torch.inference_mode():
+        got = q(x).double()
+        want = F.linear(x.double(), q.dequantize().weight.double(), lin.bias.double())
+    assert ((got - want).abs() <= int8_bound(q, x)).all()
+
+
+def test_activations_option_is_checked_and_shown():
+    lin = nn.Linear(32, 8)
+    with pytest.raises(ValueError, match="activations must be one of"):
+        qnn.NuqLinear.from_float(lin, activations="int4")
+    net = nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Conv2d(1, 2, 3))
+    qnet, _ = qnn.quantize_model(net, bits=4, activations="int8")
+    assert qnet[0].activations == "int8"
+    assert "activations=int8" in repr(qnet[0])
+    with pytest.raises(ValueError, match="activations"):
+        qnn.quantize_model(net, activations="bf16")
+    qnet[0].activations = "fp8"
+    with pytest.raises(ValueError, match="activations"), torch.no_grad():
+        qnet[0](torch.ones(1, 32))
+
+
+def test_fashion_cnn_keeps_its_predictions_with_int8_activations():
+    from nuq_rs import _default_model as default
+
+    try:
+        images, labels = default.load_fashion_mnist("test")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model = default.FashionCNN().eval()
+    model.load_state_dict(default.load_default_state_dict())
+    exact, _ = qnn.quantize_model(model, bits=4)
+    fast, _ = qnn.quantize_model(model, bits=4, activations="int8")
+    with torch.inference_mode():
+        want = exact(images[:2000]).argmax(1)
+        got = fast(images[:2000]).argmax(1)
+    assert (got == want).float().mean() > 0.99
+    assert (got == labels[:2000]).float().mean() > 0.85
