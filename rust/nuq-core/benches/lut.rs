@@ -2,8 +2,9 @@
 //!
 //! Shapes: K x N = 4096 x 4096 (LLM projection) and 768 x 3072 (GPT-2 MLP);
 //! m = 1, 8 (decode driver) and 64 (tile driver); 4 and 3 bits; group 128 and
-//! per-channel scales. Read the LUT figures as ratios to `dense_f32` in the
-//! same group. Only meaningful on an otherwise idle machine.
+//! per-channel scales; at m = 64 also the int8-activation path (`lut_int8`,
+//! where the CPU has AVX512-VNNI). Read the LUT figures as ratios to
+//! `dense_f32` in the same group. Only meaningful on an otherwise idle machine.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
@@ -108,9 +109,14 @@ fn bench_shape(c: &mut Criterion, k: usize, n: usize) {
                     Some(g) => format!("b{bits}_g{g}"),
                     None => format!("b{bits}_channel"),
                 };
-                group.bench_function(BenchmarkId::new("lut", name), |b| {
+                group.bench_function(BenchmarkId::new("lut", &name), |b| {
                     b.iter(|| lut::linear(&x, m, &w, None, &mut y).unwrap())
                 });
+                if m > 16 && lut::Int8Kernel::vnni().is_some() {
+                    group.bench_function(BenchmarkId::new("lut_int8", &name), |b| {
+                        b.iter(|| lut::linear_int8(&x, m, &w, None, &mut y).unwrap())
+                    });
+                }
             }
         }
         group.finish();
