@@ -53,3 +53,19 @@ def real_weight_matrices(mtcnn_state_dicts) -> dict[str, np.ndarray]:
             if v.is_floating_point() and v.ndim >= 2:
                 out[f"{net}.{k}"] = v.float().numpy()
     return out
+
+
+@pytest.fixture(scope="session")
+def fashion_cnn():
+    """The embedded Fashion-MNIST CNN (eval mode) and the first 2000 real test
+    images and labels; skips when the Debian dataset is not installed."""
+    pytest.importorskip("torch")
+    from nuq_rs import _default_model as default
+
+    try:
+        images, labels = default.load_fashion_mnist("test")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model = default.FashionCNN().eval()
+    model.load_state_dict(default.load_default_state_dict())
+    return model, images[:2000], labels[:2000]
