@@ -3,7 +3,9 @@
 //! | --mixture]`. Default data: a uniform/comb mix (many distinct values,
 //! lumpy); `--gaussian`: exact normal data (the hardest case for the KS
 //! pruning, whose D ~ 1/sqrt(n)); `--mixture`: the Gaussian/Laplace mixture of
-//! `benches/bench_quantize.py`. Set RAYON_NUM_THREADS to fix the thread count.
+//! `benches/bench_quantize.py`. Set RAYON_NUM_THREADS to fix the thread count,
+//! and `PHASES_SHAPE=ROWSxCOLS` for another shape than 4096x8192 (e.g.
+//! `768x3072`, a GPT-2 MLP matrix, where per-tensor costs weigh more).
 
 use std::time::Instant;
 
@@ -71,7 +73,13 @@ fn data(kind: &str, n: usize) -> Vec<f32> {
 
 fn main() {
     let kind = std::env::args().nth(1).unwrap_or_default();
-    let (rows, cols) = (4096, 8192);
+    let (rows, cols) = match std::env::var("PHASES_SHAPE") {
+        Ok(s) => {
+            let (r, c) = s.split_once('x').expect("PHASES_SHAPE=ROWSxCOLS");
+            (r.parse().expect("rows"), c.parse().expect("cols"))
+        }
+        Err(_) => (4096, 8192),
+    };
     let x = data(&kind, rows * cols);
     println!("data {kind:?}, {rows} x {cols}, best of {REPEATS}");
     let base = time("sum (single pass floor)", 1.0, || x.iter().sum::<f32>());
