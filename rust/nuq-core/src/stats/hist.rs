@@ -283,28 +283,39 @@ fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
 }
 
 /// Copies out the elements of the records `targets` (ascending indices), one
-/// vector per target, in unspecified order.
+/// vector per target, in unspecified order. The pass collects `(target,
+/// value)` pairs in one vector per Rayon job; the exact per-target counts
+/// (known from the layout) then size each output once: no per-target
+/// allocation inside the pass, however many targets there are.
 pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> Vec<Vec<S::V>> {
     let router = Router::new(layout, targets);
-    let nt = targets.len();
-    let mut out = fold_parts(
+    let pairs = fold_parts(
         src.len(),
-        || vec![Vec::new(); nt],
-        |mut acc: Vec<Vec<S::V>>, r| {
-            src.visit_chunks(r, |vals| router.route_block(vals, |t, v| acc[t].push(v)));
+        Vec::new,
+        |mut acc: Vec<(u32, S::V)>, r| {
+            src.visit_chunks(r, |vals| {
+                router.route_block(vals, |t, v| acc.push((t as u32, v)))
+            });
             acc
         },
-        |mut a, b| {
-            for (x, y) in a.iter_mut().zip(b) {
-                x.extend(y);
+        |mut a, mut b| {
+            if a.len() < b.len() {
+                std::mem::swap(&mut a, &mut b);
             }
+            a.extend(b);
             a
         },
     );
+    let mut out: Vec<Vec<S::V>> = targets
+        .iter()
+        .map(|&i| Vec::with_capacity(layout.recs[i].count))
+        .collect();
+    for (t, v) in pairs {
+        out[t as usize].push(v);
+    }
     for (g, &i) in out.iter().zip(targets) {
         debug_assert_eq!(g.len(), layout.recs[i].count);
     }
-    out.shrink_to_fit();
     out
 }
 
