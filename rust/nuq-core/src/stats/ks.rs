@@ -54,6 +54,42 @@ fn ks_sorted<V: Value>(sorted: &[V], offset: usize, n: usize, fit: &Fitted) -> f
         .fold(0.0, f64::max)
 }
 
+/// Elements per block of [`ks_sorted_above`].
+const TERM_BLOCK: usize = 16;
+
+/// [`ks_sorted`] for the terms that can reach `floor` (a lower bound of D):
+/// a block of sorted values is bounded by the cdf at its first and last
+/// value and their ranks, and only blocks whose bound reaches `floor` (less
+/// `SLACK`) get every term computed. The block holding the term that attains
+/// D is never skipped, so the largest term seen is the same as `ks_sorted`'s
+/// whenever that term lies in `sorted`.
+fn ks_sorted_above<V: Value>(
+    sorted: &[V],
+    offset: usize,
+    n: usize,
+    fit: &Fitted,
+    floor: f64,
+) -> f64 {
+    let nf = n as f64;
+    let mut best = 0.0f64;
+    for (b, block) in sorted.chunks(TERM_BLOCK).enumerate() {
+        let first = offset + b * TERM_BLOCK + 1;
+        let last = first + block.len() - 1;
+        let (f_first, f_last) = (
+            fit.cdf(block[0].to_f64()),
+            fit.cdf(block[block.len() - 1].to_f64()),
+        );
+        best = best
+            .max(term(first, nf, f_first))
+            .max(term(last, nf, f_last));
+        let upper = (last as f64 / nf - f_first).max(f_last - (first - 1) as f64 / nf);
+        if upper + SLACK > floor.max(best) && block.len() > 2 {
+            best = best.max(ks_sorted(&block[1..block.len() - 1], first, n, fit));
+        }
+    }
+    best
+}
+
 /// D by full sort, exactly as `scipy.stats.kstest(x, family, args=(loc,
 /// scale))`: the definition the fast paths are tested against. `scale == 0`
 /// or empty `x` gives 0.
@@ -172,7 +208,7 @@ pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]
         }
         let (large, small) = plan(layout, cands);
         if !small.is_empty() {
-            resolve(src, layout, &small, &live, &mut best);
+            resolve(src, layout, &small, &live, &lower, &mut best);
         }
         if !large.is_empty() {
             refine(src, layout, &large);
@@ -273,12 +309,14 @@ fn run_bounds(r: &Rec, n: f64, fit: &Fitted) -> Bounds {
     }
 }
 
-/// Gathers the records `idx`, sorts each, and folds their exact terms in.
+/// Gathers the records `idx`, sorts each, and folds in their exact terms
+/// that can reach `lower` (per fit, a lower bound of D).
 fn resolve<S: Source>(
     src: &S,
     layout: &mut Layout,
     idx: &[usize],
     fits: &[Fitted],
+    lower: &[f64],
     best: &mut [f64],
 ) {
     let groups = gather(src, layout, idx);
@@ -290,7 +328,8 @@ fn resolve<S: Source>(
             g.sort_unstable_by(S::V::total_order);
             let off = recs[i].offset;
             fits.iter()
-                .map(|f| ks_sorted(&g, off, layout.n, f))
+                .zip(lower)
+                .map(|(f, &floor)| ks_sorted_above(&g, off, layout.n, f, floor))
                 .collect()
         })
         .collect();
@@ -343,6 +382,41 @@ mod tests {
         let l = ks_sorted_reference(&x, Family::Laplace, 0.0, 0.8);
         assert!((g - 0.207_386_311_183_485_1).abs() < 1e-12, "{g}");
         assert!((l - 0.25).abs() < 1e-12, "{l}");
+    }
+
+    #[test]
+    fn pruned_terms_keep_the_maximum() {
+        // Sorted, lumpy data with ties, against a fit that misses it.
+        let mut x: Vec<f32> = (0..5000)
+            .map(|i| (((i * 7919) % 4001) as f32 / 1000.0 - 2.0).powi(3))
+            .collect();
+        x.sort_by(f32::total_cmp);
+        let n = x.len();
+        for fit in [
+            Fitted {
+                family: Family::Gaussian,
+                loc: 0.3,
+                scale: 2.0,
+            },
+            Fitted {
+                family: Family::Laplace,
+                loc: -0.1,
+                scale: 1.5,
+            },
+        ] {
+            let d = ks_sorted(&x, 0, n, &fit);
+            for floor in [0.0, d / 2.0, d - 1e-9, d] {
+                assert_eq!(ks_sorted_above(&x, 0, n, &fit, floor), d);
+            }
+            // Pieces with their offsets: the piece holding the maximum keeps it.
+            let pieces: Vec<f64> = (0..n)
+                .step_by(777)
+                .map(|a| ks_sorted_above(&x[a..(a + 777).min(n)], a, n, &fit, d))
+                .collect();
+            assert_eq!(pieces.iter().copied().fold(0.0, f64::max), d);
+            // Above D, blocks are skipped, and what is returned is still a term.
+            assert!(ks_sorted_above(&x, 0, n, &fit, 1.0) <= d);
+        }
     }
 
     #[test]
