@@ -86,6 +86,11 @@ impl Encoder {
         }
     }
 
+    /// The kernel this encoder runs (one this CPU supports).
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
     /// `codes[i]` = number of boundaries `< (x[i] - offset) * mul`.
     ///
     /// # Panics

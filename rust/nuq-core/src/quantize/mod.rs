@@ -16,6 +16,7 @@ mod affine;
 mod decode;
 mod group;
 mod rows;
+mod sse;
 
 pub use decode::dequantize;
 

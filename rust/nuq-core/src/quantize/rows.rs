@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::rows_per_task;
+use super::sse::span_error;
 use crate::encode::Encoder;
 use crate::pack::{pack, packed_len};
 
@@ -86,6 +87,7 @@ fn encode_row(
     book: &Codebook,
     params: impl Fn(usize) -> (f32, f32),
 ) -> (f64, f64) {
+    let levels = book.levels.len();
     let (mut sse, mut energy) = (0.0f64, 0.0f64);
     for (s, (xs, cs)) in row
         .chunks(book.span)
@@ -95,41 +97,9 @@ fn encode_row(
         let (loc, scale) = params(s);
         let mul = if scale != 0.0 { 1.0 / scale } else { 0.0 };
         encoder.encode(xs, loc, mul, cs);
-        let (e, v) = span_error(xs, cs, loc, scale, table);
+        let (e, v) = span_error(encoder.kernel(), xs, cs, loc, scale, table, levels);
         sse += e;
         energy += v;
     }
     (sse, energy)
-}
-
-/// Partial sums per span: a fixed order, so deterministic.
-const LANES: usize = 8;
-
-/// `(Σ (v - w)², Σ v²)` over a span, `w = loc + scale · table[code]`, in
-/// `LANES` interleaved partial sums: independent add chains instead of one
-/// that every element waits on.
-fn span_error(xs: &[f32], cs: &[u8], loc: f32, scale: f32, table: &[f32; 256]) -> (f64, f64) {
-    let term = |v: f32, c: u8| {
-        let d = f64::from(v - (loc + scale * table[usize::from(c)]));
-        (d * d, f64::from(v) * f64::from(v))
-    };
-    let (mut sse, mut energy) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (mut xc, mut cc) = (xs.chunks_exact(LANES), cs.chunks_exact(LANES));
-    for (x8, c8) in (&mut xc).zip(&mut cc) {
-        for j in 0..LANES {
-            let (e, v) = term(x8[j], c8[j]);
-            sse[j] += e;
-            energy[j] += v;
-        }
-    }
-    let (mut e_tail, mut v_tail) = (0.0, 0.0);
-    for (&v, &c) in xc.remainder().iter().zip(cc.remainder()) {
-        let (e, w) = term(v, c);
-        e_tail += e;
-        v_tail += w;
-    }
-    (
-        sse.iter().sum::<f64>() + e_tail,
-        energy.iter().sum::<f64>() + v_tail,
-    )
 }
