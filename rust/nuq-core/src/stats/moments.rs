@@ -86,13 +86,7 @@ fn part(x: &[f32], start: usize) -> std::result::Result<Part, usize> {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::part(x, start) };
     }
-    part_with(
-        x,
-        start,
-        |x| lane_sum(x, |v| v),
-        |x, m| lane_sum(x, |v| (v - m) * (v - m)),
-        lane_min_max,
-    )
+    part_with(x, start, sum, sq_dev_sum, lane_min_max)
 }
 
 /// The part's statistics from `Σ v`, `Σ (v - m)²` and the range (portable
@@ -124,8 +118,28 @@ fn part_with(
     })
 }
 
-/// `Σ |x - center|` over a part.
-fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
+/// `Σ v` in f64 (the lanes of `lane_sum`; AVX-512 where present).
+pub(crate) fn sum(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { x86_avx512::sum(x) };
+    }
+    lane_sum(x, |v| v)
+}
+
+/// `Σ (v - center)²` in f64, as `sum`.
+pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { x86_avx512::sq_dev_sum(x, center) };
+    }
+    lane_sum(x, |v| (v - center) * (v - center))
+}
+
+/// `Σ |v - center|` in f64, as `sum`.
+pub(crate) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F (checked just above).
@@ -207,17 +221,25 @@ mod x86_avx512 {
         part_with(
             x,
             start,
-            |x| lane_sum(x, |v| v, |v| v),
-            |x, mean| {
-                let m = _mm512_set1_pd(mean);
-                let square = |v| {
-                    let d = _mm512_sub_pd(v, m);
-                    _mm512_mul_pd(d, d)
-                };
-                lane_sum(x, square, |v| (v - mean) * (v - mean))
-            },
+            |x| sum(x),
+            |x, m| sq_dev_sum(x, m),
             |x| min_max(x),
         )
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sum(x: &[f32]) -> f64 {
+        lane_sum(x, |v| v, |v| v)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
+        let c = _mm512_set1_pd(center);
+        let square = |v| {
+            let d = _mm512_sub_pd(v, c);
+            _mm512_mul_pd(d, d)
+        };
+        lane_sum(x, square, |v| (v - center) * (v - center))
     }
 
     #[target_feature(enable = "avx512f")]
@@ -345,6 +367,8 @@ mod tests {
                 lane_min_max,
             )
             .unwrap();
+            assert_eq!(sum(&x), lane_sum(&x, |v| v));
+            assert_eq!(sq_dev_sum(&x, 0.3), lane_sum(&x, |v| (v - 0.3) * (v - 0.3)));
             assert_eq!(
                 (got.mean, got.m2, got.min, got.max),
                 (want.mean, want.m2, want.min, want.max)

@@ -1,10 +1,11 @@
 //! Per-row fits for channel granularity. Rows are short (10..20000), so each
-//! row is handled by one thread with exact two-pass sums and a copy + select
-//! median; rows run in parallel.
+//! row is handled by one thread with exact two-pass sums (the lane sums of
+//! `moments`) and a copy + select median; rows run in parallel.
 
 use crate::family::Family;
 use rayon::prelude::*;
 
+use super::moments::{abs_dev_sum, sq_dev_sum, sum};
 use super::select::median_small;
 
 /// Both fits of one row: Gaussian (`mean`, `std`, population) and Laplace
@@ -44,20 +45,12 @@ pub fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
 
 fn fit_row(row: &[f32], buf: &mut Vec<f32>) -> RowFit {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = row
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n;
+    let mean = sum(row) / n;
+    let var = sq_dev_sum(row, mean) / n;
     buf.clear();
     buf.extend_from_slice(row);
     let median = median_small(buf);
-    let b = row
-        .iter()
-        .map(|&v| (f64::from(v) - median).abs())
-        .sum::<f64>()
-        / n;
+    let b = abs_dev_sum(row, median) / n;
     RowFit {
         mean,
         std: var.sqrt(),
