@@ -1,6 +1,9 @@
 //! Routing of values to the records a pass targets: which of a few runs of
-//! the layout (if any) holds a value, decided for a block of values at a time
-//! with a bit-set test that rejects most of them before any table lookup.
+//! the layout (if any) holds a value, decided for a block of values at a
+//! time. Most values belong to no target and are rejected first: by a few
+//! value-range compares (targets are usually a handful of stretches of
+//! consecutive runs), or, for scattered targets, by a bit-set test on the
+//! grid index.
 
 use super::hist::{Grid, Layout};
 use super::source::{Value, CHUNK};
@@ -18,15 +21,26 @@ pub(crate) struct Router {
     /// (root, lo, hi, target), sorted by value; an inexact run is the only
     /// entry of its root (its bounds overlap the neighbours' by the guard).
     entries: Vec<(usize, f64, f64, usize)>,
-    /// The live roots as a few ranges `(first root, last - first)`, when
-    /// there are at most `MAX_SPANS` of them: targets are usually a handful
-    /// of stretches of consecutive runs, and testing a block of indices
-    /// against a few ranges vectorizes, unlike the bit-set test.
-    spans: Vec<(u32, u32)>,
+    /// Value ranges holding every target (a stretch of consecutive target
+    /// runs each, from its first run's `lo` to its last run's `hi`), when
+    /// there are at most `MAX_SPANS`; compares on the raw values vectorize
+    /// and need no grid index for the values they reject.
+    spans: Spans,
 }
 
-/// Most root ranges tested per value; more fall back to the bit set.
+/// Most value ranges tested per value; more fall back to the bit set.
 const MAX_SPANS: usize = 32;
+/// Ranges that neighbouring stretches are joined down to, and the share of
+/// the data (`1 / JOIN_SHARE`) the joined-in runs may hold.
+const FEW_SPANS: usize = 4;
+const JOIN_SHARE: usize = 64;
+
+/// The value ranges, rounded outward to each value type (empty: not used).
+#[derive(Debug, Default)]
+pub(crate) struct Spans {
+    pub(crate) f32s: Vec<(f32, f32)>,
+    pub(crate) f64s: Vec<(f64, f64)>,
+}
 
 const NONE: u32 = u32::MAX;
 
@@ -53,32 +67,31 @@ impl Router {
             grid: layout.grid,
             live,
             first,
-            spans: root_spans(layout, targets),
+            spans: value_spans(layout, targets),
             entries,
         }
     }
 
     /// Calls `f(target, value)` for every value of `vals` that belongs to a
-    /// target: grid indices for the whole block first, then the bit-set
-    /// test, and the full lookup only for the few values that pass it.
+    /// target: a block-wide test first (value ranges, or grid indices and
+    /// the bit set), and the full lookup only for the few values that pass.
     #[inline]
     pub(crate) fn route_block<V: Value>(&self, vals: &[V], mut f: impl FnMut(usize, V)) {
-        let mut idx = [0u32; CHUNK];
-        self.grid.index_block(vals, &mut idx);
-        if !self.spans.is_empty() {
-            let mut hits = in_spans(&self.spans, &idx);
-            if vals.len() < CHUNK {
-                hits &= (1u64 << vals.len()) - 1;
-            }
+        let spans = V::spans(&self.spans);
+        if !spans.is_empty() {
+            let mut hits = in_spans(spans, vals);
             while hits != 0 {
                 let j = hits.trailing_zeros() as usize;
                 hits &= hits - 1;
-                if let Some(t) = self.lookup(idx[j] as usize, vals[j].to_f64()) {
+                let v = vals[j].to_f64();
+                if let Some(t) = self.lookup(self.grid.index(v), v) {
                     f(t, vals[j]);
                 }
             }
             return;
         }
+        let mut idx = [0u32; CHUNK];
+        self.grid.index_block(vals, &mut idx);
         for (&root, &v) in idx.iter().zip(vals) {
             let root = root as usize;
             if self.live[root / 64] & (1 << (root % 64)) != 0 {
@@ -110,51 +123,97 @@ impl Router {
     }
 }
 
-/// Ranges of consecutive target runs, as root ranges: two targets adjacent
-/// in the layout have no non-empty bucket between their roots. `None`
-/// (empty) beyond `MAX_SPANS` ranges.
-fn root_spans(layout: &Layout, targets: &[usize]) -> Vec<(u32, u32)> {
-    let mut spans: Vec<(u32, u32)> = Vec::new();
-    let mut prev: Option<usize> = None;
+/// Value ranges of the stretches of consecutive targets, rounded outward to
+/// f32 and kept in f64; empty beyond `MAX_SPANS` stretches. A run's `[lo,
+/// hi]` holds every value the lookup can assign to it. Neighbouring
+/// stretches are then joined, smallest gap first, down to `FEW_SPANS`
+/// ranges while the values of the runs joined in stay within `n /
+/// JOIN_SHARE`: each range costs two compares per value, a joined-in value
+/// one lookup that rejects it.
+fn value_spans(layout: &Layout, targets: &[usize]) -> Spans {
+    // (first record, last record) of each stretch.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
     for &i in targets {
-        let root = layout.recs[i].root as u32;
-        match (prev, spans.last_mut()) {
-            (Some(p), Some(last)) if p + 1 == i => last.1 = root - last.0,
+        match runs.last_mut() {
+            Some(last) if last.1 + 1 == i => last.1 = i,
             _ => {
-                if spans.len() == MAX_SPANS {
-                    return Vec::new();
+                if runs.len() == MAX_SPANS {
+                    return Spans::default();
                 }
-                spans.push((root, 0));
+                runs.push((i, i));
             }
         }
-        prev = Some(i);
     }
-    spans
+    let gap = |a: (usize, usize), b: (usize, usize)| -> usize {
+        layout.recs[a.1 + 1..b.0].iter().map(|r| r.count).sum()
+    };
+    let mut budget = layout.n / JOIN_SHARE;
+    while runs.len() > FEW_SPANS {
+        let (k, cost) = (1..runs.len())
+            .map(|k| (k, gap(runs[k - 1], runs[k])))
+            .min_by_key(|&(_, c)| c)
+            .expect("two stretches or more");
+        if cost > budget {
+            break;
+        }
+        budget -= cost;
+        runs[k - 1].1 = runs[k].1;
+        runs.remove(k);
+    }
+    let f64s: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|&(a, b)| (layout.recs[a].lo, layout.recs[b].hi))
+        .collect();
+    let f32s = f64s
+        .iter()
+        .map(|&(lo, hi)| (f32_at_most(lo), f32_at_least(hi)))
+        .collect();
+    Spans { f32s, f64s }
 }
 
-/// Bit `j` set when `idx[j]` lies in one of the root ranges. Compiled for
-/// AVX-512 and AVX2 as well (a compare per range and 16 or 8 indices).
-fn in_spans(spans: &[(u32, u32)], idx: &[u32; CHUNK]) -> u64 {
+/// Largest f32 `<= v` (v not NaN).
+fn f32_at_most(v: f64) -> f32 {
+    let f = v as f32;
+    if f64::from(f) > v {
+        f.next_down()
+    } else {
+        f
+    }
+}
+
+/// Smallest f32 `>= v` (v not NaN).
+fn f32_at_least(v: f64) -> f32 {
+    let f = v as f32;
+    if f64::from(f) < v {
+        f.next_up()
+    } else {
+        f
+    }
+}
+
+/// Bit `j` set when `vals[j]` lies in one of the ranges: AVX-512 compares
+/// where present, else a loop compiled for AVX2 as well.
+fn in_spans<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { in_spans_avx512(spans, idx) };
+            return unsafe { V::in_spans_avx512(spans, vals) };
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { in_spans_avx2(spans, idx) };
+            return unsafe { in_spans_avx2(spans, vals) };
         }
     }
-    in_spans_any(spans, idx)
+    in_spans_any(spans, vals)
 }
 
 #[inline(always)]
-fn in_spans_any(spans: &[(u32, u32)], idx: &[u32; CHUNK]) -> u64 {
+pub(crate) fn in_spans_any<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
     let mut hit = [0u8; CHUNK];
-    for &(first, width) in spans {
-        for (h, &i) in hit.iter_mut().zip(idx) {
-            *h |= u8::from(i.wrapping_sub(first) <= width);
+    for &(lo, hi) in spans {
+        for (h, &v) in hit.iter_mut().zip(vals) {
+            *h |= u8::from(v >= lo) & u8::from(v <= hi);
         }
     }
     // Eight 0/1 bytes to eight bits: the multiply adds byte k's bit at bit
@@ -166,28 +225,65 @@ fn in_spans_any(spans: &[(u32, u32)], idx: &[u32; CHUNK]) -> u64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn in_spans_avx512(spans: &[(u32, u32)], idx: &[u32; CHUNK]) -> u64 {
-    use std::arch::x86_64::*;
-    const LANES: usize = 16;
-    let mut mask = 0u64;
-    for (k, lane) in idx.chunks_exact(LANES).enumerate() {
-        // SAFETY: `lane` holds 16 u32 (an unaligned 64-byte load).
-        let v = unsafe { _mm512_loadu_si512(lane.as_ptr().cast()) };
-        let mut hit: __mmask16 = 0;
-        for &(first, width) in spans {
-            let d = _mm512_sub_epi32(v, _mm512_set1_epi32(first as i32));
-            hit |= _mm512_cmple_epu32_mask(d, _mm512_set1_epi32(width as i32));
-        }
-        mask |= u64::from(hit) << (LANES * k);
-    }
-    mask
+#[target_feature(enable = "avx2")]
+fn in_spans_avx2<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
+    in_spans_any(spans, vals)
 }
 
+/// The AVX-512 range tests, a mask register per vector of values (16 f32
+/// or 8 f64); a partial vector is loaded under a mask, the missing lanes
+/// NaN, which no range holds.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn in_spans_avx2(spans: &[(u32, u32)], idx: &[u32; CHUNK]) -> u64 {
-    in_spans_any(spans, idx)
+pub(crate) mod x86_avx512 {
+    use std::arch::x86_64::*;
+
+    use super::CHUNK;
+
+    /// # Safety
+    /// The CPU must support AVX-512F; `vals.len() <= CHUNK`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn in_spans_f32(spans: &[(f32, f32)], vals: &[f32]) -> u64 {
+        debug_assert!(vals.len() <= CHUNK);
+        let mut mask = 0u64;
+        for k in 0..vals.len().div_ceil(16) {
+            let left = vals.len() - 16 * k;
+            let valid = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+            // SAFETY: only the lanes of `valid` are read, all inside `vals`.
+            let v = unsafe {
+                _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NAN), valid, vals.as_ptr().add(16 * k))
+            };
+            let mut hit: __mmask16 = 0;
+            for &(lo, hi) in spans {
+                let ge = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(lo));
+                hit |= _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(ge, v, _mm512_set1_ps(hi));
+            }
+            mask |= u64::from(hit) << (16 * k);
+        }
+        mask
+    }
+
+    /// # Safety
+    /// As `in_spans_f32`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn in_spans_f64(spans: &[(f64, f64)], vals: &[f64]) -> u64 {
+        debug_assert!(vals.len() <= CHUNK);
+        let mut mask = 0u64;
+        for k in 0..vals.len().div_ceil(8) {
+            let left = vals.len() - 8 * k;
+            let valid = if left >= 8 { !0 } else { (1u8 << left) - 1 };
+            // SAFETY: only the lanes of `valid` are read, all inside `vals`.
+            let v = unsafe {
+                _mm512_mask_loadu_pd(_mm512_set1_pd(f64::NAN), valid, vals.as_ptr().add(8 * k))
+            };
+            let mut hit: __mmask8 = 0;
+            for &(lo, hi) in spans {
+                let ge = _mm512_cmp_pd_mask::<_CMP_GE_OQ>(v, _mm512_set1_pd(lo));
+                hit |= _mm512_mask_cmp_pd_mask::<_CMP_LE_OQ>(ge, v, _mm512_set1_pd(hi));
+            }
+            mask |= u64::from(hit) << (8 * k);
+        }
+        mask
+    }
 }
 
 #[cfg(test)]
@@ -204,9 +300,18 @@ mod tests {
         let layout = build(&Flat(&x), 0.0, 100.0, 256, true);
         let runs: Vec<usize> = (0..layout.recs.len()).filter(|i| i % 20 < 7).collect();
         let scattered: Vec<usize> = (0..layout.recs.len()).step_by(3).collect();
-        assert!(!Router::new(&layout, &runs).spans.is_empty());
-        assert!(Router::new(&layout, &scattered).spans.is_empty());
-        for targets in [runs, scattered] {
+        assert!(!Router::new(&layout, &runs).spans.f64s.is_empty());
+        assert!(Router::new(&layout, &scattered).spans.f64s.is_empty());
+        // Stretches one small run apart get joined into fewer ranges: the
+        // joined-in values reach the lookup, which rejects them.
+        let holes: Vec<usize> = (0..layout.recs.len()).filter(|i| i % 30 != 29).collect();
+        let stretches = 1 + holes.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        let joined = Router::new(&layout, &holes).spans.f64s.len();
+        assert!(
+            stretches > FEW_SPANS && joined < stretches,
+            "{joined} of {stretches}"
+        );
+        for targets in [runs, scattered, holes] {
             check_routing(&x, &layout, &targets);
         }
         // Refined roots hold several runs: the span filter passes them all,
@@ -215,32 +320,74 @@ mod tests {
         let coarse: Vec<usize> = (0..layout.recs.len()).step_by(4).collect();
         refine(&Flat(&x), &mut layout, &coarse);
         let runs: Vec<usize> = (0..layout.recs.len()).filter(|i| i % 40 < 9).collect();
-        assert!(!Router::new(&layout, &runs).spans.is_empty());
+        assert!(!Router::new(&layout, &runs).spans.f64s.is_empty());
         check_routing(&x, &layout, &runs);
     }
 
     #[test]
     fn span_filters_agree_with_the_scalar_test() {
-        let idx: [u32; CHUNK] = std::array::from_fn(|j| (j as u32 * 2_654_435_761) >> 22);
-        let spans = [(5u32, 0u32), (100, 37), (900, 200), (1023, 0), (0, 2)];
-        for n in [0, 1, 3, 5] {
-            let want = idx.iter().enumerate().fold(0u64, |m, (j, &i)| {
-                let hit = spans[..n].iter().any(|&(a, w)| a <= i && i - a <= w);
-                m | (u64::from(hit) << j)
-            });
-            assert_eq!(in_spans_any(&spans[..n], &idx), want);
-            assert_eq!(in_spans(&spans[..n], &idx), want);
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F is available (checked).
-                    assert_eq!(unsafe { in_spans_avx512(&spans[..n], &idx) }, want);
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: AVX2 is available (checked).
-                    assert_eq!(unsafe { in_spans_avx2(&spans[..n], &idx) }, want);
+        let vals: Vec<f32> = (0..CHUNK)
+            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) >> 22) as f32 * 0.01 - 5.0)
+            .collect();
+        let spans = [
+            (-4.9f32, -4.9),
+            (-4.0, -3.0),
+            (0.0, 2.5),
+            (5.23, f32::INFINITY),
+        ];
+        for n in [0, 1, 3, 4] {
+            for len in [CHUNK, 37] {
+                let want = vals[..len].iter().enumerate().fold(0u64, |m, (j, &v)| {
+                    let hit = spans[..n].iter().any(|&(a, b)| a <= v && v <= b);
+                    m | (u64::from(hit) << j)
+                });
+                let got = [
+                    in_spans_any(&spans[..n], &vals[..len]),
+                    in_spans(&spans[..n], &vals[..len]),
+                ];
+                assert_eq!(got, [want; 2]);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: AVX-512F is available (checked).
+                        let got = unsafe { x86_avx512::in_spans_f32(&spans[..n], &vals[..len]) };
+                        assert_eq!(got, want);
+                        let wide: Vec<(f64, f64)> = spans[..n]
+                            .iter()
+                            .map(|&(a, b)| (a.into(), b.into()))
+                            .collect();
+                        let vals64: Vec<f64> = vals[..len].iter().map(|&v| v.into()).collect();
+                        // SAFETY: as above.
+                        let got = unsafe { x86_avx512::in_spans_f64(&wide, &vals64) };
+                        assert_eq!(got, want);
+                    }
+                    if std::is_x86_feature_detected!("avx2") {
+                        // SAFETY: AVX2 is available (checked).
+                        assert_eq!(unsafe { in_spans_avx2(&spans[..n], &vals[..len]) }, want);
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn f32_bounds_round_outward() {
+        for v in [
+            0.1f64,
+            -0.1,
+            1.0,
+            1e-40,
+            -3.3e38,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let (lo, hi) = (f32_at_most(v), f32_at_least(v));
+            assert!(f64::from(lo) <= v && v <= f64::from(hi), "{v}");
+            assert!(
+                f64::from(hi) - f64::from(lo) <= f64::from(lo.abs().max(hi.abs())) * 2e-7
+                    || v.is_infinite()
+                    || v.abs() < 1e-38
+            );
         }
     }
 

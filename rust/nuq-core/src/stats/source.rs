@@ -7,6 +7,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::router::x86_avx512;
+use super::router::Spans;
+
 /// Elements per parallel work item. Fixed, so that any per-item floating
 /// reduction is independent of the Rayon thread count.
 pub(crate) const PART: usize = 1 << 15;
@@ -24,6 +28,14 @@ pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Branch-free minimum; the inputs are never NaN.
     fn min_v(self, o: Self) -> Self;
     fn max_v(self, o: Self) -> Self;
+    /// A router's value ranges in this type.
+    fn spans(s: &Spans) -> &[(Self, Self)];
+    /// The router's AVX-512 range test for this type.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `vals.len() <= CHUNK`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64;
 }
 
 impl Value for f32 {
@@ -47,6 +59,14 @@ impl Value for f32 {
     fn max_v(self, o: Self) -> Self {
         self.max(o)
     }
+    fn spans(s: &Spans) -> &[(Self, Self)] {
+        &s.f32s
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64 {
+        // SAFETY: the caller's contract.
+        unsafe { x86_avx512::in_spans_f32(spans, vals) }
+    }
 }
 
 impl Value for f64 {
@@ -69,6 +89,14 @@ impl Value for f64 {
     #[inline]
     fn max_v(self, o: Self) -> Self {
         self.max(o)
+    }
+    fn spans(s: &Spans) -> &[(Self, Self)] {
+        &s.f64s
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64 {
+        // SAFETY: the caller's contract.
+        unsafe { x86_avx512::in_spans_f64(spans, vals) }
     }
 }
 
