@@ -116,7 +116,9 @@ fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> Vec<
                 let (inv, w) = (1.0 / s, f64::from(s) * f64::from(s));
                 for &v in grp {
                     let pos = ((v * inv).clamp(-1.0, 1.0) + 1.0) * half_span;
-                    hist[pos.round() as usize] += w;
+                    // `pos.round()` for pos >= 0, without the libm call:
+                    // pos + 0.5 is exact in f64, and truncation is floor.
+                    hist[(f64::from(pos) + 0.5) as usize] += w;
                 }
             }
             hist
