@@ -58,14 +58,35 @@ pub(super) fn quantize(
     })
 }
 
-/// Absmax of every group, rounded to the nearest f16 (what is stored).
+/// Absmax of every group, rounded to the nearest f16 (what is stored). `x`
+/// is finite (checked by the fit). Rayon tasks take many groups at once.
 fn group_scales(x: &[f32], g: usize) -> Vec<f32> {
-    x.par_chunks(g)
-        .map(|grp| {
-            let m = grp.iter().fold(0f32, |m, v| m.max(v.abs()));
-            f16::from_f32(m.min(f16::MAX.to_f32())).to_f32()
-        })
-        .collect()
+    let per_task = ((1 << 16) / g).max(1);
+    let mut scale = vec![0f32; x.len() / g];
+    scale
+        .par_chunks_mut(per_task)
+        .zip(x.par_chunks(g * per_task))
+        .for_each(|(out, part)| {
+            for (s, grp) in out.iter_mut().zip(part.chunks(g)) {
+                *s = f16::from_f32(absmax(grp).min(f16::MAX.to_f32())).to_f32();
+            }
+        });
+    scale
+}
+
+/// Largest |v| of finite values, in 16 lanes of plain compares (they
+/// vectorize; `f32::max`'s NaN handling does not).
+fn absmax(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v.abs() > *m { v.abs() } else { *m };
+        }
+    }
+    let tail = it.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+    lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// The family allowed by `cfg` whose implied codebook has the smallest
@@ -107,6 +128,9 @@ fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> Vec<
         .enumerate()
         .map(|(c, data)| {
             let mut hist = vec![0f64; BINS];
+            // A group's bins, computed in one vectorizable loop before the
+            // scatter (which then runs without waiting on the arithmetic).
+            let mut idx = vec![0u32; g];
             let first_group = c * chunk / g;
             for (i, grp) in data.chunks(g).enumerate() {
                 let s = scale[first_group + i];
@@ -114,11 +138,14 @@ fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> Vec<
                     continue;
                 }
                 let (inv, w) = (1.0 / s, f64::from(s) * f64::from(s));
-                for &v in grp {
+                for (b, &v) in idx.iter_mut().zip(grp) {
                     let pos = ((v * inv).clamp(-1.0, 1.0) + 1.0) * half_span;
                     // `pos.round()` for pos >= 0, without the libm call:
                     // pos + 0.5 is exact in f64, and truncation is floor.
-                    hist[(f64::from(pos) + 0.5) as usize] += w;
+                    *b = (f64::from(pos) + 0.5) as u32;
+                }
+                for &b in &idx {
+                    hist[b as usize] += w;
                 }
             }
             hist
