@@ -18,7 +18,9 @@
 //!
 //! Let `L*` be the largest lower bound over all runs. A run with `U < L* <= D`
 //! cannot hold the term that attains D: skip it. The others are gathered (one
-//! data pass for all of them), sorted, and their terms computed exactly, or,
+//! data pass for all of them), sorted, and their terms computed exactly (in
+//! blocks of 16 sorted values, skipping blocks whose own bound stays below
+//! `L*` by the same test), or,
 //! when they hold too many elements, refined first: re-histogrammed over their
 //! own range on a finer grid that also records each sub-run's exact min and
 //! max (whose terms are then exact, and a run of ties, min == max, is known
