@@ -54,7 +54,7 @@ pub(crate) fn median_radix(x: &[f32], keys: &mut Vec<u32>) -> f64 {
     // Branch-free compaction: every key is written, the cursor advances
     // only for those of the middle bucket(s).
     keys.clear();
-    keys.resize(n + 1, 0);
+    keys.resize(n, 0);
     let mut m = 0;
     for &v in x {
         let k = order_key(v);
