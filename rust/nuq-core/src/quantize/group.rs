@@ -17,7 +17,7 @@ use super::{rows_per_task, Config, FamilyChoice, Quantized};
 use crate::error::Result;
 use crate::family::Family;
 use crate::solve::{bin_centers, implied_codebook, weighted_mse, BINS};
-use crate::stats::fit_tensor;
+use crate::stats::{fit_tensor, lane_min_max};
 
 pub(super) fn quantize(
     x: &[f32],
@@ -74,19 +74,11 @@ fn group_scales(x: &[f32], g: usize) -> Vec<f32> {
     scale
 }
 
-/// Largest |v| of finite values, in 16 lanes of plain compares (they
-/// vectorize; `f32::max`'s NaN handling does not).
+/// Largest |v| of finite, non-empty `x`: from its range, taken in the
+/// vectorizable lanes of the moments pass.
 fn absmax(x: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0f32; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = if v.abs() > *m { v.abs() } else { *m };
-        }
-    }
-    let tail = it.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
-    lanes.iter().fold(tail, |m, &v| m.max(v))
+    let (lo, hi) = lane_min_max(x);
+    hi.max(-lo)
 }
 
 /// The family allowed by `cfg` whose implied codebook has the smallest

@@ -60,7 +60,7 @@ fn reduce(mut acc: [f64; LANES]) -> f64 {
 /// Smallest and largest of finite `x` in `LANES` lanes (plain compares: they
 /// vectorize, unlike `f32::min`'s NaN handling).
 #[inline(always)]
-fn lane_min_max(x: &[f32]) -> (f32, f32) {
+pub(crate) fn lane_min_max(x: &[f32]) -> (f32, f32) {
     let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
     let mut it = x.chunks_exact(LANES);
     for c in &mut it {
