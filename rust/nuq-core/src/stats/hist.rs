@@ -282,43 +282,6 @@ fn merge_bins<V: Value>(mut a: Vec<Bin<V>>, b: Vec<Bin<V>>) -> Vec<Bin<V>> {
     a
 }
 
-/// Copies out the elements of the records `targets` (ascending indices), one
-/// vector per target, in unspecified order. The pass collects `(target,
-/// value)` pairs in one vector per Rayon job; the exact per-target counts
-/// (known from the layout) then size each output once: no per-target
-/// allocation inside the pass, however many targets there are.
-pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> Vec<Vec<S::V>> {
-    let router = Router::new(layout, targets);
-    let pairs = fold_parts(
-        src.len(),
-        Vec::new,
-        |mut acc: Vec<(u32, S::V)>, r| {
-            src.visit_chunks(r, |vals| {
-                router.route_block(vals, |t, v| acc.push((t as u32, v)))
-            });
-            acc
-        },
-        |mut a, mut b| {
-            if a.len() < b.len() {
-                std::mem::swap(&mut a, &mut b);
-            }
-            a.extend(b);
-            a
-        },
-    );
-    let mut out: Vec<Vec<S::V>> = targets
-        .iter()
-        .map(|&i| Vec::with_capacity(layout.recs[i].count))
-        .collect();
-    for (t, v) in pairs {
-        out[t as usize].push(v);
-    }
-    for (g, &i) in out.iter().zip(targets) {
-        debug_assert_eq!(g.len(), layout.recs[i].count);
-    }
-    out
-}
-
 /// Splits each target record (ascending indices, none pure, all refinable)
 /// into the non-empty buckets of a finer grid over its own `[lo, hi]`.
 pub(crate) fn refine<S: Source>(src: &S, layout: &mut Layout, targets: &[usize]) {
@@ -389,6 +352,7 @@ fn splice<V: Value>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::gather::gather;
     use super::super::source::Flat;
     use super::*;
 
@@ -501,8 +465,8 @@ mod tests {
         assert!(layout.recs.iter().all(|r| r.exact));
         check_layout(&x, &layout);
         let all: Vec<usize> = (0..layout.recs.len()).step_by(3).collect();
-        let got = gather(&Flat(&x), &layout, &all);
-        for (g, &i) in got.iter().zip(&all) {
+        let mut got = gather(&Flat(&x), &layout, &all);
+        for (g, &i) in got.runs_mut().into_iter().zip(&all) {
             let r = layout.recs[i];
             assert_eq!(g.len(), r.count);
             assert!(g.iter().all(|&v| r.lo <= v as f64 && v as f64 <= r.hi));

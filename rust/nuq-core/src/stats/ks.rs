@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::hist::{buckets_for, build, gather, refine, Layout, Rec};
+use super::gather::gather;
+use super::hist::{buckets_for, build, refine, Layout, Rec};
 use super::moments::min_max;
 use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
@@ -319,17 +320,18 @@ fn resolve<S: Source>(
     lower: &[f64],
     best: &mut [f64],
 ) {
-    let groups = gather(src, layout, idx);
+    let mut groups = gather(src, layout, idx);
     let recs = &layout.recs;
     let exact: Vec<Vec<f64>> = groups
+        .runs_mut()
         .into_par_iter()
         .zip(idx.par_iter())
-        .map(|(mut g, &i)| {
+        .map(|(g, &i)| {
             g.sort_unstable_by(S::V::total_order);
             let off = recs[i].offset;
             fits.iter()
                 .zip(lower)
-                .map(|(f, &floor)| ks_sorted_above(&g, off, layout.n, f, floor))
+                .map(|(f, &floor)| ks_sorted_above(g, off, layout.n, f, floor))
                 .collect()
         })
         .collect();

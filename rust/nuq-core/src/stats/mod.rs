@@ -38,6 +38,7 @@
 //! exactly, floating sums run over fixed-size parts combined in index order.
 
 mod fit;
+mod gather;
 mod hist;
 mod ks;
 mod moments;

@@ -3,7 +3,8 @@
 //! ties are known outright, otherwise only that run is gathered (or refined
 //! first when it is large) and `select_nth` finds the value.
 
-use super::hist::{buckets_for, build, gather, refine, Layout, GATHER_MAX};
+use super::gather::gather;
+use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
 use super::moments::min_max;
 use super::source::{Flat, Source, Value};
 use super::SMALL_N;
@@ -145,7 +146,8 @@ pub(crate) fn select_ranks<S: Source>(src: &S, layout: &mut Layout, ranks: &[usi
             r.count > GATHER_MAX && r.refinable()
         });
         if !small.is_empty() {
-            let mut groups = gather(src, layout, &small);
+            let mut gathered = gather(src, layout, &small);
+            let mut groups = gathered.runs_mut();
             for (&k, o) in ranks.iter().zip(out.iter_mut()) {
                 let i = run_of(layout, k);
                 if let (None, Ok(g)) = (*o, small.binary_search(&i)) {
