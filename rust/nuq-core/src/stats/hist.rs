@@ -98,20 +98,29 @@ impl Grid {
     /// themselves (a few ulps of the grid's magnitude); the end buckets are
     /// unbounded because they catch everything outside the grid.
     fn bounds(&self, b: usize) -> (f64, f64) {
-        let hi_grid = self.lo + self.nb as f64 / self.inv;
-        let guard = 16.0 * f64::EPSILON * (self.lo.abs() + hi_grid.abs() + (hi_grid - self.lo));
-        let edge = |k: usize| self.lo + k as f64 / self.inv;
         let lo = if b == 0 {
             f64::NEG_INFINITY
         } else {
-            edge(b) - guard
+            self.edge(b) - self.guard()
         };
         let hi = if b + 1 == self.nb {
             f64::INFINITY
         } else {
-            edge(b + 1) + guard
+            self.edge(b + 1) + self.guard()
         };
         (lo, hi)
+    }
+
+    /// The lower edge of bucket `k` (before widening by the guard).
+    #[inline]
+    pub(crate) fn edge(&self, k: usize) -> f64 {
+        self.lo + k as f64 / self.inv
+    }
+
+    /// How far a bucket's values can lie outside its edges.
+    pub(crate) fn guard(&self) -> f64 {
+        let hi_grid = self.edge(self.nb);
+        16.0 * f64::EPSILON * (self.lo.abs() + hi_grid.abs() + (hi_grid - self.lo))
     }
 }
 
