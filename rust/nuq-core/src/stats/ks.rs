@@ -250,17 +250,28 @@ fn candidates(
     best: &mut [f64],
     lower: &mut [f64],
 ) -> Vec<usize> {
-    let mut cand = vec![false; layout.recs.len()];
     for ((fb, best), lower) in bounds.iter().zip(best.iter_mut()).zip(lower.iter_mut()) {
-        for b in fb {
-            *best = best.max(b.exact);
-            *lower = lower.max(b.lower).max(b.exact);
-        }
-        for ((c, r), b) in cand.iter_mut().zip(&layout.recs).zip(fb) {
-            *c |= !r.done && !r.pure() && b.upper + SLACK > *lower;
-        }
+        // Maxima: exact in any order.
+        let (exact, low) = fb
+            .par_iter()
+            .map(|b| (b.exact, b.lower.max(b.exact)))
+            .reduce(|| (0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+        *best = best.max(exact);
+        *lower = lower.max(low);
     }
-    (0..cand.len()).filter(|&i| cand[i]).collect()
+    let lower = &*lower;
+    (0..layout.recs.len())
+        .into_par_iter()
+        .filter(|&i| {
+            let r = &layout.recs[i];
+            !r.done
+                && !r.pure()
+                && bounds
+                    .iter()
+                    .zip(lower)
+                    .any(|(fb, &low)| fb[i].upper + SLACK > low)
+        })
+        .collect()
 }
 
 /// What a run alone says about its terms.
