@@ -5,7 +5,7 @@ use super::hist::{buckets_for, build};
 use super::ks::{ks_layout, ks_rows, ks_small, Fitted};
 use super::moments::{check_finite, mean_abs_dev, moments, Moments};
 use super::rows::{row_fits, RowFit};
-use super::select::{median_abs_dev, median_small};
+use super::select::{median_of_layout, median_small};
 use super::source::Flat;
 use super::SMALL_N;
 use crate::error::{NuqError, Result};
@@ -69,10 +69,8 @@ fn pick(d_gaussian: f64, d_laplace: f64) -> Family {
 }
 
 /// Both fits of `x` and both KS statistics. Passes over the data: moments,
-/// one histogram (shared by the median and both KS statistics), the gather
-/// of the median's bucket (which also sums the values beside it, for the
-/// mean absolute deviation), and the gather of the few buckets the exact KS
-/// statistics need.
+/// one histogram (shared by the median and both KS statistics), `|x -
+/// median|`, plus gathers of the few buckets the exact answers need.
 ///
 /// # Errors
 /// [`NuqError::NonFinite`] for the lowest index holding a NaN or infinity.
@@ -99,10 +97,10 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
             buckets_for(x.len()),
             true,
         );
-        let (median, abs_dev) = median_abs_dev(x, &mut layout, moments.mean);
+        let median = median_of_layout(&Flat(x), &mut layout);
         let laplace = LocScale {
             loc: median,
-            scale: abs_dev,
+            scale: mean_abs_dev(x, median),
         };
         let d = ks_layout(&Flat(x), &mut layout, &both_fits(gaussian, laplace));
         (laplace, d)

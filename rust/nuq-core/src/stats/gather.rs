@@ -6,15 +6,13 @@
 //! groups them by target in its own buffer (a counting sort over values
 //! that are in cache). Each target's slice of the output then receives its
 //! values block after block, in parallel over targets. The order within a
-//! target is the data order, whatever the thread count. A pass can also
-//! observe every value (e.g. to sum those beside the targets), accumulated
-//! per fixed part of the data so that floating sums stay deterministic.
+//! target is the data order, whatever the thread count.
 
 use rayon::prelude::*;
 
 use super::hist::Layout;
 use super::router::Router;
-use super::source::{Source, Value, PART};
+use super::source::{Source, Value};
 
 /// Values of a gather: target `t`'s are `values[starts[t]..starts[t + 1]]`.
 #[derive(Debug)]
@@ -61,53 +59,28 @@ struct Block<V> {
 
 /// Copies out the elements of the records `targets` (ascending indices).
 pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> Gathered<S::V> {
-    gather_observing(src, layout, targets, |_: &mut (), _| {}).0
-}
-
-/// [`gather`], while `observe` also sees every value of the pass, chunk by
-/// chunk in data order, with one accumulator per `PART` of the data; the
-/// accumulators come back in data order (the same for any thread count).
-pub(crate) fn gather_observing<S, A, O>(
-    src: &S,
-    layout: &Layout,
-    targets: &[usize],
-    observe: O,
-) -> (Gathered<S::V>, Vec<A>)
-where
-    S: Source,
-    A: Default + Send,
-    O: Fn(&mut A, &[S::V]) + Sync,
-{
     let starts = prefix_sums(targets.iter().map(|&i| layout.recs[i].count));
     let total = starts[targets.len()];
     let n = src.len();
     let router = Router::new(layout, targets);
-    let parts = n.div_ceil(PART);
-    let nblocks = (BLOCKS_PER_THREAD * rayon::current_num_threads()).clamp(1, parts.max(1));
-    let (blocks, seen): (Vec<Block<S::V>>, Vec<Vec<A>>) = (0..nblocks)
+    let nblocks = (BLOCKS_PER_THREAD * rayon::current_num_threads()).clamp(1, n.max(1));
+    let blocks: Vec<Block<S::V>> = (0..nblocks)
         .into_par_iter()
         .map(|b| {
-            // Whole parts: the accumulators do not depend on the blocks.
-            let (first, end) = (parts * b / nblocks, parts * (b + 1) / nblocks);
+            let range = n * b / nblocks..n * (b + 1) / nblocks;
             // The expected share of the pairs, with some room to spare.
             let expect = total / nblocks + total / (4 * nblocks) + 64;
             let mut pairs: Vec<(u32, S::V)> = Vec::with_capacity(expect);
             let mut counts = vec![0usize; targets.len()];
-            let mut seen = Vec::with_capacity(end - first);
-            for p in first..end {
-                let mut acc = A::default();
-                src.visit_chunks(p * PART..((p + 1) * PART).min(n), |vals| {
-                    router.route_block(vals, |t, v| {
-                        pairs.push((t as u32, v));
-                        counts[t] += 1;
-                    });
-                    observe(&mut acc, vals);
-                });
-                seen.push(acc);
-            }
-            (group_by_target(&pairs, counts), seen)
+            src.visit_chunks(range, |vals| {
+                router.route_block(vals, |t, v| {
+                    pairs.push((t as u32, v));
+                    counts[t] += 1;
+                })
+            });
+            group_by_target(&pairs, counts)
         })
-        .unzip();
+        .collect();
     let mut values = match blocks.iter().find_map(|b| b.values.first()) {
         Some(&fill) => vec![fill; total],
         None => Vec::new(),
@@ -124,10 +97,7 @@ where
             }
             debug_assert_eq!(at, out.len(), "target {t}: counts disagree");
         });
-    (
-        Gathered { values, starts },
-        seen.into_iter().flatten().collect(),
-    )
+    Gathered { values, starts }
 }
 
 /// `[0, c0, c0 + c1, ...]`.

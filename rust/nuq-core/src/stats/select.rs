@@ -3,9 +3,9 @@
 //! ties are known outright, otherwise only that run is gathered (or refined
 //! first when it is large) and `select_nth` finds the value.
 
-use super::gather::{gather, gather_observing};
+use super::gather::gather;
 use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
-use super::moments::{mean_abs_dev, min_max};
+use super::moments::min_max;
 use super::source::{Flat, Source, Value};
 use super::SMALL_N;
 
@@ -130,120 +130,6 @@ pub(crate) fn median_of_layout<S: Source>(src: &S, layout: &mut Layout) -> f64 {
     }
     let v = select_ranks(src, layout, &[(n - 1) / 2, n / 2]);
     (v[0].to_f64() + v[1].to_f64()) / 2.0
-}
-
-/// Median of `x` from its layout, and the mean absolute deviation from it.
-/// The pass that gathers the median's run(s) also sums the values below and
-/// above them, relative to `center` (the mean: keeps the sums small), so
-/// that `Σ|x - m| = (m - c)·N_below - S_below + Σ_runs |v - m| + S_above -
-/// (m - c)·N_above` needs no pass of its own. The counts must equal the
-/// ranks the layout gives; when they do not (a value within the rounding
-/// guard of an inexact run's bound), or when the layout alone knows the
-/// median, a separate pass sums `|x - m|`.
-pub(crate) fn median_abs_dev(x: &[f32], layout: &mut Layout, center: f64) -> (f64, f64) {
-    let n = layout.n;
-    if n == 0 {
-        return (0.0, 0.0);
-    }
-    let src = Flat(x);
-    let ranks = [(n - 1) / 2, n / 2];
-    let (pending, mut out) = loop {
-        let mut out = [None; 2];
-        let pending = known_or_pending(layout, &ranks, &mut out);
-        let large: Vec<usize> = pending
-            .iter()
-            .copied()
-            .filter(|&i| layout.recs[i].count > GATHER_MAX && layout.recs[i].refinable())
-            .collect();
-        if large.is_empty() {
-            break (pending, out);
-        }
-        refine(&src, layout, &large);
-    };
-    let middle = |out: &[Option<f32>; 2]| {
-        (f64::from(out[0].expect("rank known")) + f64::from(out[1].expect("rank known"))) / 2.0
-    };
-    let (Some(&first), Some(&last)) = (pending.first(), pending.last()) else {
-        let m = middle(&out);
-        return (m, mean_abs_dev(x, m));
-    };
-    let (first, last) = (layout.recs[first], layout.recs[last]);
-    let (mut gathered, parts) = gather_observing(&src, layout, &pending, |b: &mut Beside, vals| {
-        b.add(vals, first.lo, last.hi, center)
-    });
-    let mut runs = gathered.runs_mut();
-    for (&k, o) in ranks.iter().zip(out.iter_mut()) {
-        if o.is_none() {
-            let i = run_of(layout, k);
-            let g = pending.binary_search(&i).expect("pending run");
-            let at = k - layout.recs[i].offset;
-            let (_, &mut v, _) = runs[g].select_nth_unstable_by(at, f32::total_cmp);
-            *o = Some(v);
-        }
-    }
-    let m = middle(&out);
-    let beside = parts.iter().fold(Beside::default(), Beside::merge);
-    if beside.below != first.offset || beside.above != n - (last.offset + last.count) {
-        return (m, mean_abs_dev(x, m));
-    }
-    let within: f64 = runs
-        .iter()
-        .flat_map(|r| r.iter())
-        .map(|&v| (f64::from(v) - m).abs())
-        .sum();
-    let shift = m - center;
-    let total = shift * beside.below as f64 - beside.sum_below + within + beside.sum_above
-        - shift * beside.above as f64;
-    (m, total / n as f64)
-}
-
-/// Counts and sums (less a center) of the values below and above a range.
-#[derive(Debug, Default, Clone, Copy)]
-struct Beside {
-    below: usize,
-    above: usize,
-    sum_below: f64,
-    sum_above: f64,
-}
-
-impl Beside {
-    /// Adds the values `< lo` and those `> hi` of `vals`, in `LANES` lanes
-    /// (branch-free) added in a fixed order.
-    fn add(&mut self, vals: &[f32], lo: f64, hi: f64, center: f64) {
-        const LANES: usize = 8;
-        let (mut sb, mut sa) = ([0.0f64; LANES], [0.0f64; LANES]);
-        let (mut nb, mut na) = ([0u32; LANES], [0u32; LANES]);
-        let mut lane = |j: usize, v: f32| {
-            let v = f64::from(v);
-            let (b, a) = (v < lo, v > hi);
-            sb[j] += if b { v - center } else { 0.0 };
-            sa[j] += if a { v - center } else { 0.0 };
-            nb[j] += u32::from(b);
-            na[j] += u32::from(a);
-        };
-        let mut it = vals.chunks_exact(LANES);
-        for c in &mut it {
-            for (j, &v) in c.iter().enumerate() {
-                lane(j, v);
-            }
-        }
-        for (j, &v) in it.remainder().iter().enumerate() {
-            lane(j, v);
-        }
-        self.below += nb.iter().map(|&c| c as usize).sum::<usize>();
-        self.above += na.iter().map(|&c| c as usize).sum::<usize>();
-        self.sum_below += sb.iter().sum::<f64>();
-        self.sum_above += sa.iter().sum::<f64>();
-    }
-
-    fn merge(a: Self, b: &Self) -> Self {
-        Beside {
-            below: a.below + b.below,
-            above: a.above + b.above,
-            sum_below: a.sum_below + b.sum_below,
-            sum_above: a.sum_above + b.sum_above,
-        }
-    }
 }
 
 /// Values of the 0-based order statistics `ranks` (ascending, `< n`).
