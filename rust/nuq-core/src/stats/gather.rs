@@ -72,11 +72,9 @@ pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> 
             let expect = total / nblocks + total / (4 * nblocks) + 64;
             let mut pairs: Vec<(u32, S::V)> = Vec::with_capacity(expect);
             let mut counts = vec![0usize; targets.len()];
-            src.visit_chunks(range, |vals| {
-                router.route_block(vals, |t, v| {
-                    pairs.push((t as u32, v));
-                    counts[t] += 1;
-                })
+            src.route(range, &router, |t, v| {
+                pairs.push((t as u32, v));
+                counts[t] += 1;
             });
             group_by_target(&pairs, counts)
         })

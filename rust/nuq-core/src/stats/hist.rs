@@ -268,8 +268,8 @@ where
             end - start,
             || vec![Bin::<S::V>::EMPTY; nb],
             |mut h, r| {
-                src.visit_chunks(start + r.start..start + r.end, |vals| {
-                    router.route_block(vals, |t, v| h[bucket(t, v.to_f64())].add(v))
+                src.route(start + r.start..start + r.end, router, |t, v| {
+                    h[bucket(t, v.to_f64())].add(v)
                 });
                 h
             },

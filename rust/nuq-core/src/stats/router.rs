@@ -102,6 +102,18 @@ impl Router {
         }
     }
 
+    /// The target holding `v`, if any (the full lookup, no prefilter).
+    #[inline]
+    pub(crate) fn target_of(&self, v: f64) -> Option<usize> {
+        self.lookup(self.grid.index(v), v)
+    }
+
+    /// The value ranges holding every target (empty when the router tests
+    /// grid indices instead).
+    pub(crate) fn value_ranges(&self) -> &[(f64, f64)] {
+        &self.spans.f64s
+    }
+
     /// The target holding `v`, whose top-level bucket is `root`.
     #[inline]
     fn lookup(&self, root: usize, v: f64) -> Option<usize> {
@@ -172,7 +184,7 @@ fn value_spans(layout: &Layout, targets: &[usize]) -> Spans {
 }
 
 /// Largest f32 `<= v` (v not NaN).
-fn f32_at_most(v: f64) -> f32 {
+pub(crate) fn f32_at_most(v: f64) -> f32 {
     let f = v as f32;
     if f64::from(f) > v {
         f.next_down()
@@ -182,7 +194,7 @@ fn f32_at_most(v: f64) -> f32 {
 }
 
 /// Smallest f32 `>= v` (v not NaN).
-fn f32_at_least(v: f64) -> f32 {
+pub(crate) fn f32_at_least(v: f64) -> f32 {
     let f = v as f32;
     if f64::from(f) < v {
         f.next_up()
@@ -193,7 +205,7 @@ fn f32_at_least(v: f64) -> f32 {
 
 /// Bit `j` set when `vals[j]` lies in one of the ranges: AVX-512 compares
 /// where present, else a loop compiled for AVX2 as well.
-fn in_spans<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
+pub(crate) fn in_spans<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::router::x86_avx512;
-use super::router::Spans;
+use super::router::{f32_at_least, f32_at_most, in_spans, Router, Spans};
 
 /// Elements per parallel work item. Fixed, so that any per-item floating
 /// reduction is independent of the Rayon thread count.
@@ -122,6 +122,12 @@ pub(crate) trait Source: Sync {
             f(&buf);
         }
     }
+
+    /// Calls `f(target, value)`, in order, for every value of the range that
+    /// `router` assigns to a target.
+    fn route<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, mut f: F) {
+        self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
+    }
 }
 
 /// Values per block of `visit_chunks`.
@@ -201,6 +207,64 @@ impl Source for Standardized<'_> {
             i = end;
         }
     }
+
+    /// Most values belong to no target: each row tests its raw values
+    /// against the targets' value ranges mapped back through its own
+    /// `(loc, inv)` (f32 compares, widened beyond any rounding), and only
+    /// the values that pass are standardized and looked up exactly.
+    fn route<F: FnMut(usize, f64)>(&self, range: Range<usize>, router: &Router, mut f: F) {
+        let ranges = router.value_ranges();
+        if ranges.is_empty() {
+            return self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
+        }
+        let mut raw: Vec<(f32, f32)> = Vec::with_capacity(ranges.len());
+        let mut i = range.start;
+        while i < range.end {
+            let r = i / self.row_len;
+            let row_end = ((r + 1) * self.row_len).min(range.end);
+            let (loc, inv) = (self.loc[r], self.inv[r]);
+            if !inv.is_finite() {
+                self.visit_chunks(i..row_end, |vals| router.route_block(vals, &mut f));
+                i = row_end;
+                continue;
+            }
+            raw.clear();
+            raw.extend(ranges.iter().map(|&(lo, hi)| raw_range(lo, hi, loc, inv)));
+            for xs in self.x[i..row_end].chunks(CHUNK) {
+                let mut hits = in_spans(&raw, xs);
+                while hits != 0 {
+                    let j = hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    let z = standardize(xs[j], loc, inv);
+                    if let Some(t) = router.target_of(z) {
+                        f(t, z);
+                    }
+                }
+            }
+            i = row_end;
+        }
+    }
+}
+
+/// The raw values `x` whose `standardize(x, loc, inv)` can lie in `[lo,
+/// hi]` (`inv` finite, >= 0), as f32 bounds: the preimage, widened by far
+/// more than the rounding of the standardization and of this inversion
+/// (a relative 1e-12), then rounded outward. An empty range stays empty
+/// (`lo > hi`); for `inv == 0` every z is 0, so the range is all or nothing.
+fn raw_range(lo: f64, hi: f64, loc: f64, inv: f64) -> (f32, f32) {
+    if inv == 0.0 {
+        return if lo <= 0.0 && 0.0 <= hi {
+            (f32::NEG_INFINITY, f32::INFINITY)
+        } else {
+            (f32::INFINITY, f32::NEG_INFINITY)
+        };
+    }
+    let widen = |d: f64| 1e-12 * (loc.abs() + d.abs()) + f64::MIN_POSITIVE;
+    let (dl, dh) = (lo / inv, hi / inv);
+    (
+        f32_at_most(loc + dl - widen(dl)),
+        f32_at_least(loc + dh + widen(dh)),
+    )
 }
 
 /// Parallel fold over fixed `PART`-sized ranges of `0..n`. Only for
@@ -236,6 +300,62 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Standardized::route` (raw-value prefilter per row) emits exactly
+    /// what the generic route over the standardized chunks does, in the same
+    /// order: stretched targets, every run, scattered targets (index test),
+    /// refined runs; rows of zero, tiny (infinite `inv`), huge and ordinary
+    /// scales.
+    #[test]
+    fn standardized_route_equals_the_generic_route() {
+        use super::super::hist::{build, refine};
+        let row_len = 500;
+        let scales: [f64; 8] = [0.02, 0.0, 3e4, 1e-320, 1.0, 0.5, 7e-3, 2.0];
+        let x: Vec<f32> = (0..row_len * scales.len())
+            .map(|i| {
+                let u = ((i * 7919 + 13) % 10007) as f32 / 10007.0 - 0.5;
+                (u * u * u * 40.0 + u) * scales[i / row_len].max(1e-3) as f32
+            })
+            .collect();
+        let loc: Vec<f64> = (0..scales.len()).map(|r| r as f64 * 1e-3).collect();
+        let inv: Vec<f64> = scales.iter().map(|&s| inv_scale(s)).collect();
+        let src = Standardized {
+            x: &x,
+            row_len,
+            loc: &loc,
+            inv: &inv,
+        };
+        let mut layout = build(&src, -8.0, 8.0, 256, false);
+        let generic = |router: &Router| {
+            let mut out = Vec::new();
+            src.visit_chunks(0..x.len(), |vals| {
+                router.route_block(vals, |t, v| out.push((t, v.to_bits())))
+            });
+            out
+        };
+        let fast = |router: &Router| {
+            let mut out = Vec::new();
+            src.route(0..x.len(), router, |t, v| out.push((t, v.to_bits())));
+            out
+        };
+        let all: Vec<usize> = (0..layout.recs.len()).collect();
+        let middle: Vec<usize> = (layout.recs.len() / 3..layout.recs.len() / 2).collect();
+        let scattered: Vec<usize> = (0..layout.recs.len()).step_by(2).collect();
+        for targets in [all, middle.clone(), scattered, vec![0], vec![]] {
+            let router = Router::new(&layout, &targets);
+            let want = generic(&router);
+            assert!(targets.is_empty() || !want.is_empty());
+            assert_eq!(fast(&router), want, "targets {targets:?}");
+        }
+        let refinable: Vec<usize> = middle
+            .into_iter()
+            .filter(|&i| layout.recs[i].refinable() && !layout.recs[i].pure())
+            .collect();
+        refine(&src, &mut layout, &refinable);
+        let stretch: Vec<usize> = (layout.recs.len() / 3..layout.recs.len() / 2).collect();
+        let router = Router::new(&layout, &stretch);
+        assert_eq!(fast(&router), generic(&router));
+    }
 
     #[test]
     fn standardized_visits_rows_across_part_boundaries() {
