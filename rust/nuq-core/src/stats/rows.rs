@@ -1,12 +1,12 @@
 //! Per-row fits for channel granularity. Rows are short (10..20000), so each
 //! row is handled by one thread with exact two-pass sums (the lane sums of
-//! `moments`) and a radix-select median; rows run in parallel.
+//! `moments`) and a bucket-select median; rows run in parallel.
 
 use crate::family::Family;
 use rayon::prelude::*;
 
 use super::moments::{abs_dev_sum, sq_dev_sum, sum};
-use super::select::median_radix;
+use super::select::{median_binned, Scratch};
 
 /// Both fits of one row: Gaussian (`mean`, `std`, population) and Laplace
 /// (`median`, `b` = mean |x - median|).
@@ -39,15 +39,15 @@ pub fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
         x.len()
     );
     x.par_chunks(row_len)
-        .map_init(Vec::new, |keys, row| fit_row(row, keys))
+        .map_init(Scratch::default, |scratch, row| fit_row(row, scratch))
         .collect()
 }
 
-fn fit_row(row: &[f32], keys: &mut Vec<u32>) -> RowFit {
+fn fit_row(row: &[f32], scratch: &mut Scratch) -> RowFit {
     let n = row.len() as f64;
     let mean = sum(row) / n;
     let var = sq_dev_sum(row, mean) / n;
-    let median = median_radix(row, keys);
+    let median = median_binned(row, mean, var.sqrt(), scratch);
     let b = abs_dev_sum(row, median) / n;
     RowFit {
         mean,

@@ -6,7 +6,8 @@
 use super::gather::gather;
 use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
 use super::moments::min_max;
-use super::source::{Flat, Source, Value};
+use super::router::{f32_at_least, f32_at_most, in_spans};
+use super::source::{Flat, Source, Value, CHUNK};
 use super::SMALL_N;
 
 /// Exact median (mean of the two middle values for even `n`, as
@@ -35,48 +36,154 @@ pub(crate) fn median_small(v: &mut [f32]) -> f64 {
     (f64::from(lo) + f64::from(hi)) / 2.0
 }
 
-/// `median_small` of `x` without reordering it, by radix selection: one
-/// pass counts the top `RADIX_BITS` of each value's `total_cmp` key, and
-/// only the bucket(s) holding the middle ranks are copied (as keys, into
-/// `keys`, reused between calls) and selected. Same result, bit for bit;
-/// much cheaper than a full selection on short rows.
-pub(crate) fn median_radix(x: &[f32], keys: &mut Vec<u32>) -> f64 {
+/// `median_small` of `x` without reordering it, by bucket selection: one
+/// pass counts the values on a grid of about `n / 4` buckets over `center
+/// ± 4 spread`, and a second copies out only the values of the bucket(s)
+/// holding the middle ranks, which are then selected. The bucket index is a
+/// monotone function of the value (f32 arithmetic, 16 lanes under
+/// AVX-512), so the result is the sort's, bit for bit, whatever `center`
+/// and `spread` are: they only place the buckets (the row's mean and
+/// standard deviation put a few values in each). `scratch` is reused
+/// between calls.
+pub(crate) fn median_binned(x: &[f32], center: f64, spread: f64, scratch: &mut Scratch) -> f64 {
     let n = x.len();
     if n == 0 {
         return 0.0;
     }
-    let mut counts = [0u32; 1 << RADIX_BITS];
-    for &v in x {
-        counts[(order_key(v) >> (32 - RADIX_BITS)) as usize] += 1;
-    }
+    let nb = (n / 4).next_power_of_two().clamp(16, MAX_ROW_BUCKETS);
+    let bins = Bins {
+        lo: (center - 4.0 * spread) as f32,
+        inv: (nb as f64 / (8.0 * spread)) as f32,
+        top: (nb - 1) as f32,
+    };
+    scratch.counts.clear();
+    scratch.counts.resize(nb, 0);
+    bins.count(x, &mut scratch.counts);
     let (lo_rank, hi_rank) = ((n - 1) / 2, n / 2);
-    let (first, below) = bucket_of(&counts, lo_rank);
-    let (last, _) = bucket_of(&counts, hi_rank);
-    // Branch-free compaction: every key is written, the cursor advances
-    // only for those of the middle bucket(s).
-    keys.clear();
-    keys.resize(n, 0);
-    let mut m = 0;
-    for &v in x {
-        let k = order_key(v);
-        let b = (k >> (32 - RADIX_BITS)) as usize;
-        keys[m] = k;
-        m += usize::from(first <= b && b <= last);
-    }
-    keys.truncate(m);
-    let (lower, &mut hi, _) = keys.select_nth_unstable(hi_rank - below);
-    let hi = from_order_key(hi);
+    let (first, below) = bucket_of(&scratch.counts, lo_rank);
+    let (last, _) = bucket_of(&scratch.counts, hi_rank);
+    scratch.vals.clear();
+    bins.collect(x, first as u32, last as u32, &mut scratch.vals);
+    let (lower, &mut hi, _) = scratch
+        .vals
+        .select_nth_unstable_by(hi_rank - below, f32::total_cmp);
     if lo_rank == hi_rank {
         return f64::from(hi);
     }
-    let lo = from_order_key(
-        lower
-            .iter()
-            .copied()
-            .max()
-            .expect("lo_rank is in the copied keys"),
-    );
+    let lo = lower
+        .iter()
+        .copied()
+        .max_by(f32::total_cmp)
+        .expect("lo_rank is in the copied values");
     (f64::from(lo) + f64::from(hi)) / 2.0
+}
+
+/// Most buckets of `median_binned` (16 KiB of counters, in L1).
+const MAX_ROW_BUCKETS: usize = 1 << 12;
+
+/// Buffers of `median_binned`, kept between rows.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    counts: Vec<u32>,
+    vals: Vec<f32>,
+}
+
+/// `clamp((v - lo) * inv, 0, top)` truncated, in f32: non-decreasing in
+/// `v` for any `lo`, `inv >= 0` and `top` (rounding is monotone; a NaN
+/// product, from `0 * inf`, clamps to 0 like everything at or below `lo`).
+#[derive(Debug, Clone, Copy)]
+struct Bins {
+    lo: f32,
+    inv: f32,
+    top: f32,
+}
+
+impl Bins {
+    #[inline(always)]
+    fn index(&self, v: f32) -> u32 {
+        let t = ((v - self.lo) * self.inv).max(0.0).min(self.top);
+        // SAFETY: `t` is within [0, top] (max() maps NaN to 0) and `top` <
+        // 2^12, so it fits an i32.
+        unsafe { t.to_int_unchecked::<i32>() as u32 }
+    }
+
+    /// Adds each value's bucket to `counts`.
+    fn count(&self, x: &[f32], counts: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { self.count_avx512(x, counts) };
+        }
+        self.count_any(x, counts);
+    }
+
+    #[inline(always)]
+    fn count_any(&self, x: &[f32], counts: &mut [u32]) {
+        let mut idx = [0u32; CHUNK];
+        for c in x.chunks(CHUNK) {
+            for (o, &v) in idx.iter_mut().zip(c) {
+                *o = self.index(v);
+            }
+            for &b in &idx[..c.len()] {
+                counts[b as usize] += 1;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn count_avx512(&self, x: &[f32], counts: &mut [u32]) {
+        self.count_any(x, counts);
+    }
+
+    /// Pushes the values whose bucket is in `first..=last`, in order: a
+    /// range compare on the raw values (the buckets' value range, widened
+    /// beyond the f32 rounding of `index`, AVX-512 where present) rejects
+    /// nearly all of them, and `index` decides for the rest.
+    fn collect(&self, x: &[f32], first: u32, last: u32, out: &mut Vec<f32>) {
+        let range = [self.value_range(first, last)];
+        for c in x.chunks(CHUNK) {
+            let mut hits = in_spans(&range, c);
+            while hits != 0 {
+                let j = hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                if (first..=last).contains(&self.index(c[j])) {
+                    out.push(c[j]);
+                }
+            }
+        }
+    }
+
+    /// Bounds holding every value whose bucket is in `first..=last`: the
+    /// edges, widened by a relative 1e-6 (`index` errs by a few f32 ulps,
+    /// 2^-22 relative), open-ended at the clamped end buckets; everything
+    /// when the grid is degenerate (`lo` or `inv` not finite).
+    fn value_range(&self, first: u32, last: u32) -> (f32, f32) {
+        let (lo, inv) = (f64::from(self.lo), f64::from(self.inv));
+        if !lo.is_finite() || !inv.is_finite() || inv == 0.0 {
+            return (f32::NEG_INFINITY, f32::INFINITY);
+        }
+        let edge = |k: u32| {
+            let d = f64::from(k) / inv;
+            (
+                lo + d,
+                1e-6 * (lo.abs() + d.abs()) + f64::from(f32::MIN_POSITIVE),
+            )
+        };
+        let below = if first == 0 {
+            f32::NEG_INFINITY
+        } else {
+            let (e, w) = edge(first);
+            f32_at_most(e - w)
+        };
+        let above = if f64::from(last) >= f64::from(self.top) {
+            f32::INFINITY
+        } else {
+            let (e, w) = edge(last + 1);
+            f32_at_least(e + w)
+        };
+        (below, above)
+    }
 }
 
 /// The bucket holding 0-based rank `rank` (`< Σ counts`), and the count of
@@ -100,26 +207,6 @@ fn bucket_of(counts: &[u32], rank: usize) -> (usize, usize) {
         b += 1;
     }
     (b, below)
-}
-
-/// Bits of the key counted by `median_radix`: 4096 counters (16 KiB, in L1).
-const RADIX_BITS: u32 = 12;
-
-const _: () = assert!((1usize << RADIX_BITS).is_multiple_of(16));
-
-/// A u32 whose unsigned order is `f32::total_cmp`'s.
-#[inline(always)]
-fn order_key(v: f32) -> u32 {
-    let b = v.to_bits();
-    if b >> 31 == 1 {
-        !b
-    } else {
-        b | 1 << 31
-    }
-}
-
-fn from_order_key(k: u32) -> f32 {
-    f32::from_bits(if k >> 31 == 1 { k & !(1 << 31) } else { !k })
 }
 
 /// Median from a layout of the same source (which may get refined).
@@ -207,8 +294,8 @@ mod tests {
     }
 
     #[test]
-    fn radix_medians_equal_the_float_selection() {
-        let mut keys = Vec::new();
+    fn binned_medians_equal_the_float_selection() {
+        let mut scratch = Scratch::default();
         let lumpy = |i: usize| ((i * 7919) % 211) as f32 * 0.01 - 1.0;
         let cases: Vec<Vec<f32>> = vec![
             vec![],
@@ -225,17 +312,40 @@ mod tests {
         ];
         for x in cases {
             let want = median_small(&mut x.clone());
-            let got = median_radix(&x, &mut keys);
-            assert_eq!(got.to_bits(), want.to_bits(), "{x:?}");
+            let n = x.len().max(1) as f64;
+            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let std = (x
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n)
+                .sqrt();
+            // The row's own moments, and hints that place the buckets badly
+            // or not at all (one bucket, NaN, infinite scale).
+            for (center, spread) in [
+                (mean, std),
+                (0.0, 1.0),
+                (1e6, 1e-9),
+                (0.0, 0.0),
+                (f64::NAN, 1.0),
+                (0.0, f64::INFINITY),
+            ] {
+                let got = median_binned(&x, center, spread, &mut scratch);
+                assert_eq!(got.to_bits(), want.to_bits(), "{x:?} {center} {spread}");
+            }
         }
     }
 
     proptest::proptest! {
         #[test]
-        fn radix_median_matches(x in proptest::collection::vec(-1e3f32..1e3, 1..600)) {
-            let mut keys = Vec::new();
+        fn binned_median_matches(
+            x in proptest::collection::vec(-1e3f32..1e3, 1..600),
+            center in -2e3f64..2e3,
+            spread in 0.0f64..1e4,
+        ) {
+            let mut scratch = Scratch::default();
             proptest::prop_assert_eq!(
-                median_radix(&x, &mut keys).to_bits(),
+                median_binned(&x, center, spread, &mut scratch).to_bits(),
                 median_small(&mut x.clone()).to_bits()
             );
         }
