@@ -30,8 +30,8 @@
 //! equals [`ks_sorted_reference`] bit for bit (the skip test keeps a 1e-14
 //! margin for ulp-level non-monotonicity of `erfc`/`exp`). Typically a few
 //! runs near the arg-max survive (under 2% of the data in the tests), so the
-//! cost is one counting pass, `2B` cdf evaluations per fit and one gather
-//! pass. The counts do not depend on the fit: one pass serves every fit and
+//! cost is one counting pass, about `B` cdf evaluations per fit (adjacent
+//! buckets share their edge's value) and one gather pass. The counts do not depend on the fit: one pass serves every fit and
 //! the median (whose middle ranks are located the same way).
 //!
 //! Everything reduces deterministically: integer counts and min/max merge
