@@ -30,9 +30,13 @@
 //! equals [`ks_sorted_reference`] bit for bit (the skip test keeps a 1e-14
 //! margin for ulp-level non-monotonicity of `erfc`/`exp`). Typically a few
 //! runs near the arg-max survive (under 2% of the data in the tests), so the
-//! cost is one counting pass, about `B` cdf evaluations per fit (adjacent
-//! buckets share their edge's value) and one gather pass. The counts do not depend on the fit: one pass serves every fit and
-//! the median (whose middle ranks are located the same way).
+//! cost is one counting pass, a few thousand cdf evaluations per fit and one
+//! gather pass: blocks of consecutive runs (at most `n / 2048` elements or 64
+//! runs each) are bounded first as if each were one run, and only the runs of
+//! the blocks whose `U` reaches the largest block `L` are bounded one by one
+//! (the same `L*` and the same surviving runs as bounding every run). The
+//! counts do not depend on the fit: one pass serves every fit and the median
+//! (whose middle ranks are located the same way).
 //!
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.

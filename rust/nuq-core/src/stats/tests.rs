@@ -29,7 +29,7 @@ impl Rng {
 }
 
 /// Shapes of data the quantizer meets (and some it should survive).
-fn sample(kind: u8, n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn sample(kind: u8, n: usize, seed: u64) -> Vec<f32> {
     let mut r = Rng(seed);
     (0..n)
         .map(|_| {
