@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
 use super::hist::{buckets_for, build, refine, Layout, Rec};
 use super::moments::min_max;
@@ -17,7 +18,7 @@ use crate::Family;
 const Z_GRID: f64 = 8.0;
 /// A bucket is skipped only when its bound is below the best exact term by
 /// more than this: covers ulp-level non-monotonicity of `erfc`/`exp`.
-const SLACK: f64 = 1e-14;
+pub(super) const SLACK: f64 = 1e-14;
 /// Candidates at most this big are always gathered rather than refined.
 const REFINE_MIN: usize = 16;
 /// Bigger candidates are refined (a pass, no copy) rather than gathered and
@@ -35,7 +36,7 @@ pub(crate) struct Fitted {
 
 impl Fitted {
     #[inline]
-    fn cdf(&self, v: f64) -> f64 {
+    pub(super) fn cdf(&self, v: f64) -> f64 {
         self.family.cdf((v - self.loc) / self.scale)
     }
 }
@@ -48,7 +49,7 @@ fn term(i: usize, n: f64, f: f64) -> f64 {
 }
 
 /// Max of the terms of sorted values holding order statistics `offset+1..`.
-fn ks_sorted<V: Value>(sorted: &[V], offset: usize, n: usize, fit: &Fitted) -> f64 {
+pub(super) fn ks_sorted<V: Value>(sorted: &[V], offset: usize, n: usize, fit: &Fitted) -> f64 {
     let nf = n as f64;
     sorted
         .iter()
@@ -66,7 +67,7 @@ const TERM_BLOCK: usize = 16;
 /// `SLACK`) get every term computed. The block holding the term that attains
 /// D is never skipped, so the largest term seen is the same as `ks_sorted`'s
 /// whenever that term lies in `sorted`.
-fn ks_sorted_above<V: Value>(
+pub(super) fn ks_sorted_above<V: Value>(
     sorted: &[V],
     offset: usize,
     n: usize,
@@ -480,13 +481,8 @@ fn resolve<S: Source>(
         .runs_mut()
         .into_par_iter()
         .zip(idx.par_iter())
-        .map(|(g, &i)| {
-            g.sort_unstable_by(S::V::total_order);
-            let off = recs[i].offset;
-            fits.iter()
-                .zip(lower)
-                .map(|(f, &floor)| ks_sorted_above(g, off, layout.n, f, floor))
-                .collect()
+        .map_init(CellScratch::default, |scratch, (g, &i)| {
+            run_terms(g, recs[i].offset, layout.n, fits, lower, scratch)
         })
         .collect();
     for e in &exact {

@@ -18,10 +18,11 @@
 //!
 //! Let `L*` be the largest lower bound over all runs. A run with `U < L* <= D`
 //! cannot hold the term that attains D: skip it. The others are gathered (one
-//! data pass for all of them), sorted, and their terms computed exactly (in
-//! blocks of 16 sorted values, skipping blocks whose own bound stays below
-//! `L*` by the same test), or,
-//! when they hold too many elements, refined first: re-histogrammed over their
+//! data pass for all of them) and their terms computed exactly: each run is
+//! counted into cells of about 16 values on a grid over its own range, and
+//! only the cells whose own bound is not below `L*` by the same test are
+//! sorted and their terms computed. Or, when the runs hold too many
+//! elements, they are refined first: re-histogrammed over their
 //! own range on a finer grid that also records each sub-run's exact min and
 //! max (whose terms are then exact, and a run of ties, min == max, is known
 //! outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that
@@ -41,6 +42,7 @@
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.
 
+mod cells;
 mod fit;
 mod gather;
 mod hist;
