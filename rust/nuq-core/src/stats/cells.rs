@@ -23,6 +23,8 @@ pub(crate) struct CellScratch<V> {
     ends: Vec<u32>,
     sorted: Vec<bool>,
     out: Vec<V>,
+    /// Per non-empty cell: (cell, upper bound of its terms).
+    bounds: Vec<(usize, f64)>,
 }
 
 impl<V> Default for CellScratch<V> {
@@ -32,6 +34,7 @@ impl<V> Default for CellScratch<V> {
             ends: Vec::new(),
             sorted: Vec::new(),
             out: Vec::new(),
+            bounds: Vec::new(),
         }
     }
 }
@@ -74,7 +77,9 @@ pub(crate) fn run_terms<V: Value>(
             // The cdf of a cell's values is within `widen` of the cdf at
             // its edges (densities peak below 0.5 / scale; doubled).
             let widen = grid.guard() / fit.scale;
-            let mut best = 0.0f64;
+            // Every non-empty cell's upper bound, and the largest lower.
+            s.bounds.clear();
+            let mut floor = floor;
             // The cdf at the last upper edge computed: (edge index, value).
             let mut known = (usize::MAX, 0.0);
             let mut begin = 0;
@@ -87,13 +92,21 @@ pub(crate) fn run_terms<V: Value>(
                     known.1
                 } else {
                     fit.cdf(grid.edge(c))
-                };
+                } - widen;
                 let f_hi = fit.cdf(grid.edge(c + 1));
                 known = (c + 1, f_hi);
+                let f_hi = f_hi + widen;
                 let (first, last) = (offset + begin + 1, offset + end);
-                let upper =
-                    (last as f64 / nf - (f_lo - widen)).max(f_hi + widen - (first - 1) as f64 / nf);
+                let (below, upto) = ((first - 1) as f64 / nf, last as f64 / nf);
+                floor = floor.max(f_lo - below).max(upto - f_hi);
+                s.bounds.push((c, (upto - f_lo).max(f_hi - below)));
+                begin = end;
+            }
+            let mut best = 0.0f64;
+            for &(c, upper) in &s.bounds {
                 if upper + SLACK > floor.max(best) {
+                    let begin = if c == 0 { 0 } else { s.ends[c - 1] as usize };
+                    let end = s.ends[c] as usize;
                     let cell = &mut s.out[begin..end];
                     if !s.sorted[c] {
                         cell.sort_unstable_by(V::total_order);
@@ -101,7 +114,6 @@ pub(crate) fn run_terms<V: Value>(
                     }
                     best = best.max(ks_sorted(cell, offset + begin, n, fit));
                 }
-                begin = end;
             }
             best
         })
@@ -117,6 +129,7 @@ impl<V: Value> CellScratch<V> {
             ends,
             sorted,
             out,
+            ..
         } = self;
         cell.clear();
         cell.extend(run.iter().map(|x| grid.index(x.to_f64()) as u32));

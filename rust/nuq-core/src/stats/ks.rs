@@ -99,15 +99,32 @@ pub(super) fn ks_sorted_above<V: Value>(
 /// or empty `x` gives 0.
 pub fn ks_sorted_reference(x: &[f32], family: Family, loc: f64, scale: f64) -> f64 {
     let fit = Fitted { family, loc, scale };
-    ks_small(x.to_vec(), &[fit])[0]
+    ks_by_sort(x.to_vec(), &[fit])[0]
 }
 
-/// Sort once, then every non-degenerate fit.
-pub(crate) fn ks_small<V: Value>(mut v: Vec<V>, fits: &[Fitted]) -> Vec<f64> {
+/// Sort, then every term of every non-degenerate fit: the definition.
+fn ks_by_sort<V: Value>(mut v: Vec<V>, fits: &[Fitted]) -> Vec<f64> {
     v.sort_unstable_by(V::total_order);
     fits.iter()
         .map(|f| active(f, v.len()).then(|| ks_sorted(&v, 0, v.len(), f)))
         .map(Option::unwrap_or_default)
+        .collect()
+}
+
+/// D of a small sample for every fit, as [`ks_by_sort`] but without the
+/// sort or most cdf evaluations: the sample is one run of cells
+/// ([`run_terms`]), and only the cells that can hold the maximum are sorted.
+pub(crate) fn ks_small<V: Value>(mut v: Vec<V>, fits: &[Fitted]) -> Vec<f64> {
+    let live: Vec<Fitted> = fits
+        .iter()
+        .copied()
+        .filter(|f| active(f, v.len()))
+        .collect();
+    let floors = vec![0.0; live.len()];
+    let n = v.len();
+    let mut d = run_terms(&mut v, 0, n, &live, &floors, &mut CellScratch::default()).into_iter();
+    fits.iter()
+        .map(|f| if active(f, n) { d.next().unwrap() } else { 0.0 })
         .collect()
 }
 
@@ -518,7 +535,7 @@ pub(crate) fn ks_rows_reference(
         loc: 0.0,
         scale: 1.0,
     };
-    ks_small(z, &[fit])[0]
+    ks_by_sort(z, &[fit])[0]
 }
 
 #[cfg(test)]
