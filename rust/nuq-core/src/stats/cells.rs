@@ -8,6 +8,7 @@
 //! and no comparison sort, whose mispredicted branches cost more than the
 //! rest of the work.
 
+use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::hist::Grid;
 use super::ks::{ks_sorted, ks_sorted_above, Fitted, SLACK};
 use super::source::Value;
@@ -75,8 +76,10 @@ pub(crate) fn run_terms<V: Value>(
         .zip(floors)
         .map(|(fit, &floor)| {
             // The cdf of a cell's values is within `widen` of the cdf at
-            // its edges (densities peak below 0.5 / scale; doubled).
-            let widen = grid.guard() / fit.scale;
+            // its edges (densities peak below 0.5 / scale; doubled), and
+            // the table's within `APPROX_ERR` of that.
+            let widen = grid.guard() / fit.scale + APPROX_ERR;
+            let approx = ApproxCdf::new(fit.family);
             // Every non-empty cell's upper bound, and the largest lower.
             s.bounds.clear();
             let mut floor = floor;
@@ -91,9 +94,9 @@ pub(crate) fn run_terms<V: Value>(
                 let f_lo = if known.0 == c {
                     known.1
                 } else {
-                    fit.cdf(grid.edge(c))
+                    fit.approx_cdf(approx, grid.edge(c))
                 } - widen;
-                let f_hi = fit.cdf(grid.edge(c + 1));
+                let f_hi = fit.approx_cdf(approx, grid.edge(c + 1));
                 known = (c + 1, f_hi);
                 let f_hi = f_hi + widen;
                 let (first, last) = (offset + begin + 1, offset + end);

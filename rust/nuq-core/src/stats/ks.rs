@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
 use super::hist::{buckets_for, build, refine, Layout, Rec};
@@ -38,6 +39,12 @@ impl Fitted {
     #[inline]
     pub(super) fn cdf(&self, v: f64) -> f64 {
         self.family.cdf((v - self.loc) / self.scale)
+    }
+
+    /// `cdf` within [`APPROX_ERR`], for bounds (`approx` of the family).
+    #[inline]
+    pub(super) fn approx_cdf(&self, approx: ApproxCdf, v: f64) -> f64 {
+        approx.at((v - self.loc) / self.scale)
     }
 }
 
@@ -282,9 +289,10 @@ fn candidates(
             *lower = lower.max(b.lower).max(b.exact);
         }
         *lower = lower.max(fb.floor);
+        // The bound first: most runs fail it, and it needs no record.
         cands.extend(fb.fine.iter().filter_map(|&(i, b)| {
             let r = &layout.recs[i];
-            (!r.done && !r.pure() && b.upper + SLACK > *lower).then_some(i)
+            (b.upper + SLACK > *lower && !r.done && !r.pure()).then_some(i)
         }));
     }
     cands.sort_unstable();
@@ -373,6 +381,7 @@ fn blocks(layout: &Layout) -> Vec<Range<usize>> {
 struct Edges<'a> {
     layout: &'a Layout,
     fit: &'a Fitted,
+    approx: ApproxCdf,
     /// Both densities peak below 0.5 / scale; doubled for rounding.
     widen: f64,
 }
@@ -380,40 +389,63 @@ struct Edges<'a> {
 impl<'a> Edges<'a> {
     fn new(layout: &'a Layout, fit: &'a Fitted) -> Self {
         let widen = layout.grid.guard() / fit.scale;
-        Edges { layout, fit, widen }
+        Edges {
+            layout,
+            fit,
+            approx: ApproxCdf::new(fit.family),
+            widen,
+        }
     }
 
     fn whole(&self, r: &Rec) -> bool {
         !r.exact && r.root > 0 && r.root + 1 < self.layout.grid.nb
     }
 
-    /// How far the cdf of run `i`'s values can lie beyond its edge values.
+    /// How far the cdf of run `i`'s values can lie beyond its edge values
+    /// (`at_lo`, `at_hi`): the guard's widening for a whole bucket, and the
+    /// approximation's error unless the run is exact.
     fn margin(&self, i: usize) -> f64 {
-        if self.whole(&self.layout.recs[i]) {
-            self.widen
-        } else {
+        let r = &self.layout.recs[i];
+        if r.exact {
             0.0
+        } else if self.whole(r) {
+            self.widen + APPROX_ERR
+        } else {
+            APPROX_ERR
+        }
+    }
+
+    /// The cdf at a run's edge `v`: exact for an exact run (its edges are
+    /// its first and last values, whose terms are taken as exact), else
+    /// the table's (within `APPROX_ERR`).
+    fn cdf_at(&self, r: &Rec, v: f64) -> f64 {
+        if r.exact {
+            self.fit.cdf(v)
+        } else {
+            self.fit.approx_cdf(self.approx, v)
         }
     }
 
     /// The cdf at run `i`'s lower edge: its grid edge if whole, else `lo`.
     fn at_lo(&self, i: usize) -> f64 {
         let r = &self.layout.recs[i];
-        self.fit.cdf(if self.whole(r) {
+        let v = if self.whole(r) {
             self.layout.grid.edge(r.root)
         } else {
             r.lo
-        })
+        };
+        self.cdf_at(r, v)
     }
 
     /// The cdf at run `i`'s upper edge.
     fn at_hi(&self, i: usize) -> f64 {
         let r = &self.layout.recs[i];
-        self.fit.cdf(if self.whole(r) {
+        let v = if self.whole(r) {
             self.layout.grid.edge(r.root + 1)
         } else {
             r.hi
-        })
+        };
+        self.cdf_at(r, v)
     }
 
     /// Bounds of runs `first..=last` taken as one run (no exact terms).

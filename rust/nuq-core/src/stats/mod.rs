@@ -42,6 +42,7 @@
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.
 
+mod approx_cdf;
 mod cells;
 mod fit;
 mod gather;
