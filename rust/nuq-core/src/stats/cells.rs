@@ -10,7 +10,7 @@
 
 use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::hist::Grid;
-use super::ks::{ks_sorted, ks_sorted_above, Fitted, SLACK};
+use super::ks::{ks_sorted, ks_sorted_above, rank_bounds, Fitted, SLACK};
 use super::source::Value;
 
 /// Runs shorter than this are sorted outright.
@@ -99,10 +99,9 @@ pub(crate) fn run_terms<V: Value>(
                 let f_hi = fit.approx_cdf(approx, grid.edge(c + 1));
                 known = (c + 1, f_hi);
                 let f_hi = f_hi + widen;
-                let (first, last) = (offset + begin + 1, offset + end);
-                let (below, upto) = ((first - 1) as f64 / nf, last as f64 / nf);
-                floor = floor.max(f_lo - below).max(upto - f_hi);
-                s.bounds.push((c, (upto - f_lo).max(f_hi - below)));
+                let (lower, upper) = rank_bounds(offset + begin, offset + end, nf, f_lo, f_hi);
+                floor = floor.max(lower);
+                s.bounds.push((c, upper));
                 begin = end;
             }
             let mut best = 0.0f64;

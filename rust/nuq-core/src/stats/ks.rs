@@ -55,6 +55,15 @@ fn term(i: usize, n: f64, f: f64) -> f64 {
     (i as f64 / n - f).max(f - (i - 1) as f64 / n)
 }
 
+/// `(lower, upper)` for order statistics `offset + 1 ..= last` of `n` whose
+/// cdf values lie in `[fl, fh]`: every term is at most `upper`, and the
+/// first or last term is at least `lower` (a lower bound of D).
+#[inline]
+pub(super) fn rank_bounds(offset: usize, last: usize, n: f64, fl: f64, fh: f64) -> (f64, f64) {
+    let (below, upto) = (offset as f64 / n, last as f64 / n);
+    ((fl - below).max(upto - fh), (upto - fl).max(fh - below))
+}
+
 /// Max of the terms of sorted values holding order statistics `offset+1..`.
 pub(super) fn ks_sorted<V: Value>(sorted: &[V], offset: usize, n: usize, fit: &Fitted) -> f64 {
     let nf = n as f64;
@@ -93,7 +102,7 @@ pub(super) fn ks_sorted_above<V: Value>(
         best = best
             .max(term(first, nf, f_first))
             .max(term(last, nf, f_last));
-        let upper = (last as f64 / nf - f_first).max(f_last - (first - 1) as f64 / nf);
+        let (_, upper) = rank_bounds(first - 1, last, nf, f_first, f_last);
         if upper + SLACK > floor.max(best) && block.len() > 2 {
             best = best.max(ks_sorted(&block[1..block.len() - 1], first, n, fit));
         }
@@ -496,7 +505,7 @@ impl<'a> Edges<'a> {
 /// `F` is monotone.
 fn run_bounds(r: &Rec, n: f64, fl: f64, fh: f64) -> Bounds {
     let (first, last) = (r.offset + 1, r.offset + r.count);
-    let upper = (last as f64 / n - fl).max(fh - r.offset as f64 / n);
+    let (lower, upper) = rank_bounds(r.offset, last, n, fl, fh);
     if r.pure() {
         return Bounds {
             exact: upper,
@@ -504,7 +513,6 @@ fn run_bounds(r: &Rec, n: f64, fl: f64, fh: f64) -> Bounds {
             upper,
         };
     }
-    let lower = (fl - r.offset as f64 / n).max(last as f64 / n - fh);
     let exact = if r.exact {
         term(first, n, fl).max(term(last, n, fh))
     } else {
