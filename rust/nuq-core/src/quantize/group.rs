@@ -17,7 +17,7 @@ use super::{rows_per_task, Config, FamilyChoice, Quantized};
 use crate::error::Result;
 use crate::family::Family;
 use crate::solve::{bin_centers, implied_codebook, weighted_mse, BINS};
-use crate::stats::{fit_tensor, lane_min_max};
+use crate::stats::fit_tensor;
 
 pub(super) fn quantize(
     x: &[f32],
@@ -27,8 +27,12 @@ pub(super) fn quantize(
     cfg: &Config,
 ) -> Result<Quantized> {
     let fit = fit_tensor(x)?;
-    let scale = group_scales(x, g);
-    let (family, levels) = choose_codebook(x, cols, g, &scale, cfg)?;
+    // A fixed family needs no comparison, hence no histogram.
+    let (scale, weights) = scan_groups(x, cols, g, cfg.family == FamilyChoice::Auto);
+    let (family, levels) = match cfg.family {
+        FamilyChoice::Fixed(f) => (f, implied_codebook(f, cfg.bits, g)?),
+        FamilyChoice::Auto => best_codebook(&weights, g, cfg.bits)?,
+    };
     let (fit_loc, fit_scale) = fit.params(family);
     let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
     let book = Codebook {
@@ -58,49 +62,119 @@ pub(super) fn quantize(
     })
 }
 
-/// Absmax of every group, rounded to the nearest f16 (what is stored). `x`
-/// is finite (checked by the fit). Rayon tasks take many groups at once.
-fn group_scales(x: &[f32], g: usize) -> Vec<f32> {
-    let per_task = ((1 << 16) / g).max(1);
+/// One pass over the groups: each group's absmax rounded to the nearest f16
+/// (what is stored) and, with `histogram` (else empty), the weights of `x / scale` on the
+/// `BINS` centres of [-1, 1], each value counted with its group's squared
+/// scale. `x` is finite (checked by the fit). Tasks take fixed runs of whole
+/// rows (hence of groups, as g divides cols) and their partial histograms
+/// are added in order, so the weights do not depend on the thread count.
+fn scan_groups(x: &[f32], cols: usize, g: usize, histogram: bool) -> (Vec<f32>, Vec<f64>) {
     let mut scale = vec![0f32; x.len() / g];
-    scale
-        .par_chunks_mut(per_task)
-        .zip(x.par_chunks(g * per_task))
-        .for_each(|(out, part)| {
-            for (s, grp) in out.iter_mut().zip(part.chunks(g)) {
-                *s = f16::from_f32(absmax(grp).min(f16::MAX.to_f32())).to_f32();
-            }
-        });
-    scale
-}
-
-/// Largest |v| of finite, non-empty `x`: from its range, taken in the
-/// vectorizable lanes of the moments pass.
-fn absmax(x: &[f32]) -> f32 {
-    let (lo, hi) = lane_min_max(x);
-    hi.max(-lo)
-}
-
-/// The family allowed by `cfg` whose implied codebook has the smallest
-/// scale²-weighted error on the normalised values (ties: Gaussian), and that codebook.
-fn choose_codebook(
-    x: &[f32],
-    cols: usize,
-    g: usize,
-    scale: &[f32],
-    cfg: &Config,
-) -> Result<(Family, Vec<f32>)> {
-    if let FamilyChoice::Fixed(f) = cfg.family {
-        // Nothing to compare: no histogram pass over the data.
-        return Ok((f, implied_codebook(f, cfg.bits, g)?));
+    let mut weights = vec![0f64; if histogram { BINS } else { 0 }];
+    if x.is_empty() {
+        return (scale, weights);
     }
-    let weights = normalised_histogram(x, cols, g, scale);
+    let chunk = rows_per_task(cols) * cols;
+    let partial: Vec<Vec<f64>> = scale
+        .par_chunks_mut(chunk / g)
+        .zip(x.par_chunks(chunk))
+        .map(|(out, data)| {
+            let mut hist = vec![0f64; weights.len()];
+            scan_task(data, g, out, &mut hist);
+            hist
+        })
+        .collect();
+    for hist in &partial {
+        weights.iter_mut().zip(hist).for_each(|(a, b)| *a += b);
+    }
+    (scale, weights)
+}
+
+/// `scan_groups` on one task's groups (`hist` empty: scales only). The loops
+/// are compiled for AVX-512 and AVX2 as well and chosen at run time; every
+/// version does the same IEEE operations, so the results are identical.
+fn scan_task(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { scan_task_avx512(data, g, scale, hist) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { scan_task_avx2(data, g, scale, hist) };
+        }
+    }
+    scan_task_any(data, g, scale, hist);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scan_task_avx512(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
+    scan_task_any(data, g, scale, hist);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scan_task_avx2(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
+    scan_task_any(data, g, scale, hist);
+}
+
+#[inline(always)]
+fn scan_task_any(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
+    let half_span = (BINS - 1) as f32 / 2.0;
+    // A group's bins, computed in one vectorizable loop before the scatter
+    // (which then runs without waiting on the arithmetic).
+    let mut idx = vec![0u32; if hist.is_empty() { 0 } else { g }];
+    for (s, grp) in scale.iter_mut().zip(data.chunks_exact(g)) {
+        *s = f16::from_f32(absmax(grp).min(f16::MAX.to_f32())).to_f32();
+        if hist.is_empty() || *s == 0.0 {
+            continue;
+        }
+        let (inv, w) = (1.0 / *s, f64::from(*s) * f64::from(*s));
+        for (b, &v) in idx.iter_mut().zip(grp) {
+            let pos = ((v * inv).clamp(-1.0, 1.0) + 1.0) * half_span;
+            // `pos.round()` for pos >= 0, without the libm call: pos + 0.5
+            // is exact in f64, and truncation is floor.
+            // SAFETY: pos + 0.5 is finite, within [0.5, BINS - 0.5]: it
+            // fits an i32 (the unchecked conversion vectorizes).
+            *b = unsafe { (f64::from(pos) + 0.5).to_int_unchecked::<i32>() } as u32;
+        }
+        for &b in &idx {
+            hist[b as usize] += w;
+        }
+    }
+}
+
+/// Largest |v| of non-empty `x`, in lanes that vectorize (max is exact, so
+/// the order does not matter).
+#[inline(always)]
+fn absmax(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    it.remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// The family whose implied codebook has the smallest scale²-weighted error
+/// on the normalised values' `weights` (from `scan_groups`; ties:
+/// Gaussian), and that codebook.
+fn best_codebook(weights: &[f64], g: usize, bits: u32) -> Result<(Family, Vec<f32>)> {
     let centers = bin_centers();
     let mut best: Option<(f64, Family, Vec<f32>)> = None;
     for family in Family::ALL {
-        let levels = implied_codebook(family, cfg.bits, g)?;
+        let levels = implied_codebook(family, bits, g)?;
         let wide: Vec<f64> = levels.iter().map(|&v| f64::from(v)).collect();
-        let err = weighted_mse(&centers, &weights, &wide);
+        let err = weighted_mse(&centers, weights, &wide);
         if best.as_ref().is_none_or(|b| err < b.0) {
             best = Some((err, family, levels));
         }
@@ -109,43 +183,99 @@ fn choose_codebook(
     Ok((family, levels))
 }
 
-/// Weights of `x / scale` on the `BINS` centres of [-1, 1], each weight counted
-/// with its group's squared scale. Chunks are fixed, partial sums added in order.
-fn normalised_histogram(x: &[f32], cols: usize, g: usize, scale: &[f32]) -> Vec<f64> {
-    let half_span = (BINS - 1) as f32 / 2.0;
-    // A whole number of rows, hence of groups (g divides cols).
-    let chunk = (rows_per_task(cols) * cols).max(1);
-    let partial: Vec<Vec<f64>> = x
-        .par_chunks(chunk)
-        .enumerate()
-        .map(|(c, data)| {
-            let mut hist = vec![0f64; BINS];
-            // A group's bins, computed in one vectorizable loop before the
-            // scatter (which then runs without waiting on the arithmetic).
-            let mut idx = vec![0u32; g];
-            let first_group = c * chunk / g;
-            for (i, grp) in data.chunks(g).enumerate() {
-                let s = scale[first_group + i];
-                if s == 0.0 {
-                    continue;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of groups with ordinary, zero, tiny, huge (beyond f16) and
+    /// single-signed magnitudes.
+    fn sample(rows: usize, cols: usize) -> Vec<f32> {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        (0..rows * cols)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                match (i / 8) % 5 {
+                    0 => 0.0,
+                    1 => u * 1e-30,
+                    2 => u.abs() * 1e6,
+                    _ => u * u * u * 3.0,
                 }
-                let (inv, w) = (1.0 / s, f64::from(s) * f64::from(s));
-                for (b, &v) in idx.iter_mut().zip(grp) {
-                    let pos = ((v * inv).clamp(-1.0, 1.0) + 1.0) * half_span;
-                    // `pos.round()` for pos >= 0, without the libm call:
-                    // pos + 0.5 is exact in f64, and truncation is floor.
-                    *b = (f64::from(pos) + 0.5) as u32;
-                }
-                for &b in &idx {
-                    hist[b as usize] += w;
-                }
-            }
-            hist
-        })
-        .collect();
-    let mut weights = vec![0f64; BINS];
-    for hist in &partial {
-        weights.iter_mut().zip(hist).for_each(|(a, b)| *a += b);
+            })
+            .collect()
     }
-    weights
+
+    /// The scales and weights, value by value with `f64::round`.
+    fn reference(x: &[f32], g: usize) -> (Vec<f32>, Vec<f64>) {
+        let half_span = (BINS - 1) as f32 / 2.0;
+        let mut weights = vec![0f64; BINS];
+        let scale: Vec<f32> = x
+            .chunks(g)
+            .map(|grp| {
+                let m = grp.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = f16::from_f32(m.min(f16::MAX.to_f32())).to_f32();
+                if s != 0.0 {
+                    for &v in grp {
+                        let pos = ((v * (1.0 / s)).clamp(-1.0, 1.0) + 1.0) * half_span;
+                        weights[f64::from(pos).round() as usize] += f64::from(s) * f64::from(s);
+                    }
+                }
+                s
+            })
+            .collect();
+        (scale, weights)
+    }
+
+    #[test]
+    fn scan_matches_a_value_by_value_reference() {
+        for (rows, cols, g) in [(3, 40, 8), (70, 1024, 128), (1, 8, 8), (0, 16, 4)] {
+            let x = sample(rows, cols);
+            let (scale, weights) = scan_groups(&x, cols, g, true);
+            let (want_scale, want_weights) = reference(&x, g);
+            assert_eq!(scale, want_scale, "{rows}x{cols} g {g}");
+            for (b, (w, r)) in weights.iter().zip(&want_weights).enumerate() {
+                assert!((w - r).abs() <= 1e-12 * r.abs(), "bin {b}: {w} vs {r}");
+            }
+            let (scales_only, none) = scan_groups(&x, cols, g, false);
+            assert_eq!(scales_only, want_scale);
+            assert!(none.is_empty());
+        }
+    }
+
+    type Scan<'a> = &'a dyn Fn(&[f32], usize, &mut [f32], &mut [f64]);
+
+    /// Every compiled version of the scan agrees with the portable one, bit
+    /// for bit.
+    #[test]
+    fn simd_scans_equal_the_portable_scan() {
+        let (cols, g) = (512, 64);
+        let x = sample(8, cols);
+        let run = |f: Scan| {
+            let (mut scale, mut hist) = (vec![0f32; x.len() / g], vec![0f64; BINS]);
+            f(&x, g, &mut scale, &mut hist);
+            (scale, hist)
+        };
+        let want = run(&scan_task_any);
+        assert!(want.1.iter().any(|&w| w > 0.0));
+        assert_eq!(run(&scan_task), want);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above).
+                assert_eq!(
+                    run(&|a, b, c, d| unsafe { scan_task_avx512(a, b, c, d) }),
+                    want
+                );
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                assert_eq!(
+                    run(&|a, b, c, d| unsafe { scan_task_avx2(a, b, c, d) }),
+                    want
+                );
+            }
+        }
+    }
 }

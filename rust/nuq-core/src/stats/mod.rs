@@ -59,7 +59,6 @@ mod tests;
 
 pub use fit::{fit_rows, fit_tensor, ChannelFit, LocScale, TensorFit};
 pub use ks::{ks_rows, ks_sorted_reference, ks_tensor};
-pub(crate) use moments::lane_min_max;
 pub use moments::{mean_abs_dev, moments, Moments};
 pub use rows::{row_fits, RowFit};
 pub use select::median;
