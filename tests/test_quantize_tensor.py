@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -109,6 +111,22 @@ def test_numpy_float16_and_float64(rng):
     for dt in (np.float16, np.float64):
         q = nuq_rs.quantize_tensor(x.astype(dt), 4)
         assert q.dequantize().dtype == dt
+
+
+def test_numpy_api_does_not_import_torch():
+    """The NumPy-level functions work without torch and never import it (its
+    import alone takes seconds), even though torch is installed here."""
+    script = (
+        "import sys, numpy as np, nuq_rs\n"
+        "x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)\n"
+        "q = nuq_rs.quantize_tensor(x, bits=4)\n"
+        "assert nuq_rs.dequantize(q).shape == (64, 256)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False"]
 
 
 def test_non_contiguous_and_transposed_inputs(rng):
