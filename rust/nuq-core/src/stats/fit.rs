@@ -1,7 +1,7 @@
 //! What the pipeline calls: both fits and both KS statistics of a tensor
 //! (or of its rows), fused into as few data passes as possible.
 
-use super::hist::{buckets_for, build};
+use super::hist::{buckets_for, build, GRID_SIGMAS};
 use super::ks::{ks_layout, ks_rows, ks_small, Fitted};
 use super::moments::{check_finite, mean_abs_dev, moments, Moments};
 use super::rows::{row_fits, RowFit};
@@ -90,12 +90,13 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
         let d = ks_small(v, &both_fits(gaussian, laplace));
         (laplace, d)
     } else {
+        let (lo, hi) = central_grid(&moments);
         let mut layout = build(
             &Flat(x),
-            moments.min,
-            moments.max,
+            lo,
+            hi,
             buckets_for(x.len()),
-            true,
+            Some((moments.min, moments.max)),
         );
         let median = median_of_layout(&Flat(x), &mut layout);
         let laplace = LocScale {
@@ -112,6 +113,13 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
         d_gaussian: d[0],
         d_laplace: d[1],
     })
+}
+
+/// The top-level grid of a tensor: `GRID_SIGMAS` standard deviations either
+/// side of the mean, within the data's range.
+pub(crate) fn central_grid(m: &Moments) -> (f64, f64) {
+    let reach = GRID_SIGMAS * m.std;
+    (m.min.max(m.mean - reach), m.max.min(m.mean + reach))
 }
 
 /// The Gaussian and Laplace fits as the KS code takes them, in that order.

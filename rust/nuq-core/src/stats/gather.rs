@@ -139,7 +139,7 @@ mod tests {
         let x: Vec<f32> = (0..300_000usize)
             .map(|i| ((i * 7919 % 1013) as f32 - 500.0).powi(3) / 1e6)
             .collect();
-        let layout = build(&Flat(&x), -125.0, 512f64.powi(3) / 1e6, 512, true);
+        let layout = build(&Flat(&x), -125.0, 512f64.powi(3) / 1e6, 512, None);
         for targets in [
             vec![],
             vec![0],

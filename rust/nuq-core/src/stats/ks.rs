@@ -8,15 +8,12 @@ use rayon::prelude::*;
 use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
-use super::hist::{buckets_for, build, refine, Layout, Rec};
+use super::hist::{buckets_for, build, refine, Layout, Rec, GRID_SIGMAS};
 use super::moments::min_max;
 use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
 use crate::Family;
 
-/// Standardized values of `ks_rows` beyond ±Z_GRID fall in the clamped end
-/// buckets of its top-level grid (still exact, only less finely bucketed).
-const Z_GRID: f64 = 8.0;
 /// A bucket is skipped only when its bound is below the best exact term by
 /// more than this: covers ulp-level non-monotonicity of `erfc`/`exp`.
 pub(super) const SLACK: f64 = 1e-14;
@@ -164,7 +161,7 @@ pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
         return ks_small(x.to_vec(), &fits);
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), true);
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
     ks_layout(&Flat(x), &mut layout, &fits)
 }
 
@@ -206,7 +203,9 @@ pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[
         src.visit(0..x.len(), |v| z.push(v));
         return ks_small(z, &fit)[0];
     }
-    let mut layout = build(&src, -Z_GRID, Z_GRID, buckets_for(x.len()), false);
+    // Standardized values beyond the grid fall in its clamped end buckets
+    // (still exact, only less finely bucketed).
+    let mut layout = build(&src, -GRID_SIGMAS, GRID_SIGMAS, buckets_for(x.len()), None);
     ks_layout(&src, &mut layout, &fit)[0]
 }
 
@@ -652,7 +651,7 @@ mod tests {
             .collect();
         x.sort_by(f32::total_cmp);
         let n = x.len();
-        let layout = build(&Flat(&x), -1.0, 1.0, 1 << 10, true);
+        let layout = build(&Flat(&x), -1.0, 1.0, 1 << 10, Some((-1.0, 1.0)));
         for fit in [
             Fitted {
                 family: Family::Gaussian,
@@ -702,7 +701,7 @@ mod tests {
         for kind in [0u8, 1, 3, 5, 6] {
             let x = sample(kind, n, 17);
             let (lo, hi) = min_max(&x);
-            let mut layout = build(&Flat(&x), lo, hi, buckets_for(n), true);
+            let mut layout = build(&Flat(&x), lo, hi, buckets_for(n), Some((lo, hi)));
             let mid = (lo + hi) / 2.0;
             let fits = [
                 Fitted {

@@ -309,7 +309,7 @@ mod tests {
         let x: Vec<f32> = (0..5000).map(|i| ((i * 37) % 1001) as f32 / 10.0).collect();
         // Runs of targets (span filter) and scattered targets beyond
         // MAX_SPANS ranges (bit-set test).
-        let layout = build(&Flat(&x), 0.0, 100.0, 256, true);
+        let layout = build(&Flat(&x), 0.0, 100.0, 256, Some((0.0, 100.0)));
         let runs: Vec<usize> = (0..layout.recs.len()).filter(|i| i % 20 < 7).collect();
         let scattered: Vec<usize> = (0..layout.recs.len()).step_by(3).collect();
         assert!(!Router::new(&layout, &runs).spans.f64s.is_empty());

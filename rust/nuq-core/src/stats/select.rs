@@ -17,7 +17,7 @@ pub fn median(x: &[f32]) -> f64 {
         return median_small(&mut x.to_vec());
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), true);
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
     median_of_layout(&Flat(x), &mut layout)
 }
 
@@ -360,7 +360,7 @@ mod tests {
         let x: Vec<f32> = (0..200_000).map(|i| ((i * 37) % 11) as f32 * 0.5).collect();
         let mut sorted = x.clone();
         sorted.sort_by(f32::total_cmp);
-        let mut layout = build(&Flat(&x), 0.0, 5.0, 1024, true);
+        let mut layout = build(&Flat(&x), 0.0, 5.0, 1024, Some((0.0, 5.0)));
         let ranks: Vec<usize> = (0..x.len()).step_by(997).collect();
         let got = select_ranks(&Flat(&x), &mut layout, &ranks);
         for (&k, v) in ranks.iter().zip(got) {

@@ -325,7 +325,7 @@ mod tests {
             loc: &loc,
             inv: &inv,
         };
-        let mut layout = build(&src, -8.0, 8.0, 256, false);
+        let mut layout = build(&src, -8.0, 8.0, 256, None);
         let generic = |router: &Router| {
             let mut out = Vec::new();
             src.visit_chunks(0..x.len(), |vals| {
