@@ -7,7 +7,10 @@
 //! cdf `F`, `D = max_i max(i/n - F(x_(i)), F(x_(i)) - (i-1)/n)`.
 //!
 //! One parallel pass counts the values on a uniform grid of `B` buckets (one
-//! subtract, one multiply, a floor; the end buckets are clamped). The bucket
+//! subtract, one multiply, a floor; the end buckets are clamped). The grid
+//! spans the mean ± 8 standard deviations (within `[min, max]`), so a few
+//! far outliers cannot coarsen the runs of the bulk; beyond, the end buckets
+//! hold the tails. The bucket
 //! index is monotone in the value, so a bucket ("run") with `C` smaller
 //! elements holds exactly the order statistics `C+1 ..= C+c`, all inside the
 //! bucket's edges `[lo, hi]` (widened by a rounding guard), and ties never
@@ -21,8 +24,9 @@
 //! data pass for all of them) and their terms computed exactly: each run is
 //! counted into cells of about 16 values on a grid over its own range, and
 //! only the cells whose own bound is not below `L*` by the same test are
-//! sorted and their terms computed. Or, when the runs hold too many
-//! elements, they are refined first: re-histogrammed over their
+//! sorted and their terms computed. Or, when a run holds more than 2^16
+//! elements or all of them more than `n / 8`, runs are refined first:
+//! re-histogrammed over their
 //! own range on a finer grid that also records each sub-run's exact min and
 //! max (whose terms are then exact, and a run of ties, min == max, is known
 //! outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that

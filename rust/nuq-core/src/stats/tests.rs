@@ -56,8 +56,9 @@ pub(super) fn sample(kind: u8, n: usize, seed: u64) -> Vec<f32> {
                 }
                 6 => (r.normal() * 8.0).round() / 8.0 + 100.0,
                 _ => {
-                    // Gaussian with rare extreme outliers: the top-level grid
-                    // over [min, max] puts nearly everything in one bucket.
+                    // Gaussian with rare extreme outliers, which dominate
+                    // even the standard deviation: the top-level grid (mean
+                    // ± 8σ) puts nearly everything in one bucket.
                     if r.uniform() < 1e-4 {
                         1e30 * (r.uniform() - 0.5)
                     } else {
