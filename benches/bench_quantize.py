@@ -9,7 +9,9 @@ this run (medians of --repeats):
 - nuq params/s for 4 bits at tensor, channel and group-128 granularity;
 - ratio vs (a), the NumPy/SciPy reference of the same algorithm
   (benches/reference_numpy.py), timed on the same subset of tensors;
-- ratio vs (b), the memory-read floor ``np.sum`` over the same tensors;
+- ratio vs (b), the memory-read floor ``np.sum`` over the same tensors, timed
+  in turn with nuq (np.sum, nuq, np.sum, nuq, ...) so that host noise that
+  drifts during the run hits both alike: the median of the per-pair ratios;
 - peak memory beyond the input (VmHWM in a fresh subprocess) against the
   largest tensor's fp32 size.
 
@@ -132,6 +134,28 @@ def reference_call(arrays: list[np.ndarray], label: str) -> Callable[[], None]:
     return run
 
 
+def paired_seconds(
+    base: Callable[[], object], fn: Callable[[], object], repeats: int
+) -> tuple[float, float, float]:
+    """Medians of `base` and `fn` timed in turn (base, fn, base, fn, ...) and the
+    median of the per-pair speed ratios base/fn: noise that drifts over a run
+    (other tenants of the host) hits both sides of a pair alike."""
+    pairs = []
+    for _ in range(repeats):
+        pair = []
+        for f in (base, fn):
+            gc.collect()
+            start = time.perf_counter()
+            f()
+            pair.append(time.perf_counter() - start)
+        pairs.append(pair)
+    return (
+        statistics.median(b for b, _ in pairs),
+        statistics.median(t for _, t in pairs),
+        statistics.median(b / t for b, t in pairs),
+    )
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -229,32 +253,39 @@ def main() -> None:
         f"(a) reference_numpy on a SUBSET: {len(names)} tensors, {n_sub / 1e6:.2f}M params "
         f"(one per distinct shape); nuq is timed on the same subset for the ratio"
     )
-    floor = median_seconds(lambda: [np.sum(a) for a in arrays.values()], repeats)
-    print(f"(b) np.sum floor over all tensors: {fmt_rate(n_params, floor)}\n")
+    print(
+        "(b) np.sum over all tensors, the memory-read floor: timed in turn with each "
+        "config's runs\n"
+    )
 
     header = (
-        f"{'config':10s} {'nuq (all)':>18s} {'x floor(b)':>10s} {'nuq (subset)':>18s} "
-        f"{'ref (a, subset)':>18s} {'x ref(a)':>9s} {'peak extra':>11s} {'/largest':>8s}"
+        f"{'config':10s} {'nuq (all)':>18s} {'floor (b)':>18s} {'x floor(b)':>10s} "
+        f"{'nuq (subset)':>18s} {'ref (a, subset)':>18s} {'x ref(a)':>9s} "
+        f"{'peak extra':>11s} {'/largest':>8s}"
     )
     print(header)
     largest_bytes = 4 * sd[largest].numel()
+    floor_call = lambda: [np.sum(a) for a in arrays.values()]  # noqa: E731
     for label in args.configs:
-        t_all = median_seconds(nuq_call(sd, label), repeats)
+        t_floor, t_all, x_floor = paired_seconds(floor_call, nuq_call(sd, label), repeats)
         t_sub = median_seconds(nuq_call(sub_sd, label), repeats)
         ref = reference_call([arrays[k] for k in names], label)
         ref()  # the standardized Lloyd-Max solve is cached by design; keep it out of timing
         t_ref = median_seconds(ref, min(repeats, 3))
         mem = memory[label]
         print(
-            f"{label:10s} {fmt_rate(n_params, t_all)} {floor / t_all:10.2f} "
-            f"{fmt_rate(n_sub, t_sub)} {fmt_rate(n_sub, t_ref)} {t_ref / t_sub:9.1f} "
-            f"{mem['peak_extra'] / 2**20:8.1f} MiB {mem['peak_extra'] / largest_bytes:8.2f}",
+            f"{label:10s} {fmt_rate(n_params, t_all)} {fmt_rate(n_params, t_floor)} "
+            f"{x_floor:10.3f} {fmt_rate(n_sub, t_sub)} {fmt_rate(n_sub, t_ref)} "
+            f"{t_ref / t_sub:9.1f} {mem['peak_extra'] / 2**20:8.1f} MiB "
+            f"{mem['peak_extra'] / largest_bytes:8.2f}",
             flush=True,
         )
     print(
         "\nRatios are speeds, nuq params/s / baseline params/s, measured in this run: "
-        "x floor(b) < 1 means slower than one np.sum pass over the input; x ref(a) is the "
-        "speed-up over the NumPy/SciPy reference on the same subset."
+        "x floor(b) is the median over the timed pairs (np.sum, then nuq) of the pair's "
+        "ratio, < 1 meaning slower than one np.sum pass over the input (1/x is how many "
+        "times slower); x ref(a) is the speed-up over the NumPy/SciPy reference on the "
+        "same subset."
     )
     first = args.configs[0]
     print(
