@@ -63,9 +63,9 @@ pub(super) fn quantize(
 }
 
 /// One pass over the groups: each group's absmax rounded to the nearest f16
-/// (what is stored) and, with `histogram` (else empty), the weights of `x / scale` on the
-/// `BINS` centres of [-1, 1], each value counted with its group's squared
-/// scale. `x` is finite (checked by the fit). Tasks take fixed runs of whole
+/// (what is stored) and, with `histogram` (else empty), the weights of
+/// `x / scale` on the `BINS` centres of [-1, 1], each value counted with its
+/// group's squared scale. `x` is finite (checked by the fit). Tasks take fixed runs of whole
 /// rows (hence of groups, as g divides cols) and their partial histograms
 /// are added in order, so the weights do not depend on the thread count.
 fn scan_groups(x: &[f32], cols: usize, g: usize, histogram: bool) -> (Vec<f32>, Vec<f64>) {
@@ -136,8 +136,10 @@ fn scan_task_any(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
             let pos = ((v * inv).clamp(-1.0, 1.0) + 1.0) * half_span;
             // `pos.round()` for pos >= 0, without the libm call: pos + 0.5
             // is exact in f64, and truncation is floor.
-            // SAFETY: pos + 0.5 is finite, within [0.5, BINS - 0.5]: it
-            // fits an i32 (the unchecked conversion vectorizes).
+            // SAFETY: v * inv is finite (v is finite, and inv = 1 / s with
+            // s > 0 about |v|'s group maximum, or f16::MAX for larger ones),
+            // so pos + 0.5 lies in [0.5, BINS - 0.5] and fits an i32 (the
+            // unchecked conversion vectorizes).
             *b = unsafe { (f64::from(pos) + 0.5).to_int_unchecked::<i32>() } as u32;
         }
         for &b in &idx {
