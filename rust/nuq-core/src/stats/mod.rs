@@ -9,12 +9,11 @@
 //! One parallel pass counts the values on a uniform grid of `B` buckets (one
 //! subtract, one multiply, a floor; the end buckets are clamped). The grid
 //! spans the mean ± 8 standard deviations (within `[min, max]`), so a few
-//! far outliers cannot coarsen the runs of the bulk; beyond, the end buckets
-//! hold the tails. The bucket
-//! index is monotone in the value, so a bucket ("run") with `C` smaller
-//! elements holds exactly the order statistics `C+1 ..= C+c`, all inside the
-//! bucket's edges `[lo, hi]` (widened by a rounding guard), and ties never
-//! straddle runs. As `F` is non-decreasing, every term of the run is at most
+//! far outliers cannot coarsen the runs of the bulk; beyond, the end
+//! buckets hold the tails. The bucket index is monotone in the value, so a
+//! bucket ("run") with `C` smaller elements holds exactly the order
+//! statistics `C+1 ..= C+c`, all inside the bucket's edges `[lo, hi]`
+//! (widened by a rounding guard), and ties never straddle runs. As `F` is non-decreasing, every term of the run is at most
 //! `U = max((C+c)/n - F(lo), F(hi) - C/n)`, and D is at least
 //! `L = max(F(lo) - C/n, (C+c)/n - F(hi))` (the terms of its first and last
 //! order statistics can be no smaller).
@@ -24,17 +23,17 @@
 //! data pass for all of them) and their terms computed exactly: each run is
 //! counted into cells of about 16 values on a grid over its own range, and
 //! only the cells whose own bound is not below `L*` by the same test are
-//! sorted and their terms computed. Or, when a run holds more than 2^16
-//! elements or all of them more than `n / 8`, runs are refined first:
-//! re-histogrammed over their
-//! own range on a finer grid that also records each sub-run's exact min and
-//! max (whose terms are then exact, and a run of ties, min == max, is known
-//! outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that
+//! sorted and their terms computed. Runs of more than 2^16 elements (or of
+//! more than 16, when all of them hold more than `n / 8`) are refined
+//! first: re-histogrammed over their own range on a finer grid that also
+//! records each sub-run's exact min and max (whose terms are then exact,
+//! and a run of ties, min == max, is known outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that
 //! attains D always survives the skip test, so the answer, the largest exact
 //! term computed, is the very maximum the sort-based reference computes: it
 //! equals [`ks_sorted_reference`] bit for bit (the skip test keeps a 1e-14
 //! margin for ulp-level non-monotonicity of `erfc`/`exp`). Typically a few
-//! runs near the arg-max survive (under 2% of the data in the tests), so the
+//! runs near the arg-max survive (under 2% of the data for most samples of
+//! the tests; close fits and heavy ties use more of the n/8 budget), so the
 //! cost is one counting pass, a few thousand cdf evaluations per fit and one
 //! gather pass: blocks of consecutive runs (at most `n / 2048` elements or 64
 //! runs each) are bounded first as if each were one run, and only the runs of
