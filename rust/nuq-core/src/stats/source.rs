@@ -145,6 +145,7 @@ impl Source for Flat<'_> {
     fn visit<F: FnMut(f32)>(&self, range: Range<usize>, f: F) {
         self.0[range].iter().copied().for_each(f);
     }
+    #[inline(always)]
     fn visit_chunks<F: FnMut(&[f32])>(&self, range: Range<usize>, f: F) {
         self.0[range].chunks(CHUNK).for_each(f);
     }
@@ -193,6 +194,7 @@ impl Source for Standardized<'_> {
             i = row_end;
         }
     }
+    #[inline(always)]
     fn visit_chunks<F: FnMut(&[f64])>(&self, range: Range<usize>, mut f: F) {
         let mut buf = [0.0; CHUNK];
         let mut i = range.start;
