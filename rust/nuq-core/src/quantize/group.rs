@@ -122,6 +122,7 @@ fn scan_task_avx2(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
 
 #[inline(always)]
 fn scan_task_any(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
+    assert!(hist.is_empty() || hist.len() == BINS, "one weight per bin");
     let half_span = (BINS - 1) as f32 / 2.0;
     // A group's bins, computed in one vectorizable loop before the scatter
     // (which then runs without waiting on the arithmetic).
@@ -143,7 +144,9 @@ fn scan_task_any(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
             *b = unsafe { (f64::from(pos) + 0.5).to_int_unchecked::<i32>() } as u32;
         }
         for &b in &idx {
-            hist[b as usize] += w;
+            // SAFETY: b <= BINS - 1 (above) and `hist` holds BINS weights
+            // (asserted at the top).
+            unsafe { *hist.get_unchecked_mut(b as usize) += w };
         }
     }
 }
