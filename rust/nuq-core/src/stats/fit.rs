@@ -3,8 +3,8 @@
 
 use super::hist::{buckets_for, build, GRID_SIGMAS};
 use super::ks::{ks_layout, ks_rows, ks_small, Fitted};
-use super::moments::{check_finite, mean_abs_dev, moments, Moments};
-use super::rows::{row_fits, RowFit};
+use super::moments::{mean_abs_dev, moments, Moments};
+use super::rows::{checked_row_fits, RowFit};
 use super::select::{median_of_layout, median_small};
 use super::source::Flat;
 use super::SMALL_N;
@@ -152,8 +152,17 @@ pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
             actual: x.len(),
         });
     }
-    check_finite(x)?;
-    let rows = row_fits(x, row_len);
+    let rows = checked_row_fits(x, row_len).map_err(|r| {
+        let row = &x[r * row_len..(r + 1) * row_len];
+        let i = row
+            .iter()
+            .position(|v| !v.is_finite())
+            .expect("the row's sum was not finite");
+        NuqError::NonFinite {
+            index: r * row_len + i,
+            value: row[i],
+        }
+    })?;
     // Constant rows (zero scale) decode exactly; like a constant tensor they
     // fit perfectly and are left out of the pooled statistics.
     let spread: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].std > 0.0).collect();

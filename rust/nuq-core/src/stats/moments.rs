@@ -313,23 +313,6 @@ pub(crate) fn min_max(x: &[f32]) -> (f64, f64) {
     (f64::from(lo), f64::from(hi))
 }
 
-/// Lowest index of a NaN or infinity, if any.
-pub(crate) fn check_finite(x: &[f32]) -> Result<()> {
-    let first = map_parts(x.len(), |r| {
-        x[r.clone()]
-            .iter()
-            .position(|v| !v.is_finite())
-            .map(|i| r.start + i)
-    });
-    match first.into_iter().flatten().next() {
-        Some(index) => Err(NuqError::NonFinite {
-            index,
-            value: x[index],
-        }),
-        None => Ok(()),
-    }
-}
-
 const _: () = assert!(PART.is_multiple_of(LANES));
 
 #[cfg(test)]
@@ -396,10 +379,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            check_finite(&x),
-            Err(NuqError::NonFinite { index, .. }) if index == PART + 2
-        ));
+        // Per-row fits find it too, for any row length.
+        for row_len in [5 * PART, PART, 5, 1] {
+            assert!(matches!(
+                super::super::fit::fit_rows(&x, row_len),
+                Err(NuqError::NonFinite { index, .. }) if index == PART + 2
+            ));
+        }
     }
 
     #[test]

@@ -28,33 +28,55 @@ impl RowFit {
     }
 }
 
-/// Fit of every row of `row_len` elements (`x` finite).
+/// Fit of every row of `row_len` elements.
+///
+/// # Panics
+/// If `row_len == 0` or it does not divide `x.len()`, or `x` holds a NaN
+/// or infinity.
+pub fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
+    checked_row_fits(x, row_len)
+        .unwrap_or_else(|r| panic!("row_fits: row {r} holds a NaN or infinity"))
+}
+
+/// Fit of every row of `row_len` elements, or the lowest row that holds a
+/// NaN or infinity: a row's f64 sum of f32 values is finite exactly when
+/// all of them are (it cannot overflow), so the check costs no pass of
+/// its own, and a bad row is not fitted further.
 ///
 /// # Panics
 /// If `row_len == 0` or it does not divide `x.len()`.
-pub fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
+pub(crate) fn checked_row_fits(x: &[f32], row_len: usize) -> Result<Vec<RowFit>, usize> {
     assert!(
         row_len > 0 && x.len().is_multiple_of(row_len),
         "row_fits: row_len {row_len} must be > 0 and divide {}",
         x.len()
     );
-    x.par_chunks(row_len)
+    let fits: Vec<Option<RowFit>> = x
+        .par_chunks(row_len)
         .map_init(Scratch::default, |scratch, row| fit_row(row, scratch))
-        .collect()
+        .collect();
+    match fits.iter().position(Option::is_none) {
+        Some(r) => Err(r),
+        None => Ok(fits.into_iter().flatten().collect()),
+    }
 }
 
-fn fit_row(row: &[f32], scratch: &mut Scratch) -> RowFit {
+fn fit_row(row: &[f32], scratch: &mut Scratch) -> Option<RowFit> {
     let n = row.len() as f64;
-    let mean = sum(row) / n;
+    let total = sum(row);
+    if !total.is_finite() {
+        return None;
+    }
+    let mean = total / n;
     let var = sq_dev_sum(row, mean) / n;
     let median = median_binned(row, mean, var.sqrt(), scratch);
     let b = abs_dev_sum(row, median) / n;
-    RowFit {
+    Some(RowFit {
         mean,
         std: var.sqrt(),
         median,
         b,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -80,6 +102,28 @@ mod tests {
             }
         );
         assert!(row_fits(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn finds_the_first_row_with_a_nan_or_infinity() {
+        let mut x = vec![0.5f32; 12];
+        assert!(checked_row_fits(&x, 3).is_ok());
+        for (i, bad) in [(7, f32::NAN), (4, f32::INFINITY), (11, f32::NEG_INFINITY)] {
+            x[i] = bad;
+        }
+        assert_eq!(checked_row_fits(&x, 3), Err(1));
+        x[4] = f32::MAX;
+        assert_eq!(checked_row_fits(&x, 3), Err(2));
+        // Finite extremes do not overflow the f64 sum.
+        x[7] = f32::MAX;
+        x[11] = -f32::MAX;
+        assert!(checked_row_fits(&x, 3).is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "NaN or infinity")]
+    fn row_fits_panics_on_a_nan() {
+        row_fits(&[1.0, f32::NAN], 1);
     }
 
     #[test]
