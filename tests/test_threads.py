@@ -119,3 +119,95 @@ def test_quantizing_after_fork_does_not_hang():
     assert not hung, "quantization in a forked child hung"
     assert proc.exitcode == 0
     assert queue.get(timeout=5) == hashlib.sha256(parent.packed.tobytes()).hexdigest()
+
+
+def _jobs_pool(threads: int):
+    """``set_num_threads(threads)`` for a ``with`` block."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+        nuq_rs.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            nuq_rs.set_num_threads(None)
+
+    return scope()
+
+
+def test_state_dict_jobs_overlap_in_pairs_within_the_largest_jobs_memory():
+    from nuq_rs._overlap import run_in_order
+
+    sizes = {"a": 10, "b": 3, "c": 3, "d": 4, "e": 10, "f": 2, "g": 9, "h": 1}
+    lock = threading.Lock()
+    state = {"held": 0, "peak": 0, "running": 0}
+    # b and c fit the budget together: each waits for the other, so they
+    # must be in flight at the same time (a serial run breaks the barrier).
+    pair = threading.Barrier(2, timeout=30)
+
+    def work(name: str, size: int) -> str:
+        with lock:
+            state["held"] += size
+            state["running"] += 1
+            state["peak"] = max(state["peak"], state["held"])
+            assert state["running"] <= 2
+        if name in ("b", "c"):
+            pair.wait()
+        if size >= 9:
+            # Long enough for a job admitted beside it (a budget breach)
+            # to start and show in the peak.
+            threading.Event().wait(0.3)
+        with lock:
+            state["held"] -= size
+            state["running"] -= 1
+        return name.upper()
+
+    with _jobs_pool(2):
+        got = run_in_order(list(sizes.items()), work, lambda s: s)
+    assert list(got.items()) == [(k, k.upper()) for k in sizes]
+    assert state["peak"] <= max(sizes.values())
+
+
+def test_state_dict_jobs_raise_the_first_error_in_order():
+    from nuq_rs._overlap import run_in_order
+
+    def work(name: str, delay: float) -> str:
+        threading.Event().wait(delay)
+        if name in ("second", "third"):
+            raise ValueError(name)
+        return name
+
+    jobs = [("first", 0.0), ("second", 0.2), ("third", 0.0), ("fourth", 0.0)]
+    for threads in (1, 2):
+        with _jobs_pool(threads):
+            try:
+                run_in_order(jobs, work, lambda _: 1)
+            except ValueError as e:
+                assert str(e) == "second"
+            else:
+                raise AssertionError("no error raised")
+
+
+def test_one_thread_runs_state_dict_jobs_on_the_calling_thread():
+    from nuq_rs._overlap import run_in_order
+
+    with _jobs_pool(1):
+        got = run_in_order(
+            [("x", 1), ("y", 2)], lambda name, _: threading.current_thread().name, lambda s: s
+        )
+    assert set(got.values()) == {threading.current_thread().name}
+
+
+def test_state_dict_results_equal_one_tensor_at_a_time():
+    rng = np.random.default_rng(3)
+    sd = {f"w{i}": rng.standard_normal((64 + 32 * i, 96)).astype(np.float32) for i in range(6)}
+    sd["bias"] = rng.standard_normal(7).astype(np.float32)
+    with _jobs_pool(2):
+        q = nuq_rs.quantize_state_dict(sd, bits=3, granularity="channel")
+    assert list(q) == list(sd)
+    assert q["bias"] is sd["bias"]
+    for name, x in sd.items():
+        if x.ndim == 2:
+            one = nuq_rs.quantize_tensor(x, bits=3, granularity="channel")
+            assert q[name].packed.tobytes() == one.packed.tobytes()

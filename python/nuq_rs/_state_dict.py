@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import _arrays
+from ._overlap import run_in_order
 from ._report import Report, TensorReport
 from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
 
@@ -137,11 +139,12 @@ def quantize_state_dict(
     """
     base = QuantConfig(bits, granularity, group_size, family)
     plan = _plan(state_dict, base, overrides or {}, exclude or ())
-    entries = {}
-    for name, tensor in state_dict.items():
-        config = plan.get(name)
-        entries[name] = tensor if config is None else _quantize_with(tensor, config, name)
-    return QuantizedStateDict(entries)
+    quantized = run_in_order(
+        [(name, (state_dict[name], config)) for name, config in plan.items()],
+        lambda name, job: _quantize_with(job[0], job[1], name),
+        lambda job: 4 * math.prod(job[0].shape),
+    )
+    return QuantizedStateDict({k: quantized.get(k, v) for k, v in state_dict.items()})
 
 
 def _plan(
