@@ -3,6 +3,7 @@
 
 use super::hist::{buckets_for, build, GRID_SIGMAS};
 use super::ks::{ks_layout, ks_rows, ks_small, Fitted};
+use super::laplace::laplace_fit;
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};
 use super::select::{median_of_layout, median_small};
@@ -69,8 +70,10 @@ fn pick(d_gaussian: f64, d_laplace: f64) -> Family {
 }
 
 /// Both fits of `x` and both KS statistics. Passes over the data: moments,
-/// one histogram (shared by the median and both KS statistics), `|x -
-/// median|`, plus gathers of the few buckets the exact answers need.
+/// one histogram (shared by the median and both KS statistics), one for
+/// the median and `Σ |x - median|` together (see `laplace`; a median run
+/// too large to gather is refined first, and `|x - median|` summed in a
+/// pass of its own), plus gathers of the few buckets the exact KS needs.
 ///
 /// # Errors
 /// [`NuqError::NonFinite`] for the lowest index holding a NaN or infinity.
@@ -98,11 +101,13 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
             buckets_for(x.len()),
             Some((moments.min, moments.max)),
         );
-        let median = median_of_layout(&Flat(x), &mut layout);
-        let laplace = LocScale {
-            loc: median,
-            scale: mean_abs_dev(x, median),
-        };
+        let laplace = laplace_fit(x, &layout).unwrap_or_else(|| {
+            let median = median_of_layout(&Flat(x), &mut layout);
+            LocScale {
+                loc: median,
+                scale: mean_abs_dev(x, median),
+            }
+        });
         let d = ks_layout(&Flat(x), &mut layout, &both_fits(gaussian, laplace));
         (laplace, d)
     };

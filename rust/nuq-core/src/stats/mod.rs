@@ -51,6 +51,7 @@ mod fit;
 mod gather;
 mod hist;
 mod ks;
+mod laplace;
 mod moments;
 mod router;
 mod rows;

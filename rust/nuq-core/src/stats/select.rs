@@ -253,7 +253,7 @@ pub(crate) fn select_ranks<S: Source>(src: &S, layout: &mut Layout, ranks: &[usi
 }
 
 /// Index of the run holding 0-based rank `k`.
-fn run_of(layout: &Layout, k: usize) -> usize {
+pub(super) fn run_of(layout: &Layout, k: usize) -> usize {
     layout.recs.partition_point(|r| r.offset + r.count <= k)
 }
 

@@ -215,7 +215,10 @@ fn fit_tensor_picks_the_true_family() {
             ks_sorted_reference(&x, Family::Laplace, l.loc, l.scale)
         );
         assert_eq!(l.loc, sorted_median(&x));
-        assert_eq!(l.scale, mean_abs_dev(&x, l.loc));
+        // One pass sums each side of the median apart (see `laplace`):
+        // equal to the element-by-element sum up to rounding.
+        let b = mean_abs_dev(&x, l.loc);
+        assert!((l.scale - b).abs() <= 1e-12 * b, "{} vs {b}", l.scale);
         let c = fit_rows(&x, 1000).unwrap();
         assert_eq!(c.best(), want, "{:?} {:?}", c.d_gaussian, c.d_laplace);
     }
