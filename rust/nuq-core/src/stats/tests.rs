@@ -292,6 +292,12 @@ fn gaussian_data_refined_in_bulk_stay_exact() {
     let mut layout = build(&Flat(&x), m.min, m.max, 256, Some((m.min, m.max)));
     let d = ks_layout(&Flat(&x), &mut layout, &fits);
     assert_eq!(d, [f.d_gaussian, f.d_laplace]);
+    // The doubled top-level grid of tensors from `LARGE_N` elements on.
+    let nb = super::hist::buckets_for(usize::MAX);
+    let mut layout = build(&Flat(&x), m.min, m.max, nb, Some((m.min, m.max)));
+    assert_eq!(layout.grid.nb, 1 << 17);
+    let d = ks_layout(&Flat(&x), &mut layout, &fits);
+    assert_eq!(d, [f.d_gaussian, f.d_laplace]);
     let row_len = 1 << 11;
     let c = fit_rows(&x, row_len).unwrap();
     let column = |f: fn(&RowFit) -> f64| -> Vec<f64> { c.rows.iter().map(f).collect() };
