@@ -189,9 +189,15 @@ pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
             ks_rows(&pooled, row_len, family, &loc, &scale)
         }
     };
+    // The two statistics side by side: each has serial steps (laying out
+    // its runs, bounding them) that the other's parallel passes fill.
+    let (d_gaussian, d_laplace) = rayon::join(
+        || ks(Family::Gaussian, column(|r| r.mean), column(|r| r.std)),
+        || ks(Family::Laplace, column(|r| r.median), column(|r| r.b)),
+    );
     Ok(ChannelFit {
-        d_gaussian: ks(Family::Gaussian, column(|r| r.mean), column(|r| r.std)),
-        d_laplace: ks(Family::Laplace, column(|r| r.median), column(|r| r.b)),
+        d_gaussian,
+        d_laplace,
         rows,
     })
 }
