@@ -26,9 +26,14 @@ pub(super) fn quantize(
     g: usize,
     cfg: &Config,
 ) -> Result<Quantized> {
-    let fit = fit_tensor(x)?;
-    // A fixed family needs no comparison, hence no histogram.
-    let (scale, weights) = scan_groups(x, cols, g, cfg.family == FamilyChoice::Auto);
+    // A fixed family needs no comparison, hence no histogram. The scan runs
+    // beside the fit (it needs nothing from it), filling the fit's serial
+    // steps; it is safe on a NaN or infinity, which the fit reports.
+    let (fit, (scale, weights)) = rayon::join(
+        || fit_tensor(x),
+        || scan_groups(x, cols, g, cfg.family == FamilyChoice::Auto),
+    );
+    let fit = fit?;
     let (family, levels) = match cfg.family {
         FamilyChoice::Fixed(f) => (f, implied_codebook(f, cfg.bits, g)?),
         FamilyChoice::Auto => best_codebook(&weights, g, cfg.bits)?,
@@ -134,13 +139,15 @@ fn scan_task_any(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
         }
         let (inv, w) = (1.0 / *s, f64::from(*s) * f64::from(*s));
         for (b, &v) in idx.iter_mut().zip(grp) {
-            let pos = ((v * inv).clamp(-1.0, 1.0) + 1.0) * half_span;
+            // max/min rather than clamp: they map a NaN (a non-finite
+            // input, which the fit running beside this rejects) to -1,
+            // where clamp keeps it.
+            #[allow(clippy::manual_clamp)]
+            let pos = ((v * inv).max(-1.0).min(1.0) + 1.0) * half_span;
             // `pos.round()` for pos >= 0, without the libm call: pos + 0.5
             // is exact in f64, and truncation is floor.
-            // SAFETY: v * inv is finite (v is finite, and inv = 1 / s with
-            // s > 0 about |v|'s group maximum, or f16::MAX for larger ones),
-            // so pos + 0.5 lies in [0.5, BINS - 0.5] and fits an i32 (the
-            // unchecked conversion vectorizes).
+            // SAFETY: pos lies in [0, BINS - 1] whatever v is (above), so
+            // pos + 0.5 fits an i32 (the unchecked conversion vectorizes).
             *b = unsafe { (f64::from(pos) + 0.5).to_int_unchecked::<i32>() } as u32;
         }
         for &b in &idx {
@@ -247,6 +254,30 @@ mod tests {
             assert_eq!(scales_only, want_scale);
             assert!(none.is_empty());
         }
+    }
+
+    /// The scan runs beside the fit, before anything rejects a NaN or an
+    /// infinity: on them it stays within its bins, and the other groups
+    /// get their scales (an infinity's group saturates at the f16 maximum,
+    /// an all-NaN group gets 0, a NaN among finite values is skipped).
+    #[test]
+    fn scan_is_safe_on_non_finite_values() {
+        let (cols, g) = (64, 16);
+        let mut x = sample(2, cols);
+        x[3] = f32::NAN;
+        x[20] = f32::INFINITY;
+        x[32..48].fill(f32::NAN);
+        let (scale, weights) = scan_groups(&x, cols, g, true);
+        let clean: Vec<f32> = x
+            .iter()
+            .map(|&v| if v.is_nan() { 0.0 } else { v })
+            .collect();
+        let (want, _) = reference(&clean, g);
+        assert_eq!(scale[0], want[0]);
+        assert_eq!(scale[1], f16::MAX.to_f32());
+        assert_eq!(scale[2], 0.0);
+        assert_eq!(scale[3..], want[3..]);
+        assert!(weights.iter().all(|w| w.is_finite()));
     }
 
     type Scan<'a> = &'a dyn Fn(&[f32], usize, &mut [f32], &mut [f64]);
