@@ -12,7 +12,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::rows::{encode_rows, Codebook};
+use super::rows::{encode_rows, Codebook, Encoded};
 use super::{rows_per_task, Config, FamilyChoice, Quantized};
 use crate::error::Result;
 use crate::family::Family;
@@ -26,28 +26,19 @@ pub(super) fn quantize(
     g: usize,
     cfg: &Config,
 ) -> Result<Quantized> {
-    // A fixed family needs no comparison, hence no histogram. The scan runs
-    // beside the fit (it needs nothing from it), filling the fit's serial
-    // steps; it is safe on a NaN or infinity, which the fit reports.
-    let (fit, (scale, weights)) = rayon::join(
-        || fit_tensor(x),
-        || scan_groups(x, cols, g, cfg.family == FamilyChoice::Auto),
-    );
+    // Nothing but the report needs the fit: the scales, the codebook and
+    // the codes are computed beside it, filling its serial steps. That side
+    // is safe on a NaN or infinity (every index it forms stays in range);
+    // the fit reports them, and its error comes first.
+    let (fit, coded) = rayon::join(|| fit_tensor(x), || encode_groups(x, rows, cols, g, cfg));
     let fit = fit?;
-    let (family, levels) = match cfg.family {
-        FamilyChoice::Fixed(f) => (f, implied_codebook(f, cfg.bits, g)?),
-        FamilyChoice::Auto => best_codebook(&weights, g, cfg.bits)?,
-    };
+    let Coded {
+        family,
+        levels,
+        scale,
+        enc,
+    } = coded?;
     let (fit_loc, fit_scale) = fit.params(family);
-    let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
-    let book = Codebook {
-        bits: cfg.bits,
-        levels: &levels,
-        boundaries: &boundaries,
-        span: g,
-    };
-    let per_row = cols / g;
-    let enc = encode_rows(x, rows, cols, &book, |r, s| (0.0, scale[r * per_row + s]));
     Ok(Quantized {
         rows,
         cols,
@@ -67,12 +58,46 @@ pub(super) fn quantize(
     })
 }
 
+/// What the group side of `quantize` produces.
+struct Coded {
+    family: Family,
+    levels: Vec<f32>,
+    scale: Vec<f32>,
+    enc: Encoded,
+}
+
+/// The groups' scales, the family and its implied codebook, and the codes.
+fn encode_groups(x: &[f32], rows: usize, cols: usize, g: usize, cfg: &Config) -> Result<Coded> {
+    // A fixed family needs no comparison, hence no histogram.
+    let (scale, weights) = scan_groups(x, cols, g, cfg.family == FamilyChoice::Auto);
+    let (family, levels) = match cfg.family {
+        FamilyChoice::Fixed(f) => (f, implied_codebook(f, cfg.bits, g)?),
+        FamilyChoice::Auto => best_codebook(&weights, g, cfg.bits)?,
+    };
+    let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
+    let book = Codebook {
+        bits: cfg.bits,
+        levels: &levels,
+        boundaries: &boundaries,
+        span: g,
+    };
+    let per_row = cols / g;
+    let enc = encode_rows(x, rows, cols, &book, |r, s| (0.0, scale[r * per_row + s]));
+    Ok(Coded {
+        family,
+        levels,
+        scale,
+        enc,
+    })
+}
+
 /// One pass over the groups: each group's absmax rounded to the nearest f16
 /// (what is stored) and, with `histogram` (else empty), the weights of
 /// `x / scale` on the `BINS` centres of [-1, 1], each value counted with its
-/// group's squared scale. `x` is finite (checked by the fit). Tasks take fixed runs of whole
-/// rows (hence of groups, as g divides cols) and their partial histograms
-/// are added in order, so the weights do not depend on the thread count.
+/// group's squared scale. Safe on any `x` (NaNs and infinities included).
+/// Tasks take fixed runs of whole rows (hence of groups, as g divides
+/// cols) and their partial histograms are added in order, so the weights
+/// do not depend on the thread count.
 fn scan_groups(x: &[f32], cols: usize, g: usize, histogram: bool) -> (Vec<f32>, Vec<f64>) {
     let mut scale = vec![0f32; x.len() / g];
     let mut weights = vec![0f64; if histogram { BINS } else { 0 }];
