@@ -18,12 +18,10 @@
 
 use super::fit::LocScale;
 use super::hist::{Layout, GATHER_MAX};
+use super::moments::{reduce, LANES};
 use super::router::{f32_at_least, f32_at_most, in_spans};
 use super::select::run_of;
 use super::source::{map_parts, CHUNK};
-
-/// Independent f64 accumulators per side (as `moments`).
-const LANES: usize = 16;
 
 /// What one part holds below, above and inside the band.
 #[derive(Debug, Default)]
@@ -267,19 +265,6 @@ mod x86_avx512 {
         add_tail(&mut split, chunks.remainder(), lo, hi, centre, true);
         split
     }
-}
-
-/// The lanes added pairwise, as `moments` does.
-#[inline(always)]
-fn reduce(mut acc: [f64; LANES]) -> f64 {
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0]
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ struct Part {
 
 /// Lanes of independent f64 accumulators: vectorizable, fixed order (two
 /// AVX-512 or four AVX2 registers, enough add chains to hide the latency).
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// `Σ f(x)` in `LANES` partial sums added pairwise at the end, then the tail.
 #[inline(always)]
@@ -46,7 +46,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 
 /// The lanes added pairwise: `acc[i] += acc[i + w]` for w = 8, 4, 2, 1.
 #[inline(always)]
-fn reduce(mut acc: [f64; LANES]) -> f64 {
+pub(super) fn reduce(mut acc: [f64; LANES]) -> f64 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
