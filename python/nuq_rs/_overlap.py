@@ -2,12 +2,12 @@
 
 Quantizing one tensor keeps the worker pool busy for most of the time but
 not all of it: the fits have short serial steps, and small tensors do not
-fill two threads. A second tensor in flight fills those gaps (about 10% less
-time on the 150M-parameter bench state dict). Two tensors are in flight only
-while their fp32 sizes add up to at most the largest job's, so the scratch
-memory of a call stays what the largest tensor alone needs; with a
-one-thread pool (``RAYON_NUM_THREADS=1`` or ``set_num_threads(1)``) jobs run
-one after the other on the calling thread.
+fill two threads. A second tensor in flight fills those gaps (3-7% less
+time on the 150M-parameter bench state dict, 2 threads). Two tensors are in
+flight only while their fp32 sizes add up to at most the largest job's, so
+the scratch memory of a call stays what the largest tensor alone needs;
+with a one-thread pool (``RAYON_NUM_THREADS=1`` or ``set_num_threads(1)``)
+jobs run one after the other on the calling thread.
 """
 
 from __future__ import annotations
