@@ -3,12 +3,14 @@ and results do not depend on the thread count."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -121,19 +123,14 @@ def test_quantizing_after_fork_does_not_hang():
     assert queue.get(timeout=5) == hashlib.sha256(parent.packed.tobytes()).hexdigest()
 
 
-def _jobs_pool(threads: int):
+@contextlib.contextmanager
+def _jobs_pool(threads: int) -> Iterator[None]:
     """``set_num_threads(threads)`` for a ``with`` block."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def scope():
-        nuq_rs.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            nuq_rs.set_num_threads(None)
-
-    return scope()
+    nuq_rs.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        nuq_rs.set_num_threads(None)
 
 
 def test_state_dict_jobs_overlap_in_pairs_within_the_largest_jobs_memory():
