@@ -33,6 +33,9 @@ const BLOCK: usize = 1 << 31;
 pub(crate) struct Grid {
     lo: f64,
     inv: f64,
+    /// `1 / inv`: edges are a multiply, not a divide (one per bucket of a
+    /// layout, on the serial path).
+    width: f64,
     pub(crate) nb: usize,
 }
 
@@ -42,7 +45,12 @@ impl Grid {
     pub(crate) fn new(lo: f64, hi: f64, nb: usize) -> Self {
         assert!(nb > 0 && nb <= 1 << 31, "grid of {nb} buckets");
         let inv = if hi > lo { nb as f64 / (hi - lo) } else { 0.0 };
-        Grid { lo, inv, nb }
+        Grid {
+            lo,
+            inv,
+            width: 1.0 / inv,
+            nb,
+        }
     }
 
     #[inline(always)]
@@ -116,10 +124,11 @@ impl Grid {
         (lo, hi)
     }
 
-    /// The lower edge of bucket `k` (before widening by the guard).
+    /// The lower edge of bucket `k` (before widening by the guard), within
+    /// a few ulps of `lo + k / inv`.
     #[inline]
     pub(crate) fn edge(&self, k: usize) -> f64 {
-        self.lo + k as f64 / self.inv
+        self.lo + k as f64 * self.width
     }
 
     /// How far a bucket's values can lie outside its edges.
