@@ -36,6 +36,133 @@ pub(crate) fn median_small(v: &mut [f32]) -> f64 {
     (f64::from(lo) + f64::from(hi)) / 2.0
 }
 
+/// `median_small` of `x` without reordering it, for a row whose values
+/// spread about `center` by about `spread` (its mean and standard
+/// deviation): [`median_pivoted`], or [`median_binned`] when the middle
+/// ranks are not within a narrow pivot bracket (the hints are off, or ties
+/// crowd the middle). Exact, bit for bit, whatever the hints.
+pub(crate) fn median_near(x: &[f32], center: f64, spread: f64, scratch: &mut Scratch) -> f64 {
+    median_pivoted(x, center, spread, scratch)
+        .unwrap_or_else(|| median_binned(x, center, spread, scratch))
+}
+
+/// Pivots of [`median_pivoted`] in units of `spread` about `center`: dense
+/// near the centre, where the median of a weight row lies (a bracket of
+/// 0.02 to 0.05 standard deviations holds 1-2% of Gaussian values).
+const PIVOTS: [f64; 15] = [
+    -1.0, -0.6, -0.35, -0.2, -0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0,
+];
+
+/// The median by compares alone, no scatter: one vectorized count of the
+/// values below each pivot (the whole row sits in L1) finds the pivot
+/// bracket `[lo, hi)` holding the middle ranks; its values are copied out
+/// and selected. `None` when that bracket holds more than `n / 8` values
+/// (or the hints are not finite). Values below a pivot are exactly the
+/// ones ordered before it by `total_cmp` (`-0.0` and `0.0` fall on the
+/// same side of every pivot), so a selection in the bracket is the sort's.
+pub(crate) fn median_pivoted(
+    x: &[f32],
+    center: f64,
+    spread: f64,
+    scratch: &mut Scratch,
+) -> Option<f64> {
+    let n = x.len();
+    if n == 0 || !center.is_finite() || !spread.is_finite() {
+        return None;
+    }
+    // Non-decreasing: the scale is non-negative and rounding is monotone.
+    let pivots = PIVOTS.map(|c| (center + c * spread.abs()) as f32);
+    let below = count_below(x, &pivots);
+    let (lo_rank, hi_rank) = ((n - 1) / 2, n / 2);
+    // Bracket j is [pivots[j-1], pivots[j]) (unbounded at the ends).
+    let bracket = |rank: usize| below.partition_point(|&c| c <= rank);
+    let (first, last) = (bracket(lo_rank), bracket(hi_rank));
+    let base = if first == 0 { 0 } else { below[first - 1] };
+    let end = below.get(last).copied().unwrap_or(n);
+    if 8 * (end - base) > n.max(64) {
+        return None;
+    }
+    let lo = if first == 0 {
+        f32::NEG_INFINITY
+    } else {
+        pivots[first - 1]
+    };
+    // The largest value below the upper pivot (values are finite).
+    let hi = pivots.get(last).map_or(f32::INFINITY, |p| p.next_down());
+    scratch.vals.clear();
+    let range = [(lo, hi)];
+    for c in x.chunks(CHUNK) {
+        let mut hits = in_spans(&range, c);
+        while hits != 0 {
+            let j = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            scratch.vals.push(c[j]);
+        }
+    }
+    debug_assert_eq!(scratch.vals.len(), end - base, "counts and copy agree");
+    Some(select_middle(
+        &mut scratch.vals,
+        lo_rank - base,
+        hi_rank - base,
+    ))
+}
+
+/// Number of values of `x` below each pivot: one compare-and-add pass per
+/// pivot over data in L1, compiled for AVX-512 and AVX2 as well.
+fn count_below(x: &[f32], pivots: &[f32; PIVOTS.len()]) -> [usize; PIVOTS.len()] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { count_below_avx512(x, pivots) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { count_below_avx2(x, pivots) };
+        }
+    }
+    count_below_any(x, pivots)
+}
+
+#[inline(always)]
+fn count_below_any(x: &[f32], pivots: &[f32; PIVOTS.len()]) -> [usize; PIVOTS.len()] {
+    let mut below = [0usize; PIVOTS.len()];
+    // u32 lane sums cannot overflow within a piece.
+    for piece in x.chunks(1 << 20) {
+        for (b, &p) in below.iter_mut().zip(pivots) {
+            *b += piece.iter().map(|&v| u32::from(v < p)).sum::<u32>() as usize;
+        }
+    }
+    below
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn count_below_avx512(x: &[f32], pivots: &[f32; PIVOTS.len()]) -> [usize; PIVOTS.len()] {
+    count_below_any(x, pivots)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn count_below_avx2(x: &[f32], pivots: &[f32; PIVOTS.len()]) -> [usize; PIVOTS.len()] {
+    count_below_any(x, pivots)
+}
+
+/// The median from the values holding 0-based ranks `lo..=hi` (`hi - lo`
+/// is 0 or 1) of the data, at those positions of `vals` (reordered).
+fn select_middle(vals: &mut [f32], lo: usize, hi: usize) -> f64 {
+    let (lower, &mut top, _) = vals.select_nth_unstable_by(hi, f32::total_cmp);
+    if lo == hi {
+        return f64::from(top);
+    }
+    let bottom = lower
+        .iter()
+        .copied()
+        .max_by(f32::total_cmp)
+        .expect("rank lo is below rank hi");
+    (f64::from(bottom) + f64::from(top)) / 2.0
+}
+
 /// `median_small` of `x` without reordering it, by bucket selection: one
 /// pass counts the values on a grid of about `n / 4` buckets over `center
 /// ± 4 spread`, and a second copies out only the values of the bucket(s)
@@ -66,18 +193,7 @@ pub(crate) fn median_binned(x: &[f32], center: f64, spread: f64, scratch: &mut S
     let (last, _) = bucket_of(&scratch.counts, hi_rank);
     scratch.vals.clear();
     bins.collect(x, first as u32, last as u32, &mut scratch.vals);
-    let (lower, &mut hi, _) = scratch
-        .vals
-        .select_nth_unstable_by(hi_rank - below, f32::total_cmp);
-    if lo_rank == hi_rank {
-        return f64::from(hi);
-    }
-    let lo = lower
-        .iter()
-        .copied()
-        .max_by(f32::total_cmp)
-        .expect("lo_rank is in the copied values");
-    (f64::from(lo) + f64::from(hi)) / 2.0
+    select_middle(&mut scratch.vals, lo_rank - below, hi_rank - below)
 }
 
 /// Most buckets of `median_binned` (16 KiB of counters, in L1).
@@ -335,11 +451,69 @@ mod tests {
             ] {
                 let got = median_binned(&x, center, spread, &mut scratch);
                 assert_eq!(got.to_bits(), want.to_bits(), "{x:?} {center} {spread}");
+                let near = median_near(&x, center, spread, &mut scratch);
+                assert_eq!(near.to_bits(), want.to_bits(), "{x:?} {center} {spread}");
+            }
+        }
+    }
+
+    /// Rows like weights (Gaussian, Laplace, heavy-tailed, a few exact
+    /// zeros; odd and even lengths) are settled by the pivots alone, with
+    /// the sort's median; rows crowded with ties fall back to the bins,
+    /// with the same result. The CPU versions of the pivot count agree with
+    /// the portable one.
+    #[test]
+    fn pivoted_medians_of_weight_rows() {
+        use super::super::tests::sample;
+        let mut scratch = Scratch::default();
+        let cases = [(0u8, 3072), (1, 768), (3, 3071), (0, 4609), (1, 577)];
+        for (kind, n) in cases.into_iter().chain([(5, 4608), (6, 576)]) {
+            for seed in 0..4 {
+                let mut x = sample(kind, n, seed);
+                if seed == 3 {
+                    x.iter_mut().step_by(97).for_each(|v| *v = 0.0);
+                }
+                let m = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+                let s =
+                    (x.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / n as f64).sqrt();
+                let want = median_small(&mut x.clone());
+                let got = median_pivoted(&x, m, s, &mut scratch);
+                if kind < 5 {
+                    assert_eq!(got.map(f64::to_bits), Some(want.to_bits()), "kind {kind}");
+                }
+                let near = median_near(&x, m, s, &mut scratch);
+                assert_eq!(near.to_bits(), want.to_bits(), "kind {kind}");
+                let pivots = PIVOTS.map(|c| (m + c * s) as f32);
+                let below = count_below_any(&x, &pivots);
+                assert_eq!(count_below(&x, &pivots), below);
+                for (b, p) in below.iter().zip(pivots) {
+                    assert_eq!(*b, x.iter().filter(|&&v| v < p).count());
+                }
             }
         }
     }
 
     proptest::proptest! {
+        #[test]
+        fn near_median_matches(
+            x in proptest::collection::vec(-1e3f32..1e3, 1..600),
+            center in -2e3f64..2e3,
+            spread in -1e4f64..1e4,
+            ties in 0usize..4,
+        ) {
+            // Ties (every `ties`-th value zeroed) crowd the pivot brackets.
+            let mut x = x;
+            if ties > 0 {
+                x.iter_mut().step_by(ties + 1).for_each(|v| *v = 0.0);
+            }
+            let want = median_small(&mut x.clone()).to_bits();
+            let mut scratch = Scratch::default();
+            if let Some(m) = median_pivoted(&x, center, spread, &mut scratch) {
+                proptest::prop_assert_eq!(m.to_bits(), want);
+            }
+            proptest::prop_assert_eq!(median_near(&x, center, spread, &mut scratch).to_bits(), want);
+        }
+
         #[test]
         fn binned_median_matches(
             x in proptest::collection::vec(-1e3f32..1e3, 1..600),
