@@ -311,10 +311,8 @@ fn count_range<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u3
 #[inline(always)]
 fn count_range_any<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
     assert_eq!(h.len(), grid.nb, "one counter per bucket");
-    let mut idx = [0u32; CHUNK];
-    src.visit_chunks(range, |vals| {
-        grid.index_block_any(vals, &mut idx);
-        for &b in &idx[..vals.len()] {
+    src.index_chunks(range, grid, |idx| {
+        for &b in idx {
             // SAFETY: `index` returns at most `nb - 1` and `h` holds `nb`
             // counters (asserted above).
             unsafe { *h.get_unchecked_mut(b as usize) += 1 };

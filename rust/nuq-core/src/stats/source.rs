@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::hist::Grid;
 #[cfg(target_arch = "x86_64")]
 use super::router::x86_avx512;
 use super::router::{f32_at_least, f32_at_most, in_spans, Router, Spans};
@@ -128,6 +129,19 @@ pub(crate) trait Source: Sync {
     fn route<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, mut f: F) {
         self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
     }
+
+    /// Calls `f` on the `grid` indices of consecutive chunks (at most
+    /// `CHUNK` values each) covering the range in order.
+    #[inline(always)]
+    fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
+        let mut idx = [0u32; CHUNK];
+        self.visit_chunks(range, |vals| {
+            for (o, v) in idx.iter_mut().zip(vals) {
+                *o = grid.index(v.to_f64()) as u32;
+            }
+            f(&idx[..vals.len()]);
+        });
+    }
 }
 
 /// Values per block of `visit_chunks`.
@@ -207,6 +221,28 @@ impl Source for Standardized<'_> {
             }
             f(&buf[..end - i]);
             i = end;
+        }
+    }
+
+    /// The index of each standardized value straight from the raw one
+    /// (the same operations as `visit_chunks` then `Grid::index`, so the
+    /// same indices), row by row: no per-chunk row lookup, no buffer of
+    /// standardized values.
+    #[inline(always)]
+    fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
+        let mut idx = [0u32; CHUNK];
+        let mut i = range.start;
+        let mut r = i / self.row_len.max(1);
+        while i < range.end {
+            let row_end = ((r + 1) * self.row_len).min(range.end);
+            let (loc, inv) = (self.loc[r], self.inv[r]);
+            for xs in self.x[i..row_end].chunks(CHUNK) {
+                for (o, &x) in idx.iter_mut().zip(xs) {
+                    *o = grid.index(standardize(x, loc, inv)) as u32;
+                }
+                f(&idx[..xs.len()]);
+            }
+            (i, r) = (row_end, r + 1);
         }
     }
 
