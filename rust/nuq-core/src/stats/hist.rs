@@ -65,10 +65,11 @@ impl Grid {
     }
 
     /// `index` of every value of `vals` into `out`. The loop is compiled for
-    /// AVX-512 and AVX2 as well and chosen at run time: every pass over the
-    /// data runs it, and the baseline x86-64 target converts two values per
-    /// instruction. The arithmetic is the same IEEE operations in every
-    /// version, so the indices are identical.
+    /// AVX-512 and AVX2 as well and chosen at run time: a routing pass
+    /// without value ranges runs it on every block, and the baseline x86-64
+    /// target converts two values per instruction. (Count passes index in
+    /// their own compiled loop, `count_range`.) The arithmetic is the same
+    /// IEEE operations in every version, so the indices are identical.
     #[inline]
     pub(crate) fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
         #[cfg(target_arch = "x86_64")]
