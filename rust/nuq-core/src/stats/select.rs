@@ -486,6 +486,16 @@ mod tests {
                 let pivots = PIVOTS.map(|c| (m + c * s) as f32);
                 let below = count_below_any(&x, &pivots);
                 assert_eq!(count_below(&x, &pivots), below);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // SAFETY (each): called only if the CPU supports it.
+                    if std::is_x86_feature_detected!("avx2") {
+                        assert_eq!(unsafe { count_below_avx2(&x, &pivots) }, below);
+                    }
+                    if std::is_x86_feature_detected!("avx512f") {
+                        assert_eq!(unsafe { count_below_avx512(&x, &pivots) }, below);
+                    }
+                }
                 for (b, p) in below.iter().zip(pivots) {
                     assert_eq!(*b, x.iter().filter(|&&v| v < p).count());
                 }
