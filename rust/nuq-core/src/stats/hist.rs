@@ -87,7 +87,7 @@ impl Grid {
     }
 
     #[inline(always)]
-    fn index_block_any<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
+    pub(crate) fn index_block_any<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
         for (o, &v) in out.iter_mut().zip(vals) {
             *o = self.index(v.to_f64()) as u32;
         }

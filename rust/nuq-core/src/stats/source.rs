@@ -136,9 +136,7 @@ pub(crate) trait Source: Sync {
     fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
         let mut idx = [0u32; CHUNK];
         self.visit_chunks(range, |vals| {
-            for (o, v) in idx.iter_mut().zip(vals) {
-                *o = grid.index(v.to_f64()) as u32;
-            }
+            grid.index_block_any(vals, &mut idx);
             f(&idx[..vals.len()]);
         });
     }
@@ -232,7 +230,7 @@ impl Source for Standardized<'_> {
     fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
         let mut idx = [0u32; CHUNK];
         let mut i = range.start;
-        let mut r = i / self.row_len.max(1);
+        let mut r = i / self.row_len;
         while i < range.end {
             let row_end = ((r + 1) * self.row_len).min(range.end);
             let (loc, inv) = (self.loc[r], self.inv[r]);
