@@ -290,21 +290,21 @@ fn count_histogram<S: Source>(src: &S, grid: &Grid) -> Vec<usize> {
 
 /// Adds the bucket count of every value of `range` to `h` (`grid.nb`
 /// counters). The whole loop (reading, and for a standardized source
-/// standardizing, indexing, counting) is compiled for AVX-512 and AVX2 as
-/// well and chosen once per range: this is the one pass every KS statistic
-/// makes over all elements. The arithmetic is the same IEEE operations in
-/// every version, so the counts are identical.
+/// standardizing, indexing, counting) is compiled for AVX2 as well and
+/// chosen once per range: this is the one pass every KS statistic makes
+/// over all elements. The arithmetic is the same IEEE operations in every
+/// version, so the counts are identical.
+///
+/// There is no AVX-512 version: the loop is bound by its scalar `+= 1`s,
+/// and on an AMD Zen 4 the AVX-512 build ran at half the AVX2 build's
+/// speed (a stand-alone copy of the loop on 8M Gaussian values, 2^16 and
+/// 2^17 counters: 0.97-1.05 vs 0.50-0.53 ns per value; a 50257x768
+/// tensor quantized 11% faster at tensor and 15% at channel granularity).
 fn count_range<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { count_range_avx512(src, range, grid, h) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { count_range_avx2(src, range, grid, h) };
-        }
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { count_range_avx2(src, range, grid, h) };
     }
     count_range_any(src, range, grid, h);
 }
@@ -319,12 +319,6 @@ fn count_range_any<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut
             unsafe { *h.get_unchecked_mut(b as usize) += 1 };
         }
     });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn count_range_avx512<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
-    count_range_any(src, range, grid, h);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -564,12 +558,6 @@ mod tests {
                 versions.push((
                     |s, r, g, h| unsafe { count_range_avx2(s, r, g, h) },
                     |s, r, g, h| unsafe { count_range_avx2(s, r, g, h) },
-                ));
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                versions.push((
-                    |s, r, g, h| unsafe { count_range_avx512(s, r, g, h) },
-                    |s, r, g, h| unsafe { count_range_avx512(s, r, g, h) },
                 ));
             }
         }
