@@ -16,7 +16,8 @@ pub(crate) struct Router {
     /// buckets: stays in L1, unlike `first`). Most values of a pass belong
     /// to no target and are rejected here.
     live: Vec<u64>,
-    /// Per top-level bucket: first entry of that bucket, or `NONE`.
+    /// Per top-level bucket: first entry of that bucket, `DIRECT | target`
+    /// for a bucket that is one inexact target run, or `NONE`.
     first: Vec<u32>,
     /// (root, lo, hi, target), sorted by value; an inexact run is the only
     /// entry of its root (its bounds overlap the neighbours' by the guard).
@@ -43,18 +44,28 @@ pub(crate) struct Spans {
 }
 
 const NONE: u32 = u32::MAX;
+/// Tags an entry of `first` that is the root's target itself (the root's
+/// only entry, a whole bucket, which every value of the root belongs to).
+const DIRECT: u32 = 1 << 31;
 
 impl Router {
     /// `targets` are record indices, ascending.
     pub(crate) fn new(layout: &Layout, targets: &[usize]) -> Self {
+        assert!(targets.len() < DIRECT as usize, "{} targets", targets.len());
         let mut first = vec![NONE; layout.grid.nb];
         let mut live = vec![0u64; layout.grid.nb.div_ceil(64)];
         let mut entries = Vec::with_capacity(targets.len());
         for (t, &i) in targets.iter().enumerate() {
             let r = &layout.recs[i];
             live[r.root / 64] |= 1 << (r.root % 64);
+            // An inexact run (a whole bucket) is its root's only entry:
+            // its root maps to it directly, with no entry to read.
             if first[r.root] == NONE {
-                first[r.root] = entries.len() as u32;
+                first[r.root] = if r.exact {
+                    entries.len() as u32
+                } else {
+                    DIRECT | t as u32
+                };
             }
             let (lo, hi) = if r.exact {
                 (r.lo, r.hi)
@@ -120,6 +131,9 @@ impl Router {
         let first = self.first[root];
         if first == NONE {
             return None;
+        }
+        if first & DIRECT != 0 {
+            return Some((first & !DIRECT) as usize);
         }
         let tail = &self.entries[first as usize..];
         // Usually one entry per root; a refined root has several, searched
