@@ -19,9 +19,9 @@
 use super::fit::LocScale;
 use super::hist::{Layout, GATHER_MAX};
 use super::moments::{reduce, LANES};
-use super::router::{f32_at_least, f32_at_most, in_spans};
+use super::router::{f32_at_least, f32_at_most, for_each_hit};
 use super::select::run_of;
-use super::source::{map_parts, CHUNK};
+use super::source::map_parts;
 
 /// What one part holds below, above and inside the band.
 #[derive(Debug, Default)]
@@ -139,13 +139,7 @@ fn split_any(x: &[f32], lo: f64, hi: f64, centre: f64) -> Split {
     // exactly when it is in the f32 range rounded inward.
     if split.below.n + split.above.n < x.len() {
         let band = [(f32_at_least(lo), f32_at_most(hi))];
-        for c in x.chunks(CHUNK) {
-            let mut hits = in_spans(&band, c);
-            while hits != 0 {
-                split.band.push(c[hits.trailing_zeros() as usize]);
-                hits &= hits - 1;
-            }
-        }
+        for_each_hit(&band, x, |j| split.band.push(x[j]));
     }
     split
 }

@@ -125,6 +125,11 @@ impl Router {
         &self.spans.f64s
     }
 
+    /// The same ranges rounded outward to f32 (empty likewise).
+    pub(crate) fn f32_ranges(&self) -> &[(f32, f32)] {
+        &self.spans.f32s
+    }
+
     /// The target holding `v`, whose top-level bucket is `root`.
     #[inline]
     fn lookup(&self, root: usize, v: f64) -> Option<usize> {
@@ -234,6 +239,48 @@ pub(crate) fn in_spans<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
     in_spans_any(spans, vals)
 }
 
+/// Calls `hit(j)`, `j` ascending, for every position of `vals` whose value
+/// lies in one of the ranges: the range tests of a slice first (masks of
+/// up to `HIT_SLICE` values, AVX-512 where present), then the hits.
+#[inline]
+pub(crate) fn for_each_hit(spans: &[(f32, f32)], vals: &[f32], mut hit: impl FnMut(usize)) {
+    let mut masks = [0u64; HIT_SLICE / CHUNK];
+    for (p, piece) in vals.chunks(HIT_SLICE).enumerate() {
+        let masks = &mut masks[..piece.len().div_ceil(CHUNK)];
+        span_masks(spans, piece, masks);
+        for (c, &mask) in masks.iter().enumerate() {
+            let base = p * HIT_SLICE + c * CHUNK;
+            let mut bits = mask;
+            while bits != 0 {
+                hit(base + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
+}
+
+/// Values whose range tests `for_each_hit` runs before handling their hits.
+const HIT_SLICE: usize = 4096;
+
+/// `in_spans` of every `CHUNK` of `vals` into `masks` (one per chunk):
+/// under AVX-512, with up to `REG_SPANS` ranges held in registers across
+/// the whole slice instead of loaded again for every chunk.
+fn span_masks(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
+    assert_eq!(
+        masks.len(),
+        vals.len().div_ceil(CHUNK),
+        "one mask per chunk"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if spans.len() <= x86_avx512::REG_SPANS && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { x86_avx512::span_masks_f32(spans, vals, masks) };
+    }
+    for (m, chunk) in masks.iter_mut().zip(vals.chunks(CHUNK)) {
+        *m = in_spans(spans, chunk);
+    }
+}
+
 #[inline(always)]
 fn in_spans_any<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
     let mut hit = [0u8; CHUNK];
@@ -286,6 +333,53 @@ pub(crate) mod x86_avx512 {
             mask |= u64::from(hit) << (16 * k);
         }
         mask
+    }
+
+    /// Most ranges `span_masks_f32` holds in registers.
+    pub(crate) const REG_SPANS: usize = 4;
+
+    /// As `super::span_masks`, for at most `REG_SPANS` ranges.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `masks.len() == vals.len().div_ceil(CHUNK)`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn span_masks_f32(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
+        match spans.len() {
+            0 => masks.fill(0),
+            1 => masks_n::<1>(spans, vals, masks),
+            2 => masks_n::<2>(spans, vals, masks),
+            3 => masks_n::<3>(spans, vals, masks),
+            _ => masks_n::<4>(spans, vals, masks),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn masks_n<const N: usize>(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
+        let lo: [__m512; N] = std::array::from_fn(|k| _mm512_set1_ps(spans[k].0));
+        let hi: [__m512; N] = std::array::from_fn(|k| _mm512_set1_ps(spans[k].1));
+        for (m, chunk) in masks.iter_mut().zip(vals.chunks(CHUNK)) {
+            let mut mask = 0u64;
+            for k in 0..chunk.len().div_ceil(16) {
+                let left = chunk.len() - 16 * k;
+                let valid = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+                // SAFETY: only the lanes of `valid` are read, all inside `chunk`.
+                let v = unsafe {
+                    _mm512_mask_loadu_ps(
+                        _mm512_set1_ps(f32::NAN),
+                        valid,
+                        chunk.as_ptr().add(16 * k),
+                    )
+                };
+                let mut hit: __mmask16 = 0;
+                for j in 0..N {
+                    let ge = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo[j]);
+                    hit |= _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(ge, v, hi[j]);
+                }
+                mask |= u64::from(hit) << (16 * k);
+            }
+            *m = mask;
+        }
     }
 
     /// # Safety
@@ -391,6 +485,46 @@ mod tests {
                         // SAFETY: AVX2 is available (checked).
                         assert_eq!(unsafe { in_spans_avx2(&spans[..n], &vals[..len]) }, want);
                     }
+                }
+            }
+        }
+    }
+
+    /// The slice-wide filter lists exactly the values in the ranges, in
+    /// order, for any number of ranges (registers up to `REG_SPANS`, the
+    /// chunk test beyond) and slices that end inside a chunk and span
+    /// several `HIT_SLICE`s; its AVX-512 masks are the portable ones.
+    #[test]
+    fn hits_are_the_values_in_the_ranges() {
+        let vals: Vec<f32> = (0..2 * HIT_SLICE + 3 * CHUNK + 17)
+            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) >> 22) as f32 * 0.01 - 5.0)
+            .collect();
+        let spans = [
+            (-4.9f32, -4.9),
+            (-4.0, -3.0),
+            (0.0, 2.5),
+            (5.23, f32::INFINITY),
+            (-1.5, -1.0),
+            (f32::NEG_INFINITY, -4.95),
+        ];
+        for n in 0..=spans.len() {
+            for len in [0, 37, CHUNK, HIT_SLICE + 5, vals.len()] {
+                let (xs, ranges) = (&vals[..len], &spans[..n]);
+                let want: Vec<usize> = (0..len)
+                    .filter(|&j| ranges.iter().any(|&(a, b)| a <= xs[j] && xs[j] <= b))
+                    .collect();
+                let mut got = Vec::new();
+                for_each_hit(ranges, xs, |j| got.push(j));
+                assert_eq!(got, want, "{n} ranges, {len} values");
+                #[cfg(target_arch = "x86_64")]
+                if n <= x86_avx512::REG_SPANS && std::is_x86_feature_detected!("avx512f") {
+                    let chunks = len.div_ceil(CHUNK);
+                    let portable: Vec<u64> =
+                        xs.chunks(CHUNK).map(|c| in_spans_any(ranges, c)).collect();
+                    let mut masks = vec![u64::MAX; chunks];
+                    // SAFETY: AVX-512F is available (checked); one mask per chunk.
+                    unsafe { x86_avx512::span_masks_f32(ranges, xs, &mut masks) };
+                    assert_eq!(masks, portable, "{n} ranges, {len} values");
                 }
             }
         }

@@ -6,7 +6,7 @@
 use super::gather::gather;
 use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
 use super::moments::min_max;
-use super::router::{f32_at_least, f32_at_most, in_spans};
+use super::router::{f32_at_least, f32_at_most, for_each_hit};
 use super::source::{Flat, Source, Value, CHUNK};
 use super::SMALL_N;
 
@@ -93,14 +93,7 @@ pub(crate) fn median_pivoted(
     let hi = pivots.get(last).map_or(f32::INFINITY, |p| p.next_down());
     scratch.vals.clear();
     let range = [(lo, hi)];
-    for c in x.chunks(CHUNK) {
-        let mut hits = in_spans(&range, c);
-        while hits != 0 {
-            let j = hits.trailing_zeros() as usize;
-            hits &= hits - 1;
-            scratch.vals.push(c[j]);
-        }
-    }
+    for_each_hit(&range, x, |j| scratch.vals.push(x[j]));
     debug_assert_eq!(scratch.vals.len(), end - base, "counts and copy agree");
     Some(select_middle(
         &mut scratch.vals,
@@ -262,16 +255,11 @@ impl Bins {
     /// nearly all of them, and `index` decides for the rest.
     fn collect(&self, x: &[f32], first: u32, last: u32, out: &mut Vec<f32>) {
         let range = [self.value_range(first, last)];
-        for c in x.chunks(CHUNK) {
-            let mut hits = in_spans(&range, c);
-            while hits != 0 {
-                let j = hits.trailing_zeros() as usize;
-                hits &= hits - 1;
-                if (first..=last).contains(&self.index(c[j])) {
-                    out.push(c[j]);
-                }
+        for_each_hit(&range, x, |j| {
+            if (first..=last).contains(&self.index(x[j])) {
+                out.push(x[j]);
             }
-        }
+        });
     }
 
     /// Bounds holding every value whose bucket is in `first..=last`: the

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::hist::Grid;
 #[cfg(target_arch = "x86_64")]
 use super::router::x86_avx512;
-use super::router::{f32_at_least, f32_at_most, in_spans, Router, Spans};
+use super::router::{f32_at_least, f32_at_most, for_each_hit, Router, Spans};
 
 /// Elements per parallel work item. Fixed, so that any per-item floating
 /// reduction is independent of the Rayon thread count.
@@ -161,6 +161,20 @@ impl Source for Flat<'_> {
     fn visit_chunks<F: FnMut(&[f32])>(&self, range: Range<usize>, f: F) {
         self.0[range].chunks(CHUNK).for_each(f);
     }
+
+    /// The router's f32 value ranges tested a slice at a time.
+    fn route<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, mut f: F) {
+        let spans = router.f32_ranges();
+        if spans.is_empty() {
+            return self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
+        }
+        let xs = &self.0[range];
+        for_each_hit(spans, xs, |j| {
+            if let Some(t) = router.target_of(f64::from(xs[j])) {
+                f(t, xs[j]);
+            }
+        });
+    }
 }
 
 /// The tensor seen as rows of `row_len`, each standardized by its own fit.
@@ -266,17 +280,13 @@ impl Source for Standardized<'_> {
             }
             raw.clear();
             raw.extend(ranges.iter().map(|&(lo, hi)| raw_range(lo, hi, loc, inv)));
-            for xs in self.x[i..row_end].chunks(CHUNK) {
-                let mut hits = in_spans(&raw, xs);
-                while hits != 0 {
-                    let j = hits.trailing_zeros() as usize;
-                    hits &= hits - 1;
-                    let z = standardize(xs[j], loc, inv);
-                    if let Some(t) = router.target_of(z) {
-                        f(t, z);
-                    }
+            let row = &self.x[i..row_end];
+            for_each_hit(&raw, row, |j| {
+                let z = standardize(row[j], loc, inv);
+                if let Some(t) = router.target_of(z) {
+                    f(t, z);
                 }
-            }
+            });
             i = row_end;
         }
     }
