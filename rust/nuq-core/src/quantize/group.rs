@@ -169,11 +169,13 @@ fn scan_task_any(data: &[f32], g: usize, scale: &mut [f32], hist: &mut [f64]) {
             // where clamp keeps it.
             #[allow(clippy::manual_clamp)]
             let pos = ((v * inv).max(-1.0).min(1.0) + 1.0) * half_span;
-            // `pos.round()` for pos >= 0, without the libm call: pos + 0.5
-            // is exact in f64, and truncation is floor.
+            // `pos.round()` for pos >= 0 (halves up), without the libm call
+            // and in f32: truncation is floor, and `pos - floor(pos)` is
+            // exact (Sterbenz, as floor(pos) >= pos / 2 once it is >= 1).
             // SAFETY: pos lies in [0, BINS - 1] whatever v is (above), so
-            // pos + 0.5 fits an i32 (the unchecked conversion vectorizes).
-            *b = unsafe { (f64::from(pos) + 0.5).to_int_unchecked::<i32>() } as u32;
+            // it fits an i32 (the unchecked conversion vectorizes).
+            let floor = unsafe { pos.to_int_unchecked::<i32>() };
+            *b = (floor + i32::from(pos - floor as f32 >= 0.5)) as u32;
         }
         for &b in &idx {
             // SAFETY: b <= BINS - 1 (above) and `hist` holds BINS weights
@@ -279,6 +281,25 @@ mod tests {
             assert_eq!(scales_only, want_scale);
             assert!(none.is_empty());
         }
+        // Values on bin edges (pos = k + 0.5 exactly, absmax 1) round up,
+        // as `f64::round` does; values just below them round down.
+        let half = (BINS - 1) as f32 / 2.0;
+        let edge = |k: f32| (k + 0.5) / half - 1.0;
+        let x = [
+            1.0,
+            edge(0.0),
+            edge(1.0),
+            edge(1.0).next_down(),
+            edge(2047.0),
+            edge(3.0).next_down(),
+            edge(4095.0),
+            -1.0,
+        ];
+        let (scale, weights) = scan_groups(&x, 8, 8, true);
+        assert_eq!(scale, [1.0]);
+        assert_eq!(weights, reference(&x, 8).1);
+        let filled: Vec<usize> = (0..BINS).filter(|&b| weights[b] > 0.0).collect();
+        assert_eq!(filled, [0, 1, 2, 3, 2048, 4096]);
     }
 
     /// The scan runs beside the fit, before anything rejects a NaN or an
