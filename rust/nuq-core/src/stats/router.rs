@@ -447,18 +447,26 @@ mod tests {
         check_routing(&x, &layout, &runs);
     }
 
+    /// Scattered values in [-5, 5.23), and ranges over them: a single
+    /// value, bounded, open-ended, and one disjoint from the values.
+    fn filter_values(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) >> 22) as f32 * 0.01 - 5.0)
+            .collect()
+    }
+    const FILTER_SPANS: [(f32, f32); 6] = [
+        (-4.9, -4.9),
+        (-4.0, -3.0),
+        (0.0, 2.5),
+        (5.23, f32::INFINITY),
+        (-1.5, -1.0),
+        (f32::NEG_INFINITY, -4.95),
+    ];
+
     #[test]
     fn span_filters_agree_with_the_scalar_test() {
-        let vals: Vec<f32> = (0..CHUNK)
-            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) >> 22) as f32 * 0.01 - 5.0)
-            .collect();
-        let spans = [
-            (-4.9f32, -4.9),
-            (-4.0, -3.0),
-            (0.0, 2.5),
-            (5.23, f32::INFINITY),
-        ];
-        for n in [0, 1, 3, 4] {
+        let (vals, spans) = (filter_values(CHUNK), FILTER_SPANS);
+        for n in [0, 1, 3, 4, 6] {
             for len in [CHUNK, 37] {
                 let want = vals[..len].iter().enumerate().fold(0u64, |m, (j, &v)| {
                     let hit = spans[..n].iter().any(|&(a, b)| a <= v && v <= b);
@@ -499,17 +507,7 @@ mod tests {
     /// several `HIT_SLICE`s; its AVX-512 masks are the portable ones.
     #[test]
     fn hits_are_the_values_in_the_ranges() {
-        let vals: Vec<f32> = (0..2 * HIT_SLICE + 3 * CHUNK + 17)
-            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) >> 22) as f32 * 0.01 - 5.0)
-            .collect();
-        let spans = [
-            (-4.9f32, -4.9),
-            (-4.0, -3.0),
-            (0.0, 2.5),
-            (5.23, f32::INFINITY),
-            (-1.5, -1.0),
-            (f32::NEG_INFINITY, -4.95),
-        ];
+        let (vals, spans) = (filter_values(2 * HIT_SLICE + 3 * CHUNK + 17), FILTER_SPANS);
         for n in 0..=spans.len() {
             for len in [0, 37, CHUNK, HIT_SLICE + 5, vals.len()] {
                 let (xs, ranges) = (&vals[..len], &spans[..n]);
