@@ -352,7 +352,8 @@ pub(crate) mod x86_avx512 {
             1 => masks_n::<1>(spans, vals, masks),
             2 => masks_n::<2>(spans, vals, masks),
             3 => masks_n::<3>(spans, vals, masks),
-            _ => masks_n::<4>(spans, vals, masks),
+            4 => masks_n::<4>(spans, vals, masks),
+            n => panic!("span_masks_f32: {n} ranges, at most {REG_SPANS}"),
         }
     }
 

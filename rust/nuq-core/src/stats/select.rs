@@ -52,7 +52,7 @@ pub(crate) fn median_near(x: &[f32], center: f64, spread: f64, scratch: &mut Scr
 /// values), then, when the middle ranks are not within one of its narrow
 /// brackets, a second round dense near the centre and reaching further
 /// out. Each pivot costs a compare pass over the row: the second round
-/// alone for every row cost 4-6% more time at channel granularity
+/// alone for every row cost 4-5% more time at channel granularity
 /// (768x3072, 50257x768). Of the 1084 rows of the MTCNN and default model
 /// weights, 8 are left to the bucket fallback either way.
 const CENTRE: [f64; 3] = [-0.07, 0.0, 0.07];
