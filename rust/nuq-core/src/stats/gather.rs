@@ -71,8 +71,10 @@ pub(crate) fn gather<S: Source>(src: &S, layout: &Layout, targets: &[usize]) -> 
             // The expected share of the pairs, with some room to spare.
             let expect = total / nblocks + total / (4 * nblocks) + 64;
             let mut pairs: Vec<(u32, S::V)> = Vec::with_capacity(expect);
-            let mut counts = vec![0usize; targets.len()];
-            src.route(range, &router, |t, v| {
+            // One more group: the values that belong to no target, which
+            // the routing may pass on rather than branch on.
+            let mut counts = vec![0usize; targets.len() + 1];
+            src.route_slots(range, &router, |t, v| {
                 pairs.push((t as u32, v));
                 counts[t] += 1;
             });

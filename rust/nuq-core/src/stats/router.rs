@@ -27,6 +27,8 @@ pub(crate) struct Router {
     /// there are at most `MAX_SPANS`; compares on the raw values vectorize
     /// and need no grid index for the values they reject.
     spans: Spans,
+    /// How many targets: the slot of a value that belongs to none.
+    targets: usize,
 }
 
 /// Most value ranges tested per value; more fall back to the bit set.
@@ -83,7 +85,22 @@ impl Router {
             first,
             spans: value_spans(layout, targets),
             entries,
+            targets: targets.len(),
         }
+    }
+
+    /// `target_of(v)`, or the number of targets for none, without a branch on the
+    /// answer when `v`'s bucket is a whole target run or no target's.
+    #[inline]
+    pub(crate) fn slot_of(&self, v: f64) -> usize {
+        let root = self.grid.index(v);
+        let first = self.first[root];
+        if first & DIRECT != 0 {
+            // NONE has the DIRECT bit as well, and past it a number above
+            // every target (asserted in `new`).
+            return ((first & !DIRECT) as usize).min(self.targets);
+        }
+        self.lookup(root, v).unwrap_or(self.targets)
     }
 
     /// Calls `f(target, value)` for every value of `vals` that belongs to a
@@ -413,7 +430,7 @@ pub(crate) mod x86_avx512 {
 #[cfg(test)]
 mod tests {
     use super::super::hist::{build, refine};
-    use super::super::source::Flat;
+    use super::super::source::{Flat, Source};
     use super::*;
 
     #[test]
@@ -563,5 +580,15 @@ mod tests {
         for (&n, &i) in routed.iter().zip(targets) {
             assert_eq!(n, layout.recs[i].count);
         }
+        // The branch-free slot: the target, or the number of targets.
+        for &v in x {
+            let v = f64::from(v);
+            let want = router.target_of(v).unwrap_or(targets.len());
+            assert_eq!(router.slot_of(v), want, "{v}");
+        }
+        // Flat routing by slots passes every target's values with it.
+        let mut slotted = vec![0usize; targets.len() + 1];
+        Flat(x).route_slots(0..x.len(), &router, |t, _| slotted[t] += 1);
+        assert_eq!(slotted[..targets.len()], routed);
     }
 }

@@ -130,6 +130,13 @@ pub(crate) trait Source: Sync {
         self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
     }
 
+    /// As `route`, and may also call `f(n, value)`, `n` the number of
+    /// targets, for values that belong to no target: a pass that can keep
+    /// those aside saves a branch per value that passed the range test.
+    fn route_slots<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route(range, router, f);
+    }
+
     /// Calls `f` on the `grid` indices of consecutive chunks (at most
     /// `CHUNK` values each) covering the range in order.
     #[inline(always)]
@@ -174,6 +181,15 @@ impl Source for Flat<'_> {
                 f(t, xs[j]);
             }
         });
+    }
+
+    fn route_slots<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, mut f: F) {
+        let spans = router.f32_ranges();
+        if spans.is_empty() {
+            return self.route(range, router, f);
+        }
+        let xs = &self.0[range];
+        for_each_hit(spans, xs, |j| f(router.slot_of(f64::from(xs[j])), xs[j]));
     }
 }
 
@@ -276,7 +292,23 @@ impl Source for Standardized<'_> {
     /// against the targets' value ranges mapped back through its own
     /// `(loc, inv)` (f32 compares, widened beyond any rounding), and only
     /// the values that pass are standardized and looked up exactly.
-    fn route<F: FnMut(usize, f64)>(&self, range: Range<usize>, router: &Router, mut f: F) {
+    fn route<F: FnMut(usize, f64)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route_rows::<false, F>(range, router, f);
+    }
+
+    fn route_slots<F: FnMut(usize, f64)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route_rows::<true, F>(range, router, f);
+    }
+}
+
+impl Standardized<'_> {
+    /// `route`, or with `SLOTS` `route_slots`, row by row.
+    fn route_rows<const SLOTS: bool, F: FnMut(usize, f64)>(
+        &self,
+        range: Range<usize>,
+        router: &Router,
+        mut f: F,
+    ) {
         let ranges = router.value_ranges();
         if ranges.is_empty() {
             return self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
@@ -297,7 +329,9 @@ impl Source for Standardized<'_> {
             let row = &self.x[i..row_end];
             for_each_hit(&raw, row, |j| {
                 let z = standardize(row[j], loc, inv);
-                if let Some(t) = router.target_of(z) {
+                if SLOTS {
+                    f(router.slot_of(z), z);
+                } else if let Some(t) = router.target_of(z) {
                     f(t, z);
                 }
             });
