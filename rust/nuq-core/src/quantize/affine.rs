@@ -2,7 +2,7 @@
 //! shifted and scaled by the fitted location and scale (per tensor or per row).
 
 use super::rows::{encode_rows, Codebook};
-use super::{Config, FamilyChoice, Granularity, Quantized};
+use super::{energy_of, Config, FamilyChoice, Granularity, Quantized};
 use crate::error::Result;
 use crate::family::Family;
 use crate::solve::lloyd_max;
@@ -18,6 +18,8 @@ struct Fitted {
     /// Tensor-wide summary of `loc` / `scale` for reports.
     fit_loc: f64,
     fit_scale: f64,
+    /// `Σ v²` of the weights.
+    energy: f64,
 }
 
 pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Result<Quantized> {
@@ -52,7 +54,7 @@ pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Res
         scale: fitted.scale,
         packed: enc.packed,
         sse: enc.sse,
-        energy: enc.energy,
+        energy: fitted.energy,
     })
 }
 
@@ -76,6 +78,7 @@ fn fit_whole(x: &[f32], choice: FamilyChoice) -> Result<Fitted> {
         scale: vec![scale as f32],
         fit_loc: loc,
         fit_scale: scale,
+        energy: energy_of(x.len(), fit.moments.mean, fit.moments.std),
     })
 }
 
@@ -91,6 +94,7 @@ fn fit_channels(x: &[f32], rows: usize, cols: usize, choice: FamilyChoice) -> Re
             scale: vec![0.0; rows],
             fit_loc: 0.0,
             fit_scale: 0.0,
+            energy: 0.0,
         });
     }
     let fit = fit_rows(x, cols)?;
@@ -104,6 +108,11 @@ fn fit_channels(x: &[f32], rows: usize, cols: usize, choice: FamilyChoice) -> Re
         })
         .unzip();
     let mean = |v: &[f32]| v.iter().map(|&a| f64::from(a)).sum::<f64>() / v.len().max(1) as f64;
+    let energy = fit
+        .rows
+        .iter()
+        .map(|r| energy_of(cols, r.mean, r.std))
+        .sum();
     Ok(Fitted {
         family,
         d_gaussian: fit.d_gaussian,
@@ -112,5 +121,6 @@ fn fit_channels(x: &[f32], rows: usize, cols: usize, choice: FamilyChoice) -> Re
         fit_scale: mean(&scale),
         loc,
         scale,
+        energy,
     })
 }

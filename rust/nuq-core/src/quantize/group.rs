@@ -13,7 +13,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::rows::{encode_rows, Codebook, Encoded};
-use super::{rows_per_task, Config, FamilyChoice, Quantized};
+use super::{energy_of, rows_per_task, Config, FamilyChoice, Quantized};
 use crate::error::Result;
 use crate::family::Family;
 use crate::solve::{bin_centers, implied_codebook, weighted_mse, BINS};
@@ -54,7 +54,7 @@ pub(super) fn quantize(
         scale,
         packed: enc.packed,
         sse: enc.sse,
-        energy: enc.energy,
+        energy: energy_of(x.len(), fit.moments.mean, fit.moments.std),
     })
 }
 

@@ -1,17 +1,18 @@
-//! Squared error and energy of an encoded span: `(Σ (v - w)², Σ v²)` with
-//! `w = loc + scale · table[code]`, the decoded weight (f32: multiply, then
-//! add). Each sum runs in `LANES` interleaved f64 partial sums (independent
-//! add chains): element `i` goes to lane `i % LANES`, in order, except a
-//! last partial chunk, which gets its own sum; the lanes are added last. The
-//! AVX-512 kernel keeps exactly that order and the same IEEE operations, so
-//! every kernel returns the scalar result bit for bit.
+//! Squared error of an encoded span: `Σ (v - w)²` with `w = loc + scale ·
+//! table[code]`, the decoded weight (f32: multiply, then add). The sum runs
+//! in `LANES` interleaved f64 partial sums (independent add chains):
+//! element `i` goes to lane `i % LANES`, in order, except a last partial
+//! chunk, which gets its own sum; the lanes are added last. The AVX-512
+//! kernel keeps exactly that order and the same IEEE operations, so every
+//! kernel returns the scalar result bit for bit. (The weights' energy `Σ
+//! v²` comes from the fit's moments, see `energy_of`.)
 
 use crate::pack::Kernel;
 
 /// Interleaved partial sums.
 const LANES: usize = 8;
 
-/// `(Σ (v - w)², Σ v²)` over a span with `kernel` (one this CPU runs).
+/// `Σ (v - w)²` over a span with `kernel` (one this CPU runs).
 /// `levels`: how many entries of `table` the codes can index.
 pub(super) fn span_error(
     kernel: Kernel,
@@ -21,7 +22,7 @@ pub(super) fn span_error(
     scale: f32,
     table: &[f32; 256],
     levels: usize,
-) -> (f64, f64) {
+) -> f64 {
     debug_assert_eq!(xs.len(), cs.len());
     let book = Book { loc, scale, table };
     match kernel {
@@ -41,9 +42,9 @@ struct Book<'a> {
 
 impl Book<'_> {
     #[inline(always)]
-    fn terms(&self, v: f32, c: u8) -> (f64, f64) {
+    fn term(&self, v: f32, c: u8) -> f64 {
         let d = f64::from(v - (self.loc + self.scale * self.table[usize::from(c)]));
-        (d * d, f64::from(v) * f64::from(v))
+        d * d
     }
 }
 
@@ -51,8 +52,7 @@ impl Book<'_> {
 #[derive(Default)]
 struct Sums {
     sse: [f64; LANES],
-    energy: [f64; LANES],
-    tail: (f64, f64),
+    tail: f64,
 }
 
 impl Sums {
@@ -62,24 +62,17 @@ impl Sums {
         let (mut xc, mut cc) = (xs.chunks_exact(LANES), cs.chunks_exact(LANES));
         for (x8, c8) in (&mut xc).zip(&mut cc) {
             for j in 0..LANES {
-                let (e, v) = book.terms(x8[j], c8[j]);
-                self.sse[j] += e;
-                self.energy[j] += v;
+                self.sse[j] += book.term(x8[j], c8[j]);
             }
         }
         for (&v, &c) in xc.remainder().iter().zip(cc.remainder()) {
-            let (e, w) = book.terms(v, c);
-            self.tail.0 += e;
-            self.tail.1 += w;
+            self.tail += book.term(v, c);
         }
         self
     }
 
-    fn total(&self) -> (f64, f64) {
-        (
-            self.sse.iter().sum::<f64>() + self.tail.0,
-            self.energy.iter().sum::<f64>() + self.tail.1,
-        )
+    fn total(&self) -> f64 {
+        self.sse.iter().sum::<f64>() + self.tail
     }
 }
 
@@ -91,14 +84,14 @@ impl Sums {
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn span_error_avx512(xs: &[f32], cs: &[u8], book: &Book, levels: usize) -> (f64, f64) {
+unsafe fn span_error_avx512(xs: &[f32], cs: &[u8], book: &Book, levels: usize) -> f64 {
     use std::arch::x86_64::*;
     const STEP: usize = 16;
     let table = book.table.as_ptr();
     // SAFETY: `table` holds 256 floats.
     let (lo, hi) = unsafe { (_mm512_loadu_ps(table), _mm512_loadu_ps(table.add(16))) };
     let (loc, scale) = (_mm512_set1_ps(book.loc), _mm512_set1_ps(book.scale));
-    let (mut sse, mut energy) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    let mut sse = _mm512_setzero_pd();
     let n = xs.len().min(cs.len()) / STEP * STEP;
     for s in (0..n).step_by(STEP) {
         // SAFETY: s + 16 <= n, within both slices.
@@ -122,20 +115,10 @@ unsafe fn span_error_avx512(xs: &[f32], cs: &[u8], book: &Book, levels: usize) -
             let w = _mm512_cvtps_pd(half);
             sse = _mm512_add_pd(sse, _mm512_mul_pd(w, w));
         }
-        for half in [
-            _mm512_castps512_ps256(v),
-            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
-        ] {
-            let w = _mm512_cvtps_pd(half);
-            energy = _mm512_add_pd(energy, _mm512_mul_pd(w, w));
-        }
     }
     let mut sums = Sums::default();
-    // SAFETY: each array holds 8 f64.
-    unsafe {
-        _mm512_storeu_pd(sums.sse.as_mut_ptr(), sse);
-        _mm512_storeu_pd(sums.energy.as_mut_ptr(), energy);
-    }
+    // SAFETY: the array holds 8 f64.
+    unsafe { _mm512_storeu_pd(sums.sse.as_mut_ptr(), sse) };
     sums.add(&xs[n..], &cs[n..], book).total()
 }
 
@@ -164,7 +147,7 @@ mod tests {
                     .zip(&cs)
                     .map(|(&v, &c)| f64::from(v - (0.25 + 1.5 * table[usize::from(c)])).powi(2))
                     .sum();
-                assert!((want.0 - plain).abs() <= 1e-12 * plain.max(1.0));
+                assert!((want - plain).abs() <= 1e-12 * plain.max(1.0));
                 for kernel in crate::pack::available_kernels() {
                     let got = span_error(kernel, &xs, &cs, 0.25, 1.5, &table, levels);
                     assert_eq!(got, want, "{kernel:?}, {levels} levels, len {len}");

@@ -60,6 +60,25 @@ fn reported_error_is_the_error_of_the_decoded_tensor() {
     }
 }
 
+/// The energy, taken from the fit's moments, is the weights' `Σ v²` to
+/// rounding, with constant rows (zero spread) and a shifted mean too.
+#[test]
+fn reported_energy_is_the_sum_of_squares() {
+    let mut x: Vec<f32> = bell(48 * 96, 3).iter().map(|v| v + 0.3).collect();
+    x[..96].fill(-1.25);
+    let want: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
+    for g in GRANULARITIES {
+        let q = quantize(&x, 48, 96, &config(4, g)).unwrap();
+        assert!(
+            (q.energy - want).abs() <= 1e-12 * want,
+            "{g:?}: {} vs {want}",
+            q.energy
+        );
+    }
+    let empty = quantize(&[], 0, 96, &config(4, Granularity::Channel)).unwrap();
+    assert_eq!(empty.energy, 0.0);
+}
+
 #[test]
 fn tensor_mode_reaches_the_lloyd_max_optimum() {
     // Sum-of-6-uniforms is close to Gaussian; its 4-bit error stays near the
