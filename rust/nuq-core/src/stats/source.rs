@@ -133,9 +133,7 @@ pub(crate) trait Source: Sync {
     /// As `route`, and may also call `f(n, value)`, `n` the number of
     /// targets, for values that belong to no target: a pass that can keep
     /// those aside saves a branch per value that passed the range test.
-    fn route_slots<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, f: F) {
-        self.route(range, router, f);
-    }
+    fn route_slots<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, f: F);
 
     /// Calls `f` on the `grid` indices of consecutive chunks (at most
     /// `CHUNK` values each) covering the range in order.
@@ -170,26 +168,36 @@ impl Source for Flat<'_> {
     }
 
     /// The router's f32 value ranges tested a slice at a time.
-    fn route<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, mut f: F) {
+    fn route<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route_hits::<false, F>(range, router, f);
+    }
+
+    fn route_slots<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route_hits::<true, F>(range, router, f);
+    }
+}
+
+impl Flat<'_> {
+    /// `route`, or with `SLOTS` `route_slots`.
+    fn route_hits<const SLOTS: bool, F: FnMut(usize, f32)>(
+        &self,
+        range: Range<usize>,
+        router: &Router,
+        mut f: F,
+    ) {
         let spans = router.f32_ranges();
         if spans.is_empty() {
             return self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
         }
         let xs = &self.0[range];
         for_each_hit(spans, xs, |j| {
-            if let Some(t) = router.target_of(f64::from(xs[j])) {
+            let v = f64::from(xs[j]);
+            if SLOTS {
+                f(router.slot_of(v), xs[j]);
+            } else if let Some(t) = router.target_of(v) {
                 f(t, xs[j]);
             }
         });
-    }
-
-    fn route_slots<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, mut f: F) {
-        let spans = router.f32_ranges();
-        if spans.is_empty() {
-            return self.route(range, router, f);
-        }
-        let xs = &self.0[range];
-        for_each_hit(spans, xs, |j| f(router.slot_of(f64::from(xs[j])), xs[j]));
     }
 }
 
