@@ -349,7 +349,7 @@ const BLOCK_RUNS: usize = 64;
 /// bound and the same runs as from every run's own bounds, with a few cdf
 /// evaluations per block and per kept run: on a mixture of 2.4M values
 /// about 5K and 1K per fit, against 29K runs (counted with the former
-/// [min, max] grid; the ±8σ grid makes about 35K runs there). On a close fit (D below a
+/// [min, max] grid; the ±8σ grid made about 35K runs there). On a close fit (D below a
 /// block's slack) nearly every block is kept, so nearly every run is
 /// bounded: finer levels of blocks were tried and cost more than they
 /// saved there.

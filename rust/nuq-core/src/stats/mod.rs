@@ -8,7 +8,7 @@
 //!
 //! One parallel pass counts the values on a uniform grid of `B` buckets (one
 //! subtract, one multiply, a floor; the end buckets are clamped). The grid
-//! spans the mean ± 8 standard deviations (within `[min, max]`), so a few
+//! spans the mean ± 6 standard deviations (within `[min, max]`), so a few
 //! far outliers cannot coarsen the runs of the bulk; beyond, the end
 //! buckets hold the tails. The bucket index is monotone in the value, so a
 //! bucket ("run") with `C` smaller elements holds exactly the order

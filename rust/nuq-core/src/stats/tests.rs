@@ -58,7 +58,7 @@ pub(super) fn sample(kind: u8, n: usize, seed: u64) -> Vec<f32> {
                 _ => {
                     // Gaussian with rare extreme outliers, which dominate
                     // even the standard deviation: the top-level grid (mean
-                    // ± 8σ) puts nearly everything in one bucket.
+                    // ± 6σ) puts nearly everything in one bucket.
                     if r.uniform() < 1e-4 {
                         1e30 * (r.uniform() - 0.5)
                     } else {
