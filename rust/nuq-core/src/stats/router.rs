@@ -184,11 +184,10 @@ impl Router {
 /// f32 and kept in f64. A run's `[lo, hi]` holds every value the lookup can
 /// assign to it. Neighbouring stretches are joined, smallest gap first (a
 /// gap's cost, the values of the runs it holds, does not change as others
-/// are joined), down to `FEW_SPANS` ranges while the values joined in stay
-/// within `n / JOIN_SHARE`: each range costs two compares per value, a
-/// joined-in value one lookup that rejects it. Past that budget, joining
-/// goes on down to `MAX_SPANS` ranges while the values joined in stay
-/// within `n / LAST_SHARE`; empty (the bit-set test) if that is not enough.
+/// are joined): down to `MAX_SPANS` ranges while the values joined in stay
+/// within `n / LAST_SHARE` (else empty: the bit-set test), then on down to
+/// `FEW_SPANS` while they stay within `n / JOIN_SHARE`. Each range costs two
+/// compares per value, a joined-in value one lookup that rejects it.
 fn value_spans(layout: &Layout, targets: &[usize]) -> Spans {
     // (first record, last record) of each stretch.
     let mut stretches: Vec<(usize, usize)> = Vec::new();
