@@ -8,10 +8,11 @@
 //! weighted by its squared scale (so, the error of the real weights up to
 //! the binning), rather than the KS choice: what is fitted here is the shape
 //! of x / max|x|, not of x. Past `SAMPLED_GROUPS` groups, the values weighed
-//! are those of a sample of whole rows (every k-th row, at least
-//! `SAMPLED_GROUPS` groups): the choice is one bit, and half a million values
-//! settle it as well as tens of millions. Both KS statistics are still
-//! reported, over every element.
+//! first are those of a sample of whole rows (every k-th row, at least
+//! `SAMPLED_GROUPS` groups): the choice is one bit, which a sample settles
+//! unless the two codebooks come within `CLOSE` of each other there; then
+//! every group is weighed. Both KS statistics are still reported, over every
+//! element.
 
 use half::f16;
 use rayon::prelude::*;
@@ -73,10 +74,20 @@ struct Coded {
 /// The groups' scales, the family and its implied codebook, and the codes.
 fn encode_groups(x: &[f32], rows: usize, cols: usize, g: usize, cfg: &Config) -> Result<Coded> {
     // A fixed family needs no comparison, hence no histogram.
-    let (scale, weights) = scan_groups(x, cols, g, cfg.family == FamilyChoice::Auto);
+    let per_row = cols / g;
+    let sample = RowSample::new(x.len() / g, per_row);
+    let auto = cfg.family == FamilyChoice::Auto;
+    let (scale, weights) = scan_groups(x, cols, g, auto.then_some(sample));
     let (family, levels) = match cfg.family {
         FamilyChoice::Fixed(f) => (f, implied_codebook(f, cfg.bits, g)?),
-        FamilyChoice::Auto => best_codebook(&weights, g, cfg.bits)?,
+        FamilyChoice::Auto => {
+            let on_every = || {
+                let every = Some(RowSample::every(per_row));
+                best_codebook(&scan_groups(x, cols, g, every).1, g, cfg.bits)
+            };
+            let choice = settle(best_codebook(&weights, g, cfg.bits)?, sample, on_every)?;
+            (choice.family, choice.levels)
+        }
     };
     let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
     let book = Codebook {
@@ -95,11 +106,20 @@ fn encode_groups(x: &[f32], rows: usize, cols: usize, g: usize, cfg: &Config) ->
     })
 }
 
-/// Groups whose values the family choice weighs: at least this many, and
-/// every group of a tensor with fewer than twice as many. The sample saves
-/// the scan most of its scatter into the histogram (768x3072 at group 128,
-/// 4608 of 18432 groups: 13% less time; 50257x768, every 73rd row: 21%).
-const SAMPLED_GROUPS: usize = 1 << 12;
+/// Groups whose values the family choice weighs first: at least this many,
+/// and every group of a tensor with fewer than twice as many. The sample
+/// saves the scan most of its scatter into the histogram (bench tensors at
+/// group 128: 5-6% less time than a 4096-group sample where the call is
+/// clear, 18% more where it is close and every group is weighed again).
+const SAMPLED_GROUPS: usize = 1 << 10;
+
+/// Relative difference of the two codebooks' errors on a sample below which
+/// every group is weighed. On the 198 (tensor, g in {64, 128}) cases of
+/// the bench state dict, a 1024-group sample alone picked the other family
+/// 3 times (a 4096-group one, once), each where the full errors lie within
+/// 1% of each other; with this margin, every family is the full
+/// histogram's.
+const CLOSE: f64 = 0.02;
 
 /// The groups the histogram of [`scan_groups`] holds: those of every
 /// `stride`-th row (whole rows, so that every column position counts alike),
@@ -121,6 +141,15 @@ impl RowSample {
         }
     }
 
+    /// Every group of a tensor of `per_row` groups per row.
+    fn every(per_row: usize) -> Self {
+        RowSample {
+            per_row,
+            stride: 1,
+            first: 0,
+        }
+    }
+
     /// The same sample seen from group `first` on.
     fn starting_at(self, first: usize) -> Self {
         RowSample { first, ..self }
@@ -134,21 +163,26 @@ impl RowSample {
 }
 
 /// One pass over the groups: each group's absmax rounded to the nearest f16
-/// (what is stored) and, with `histogram` (else empty), the weights of
+/// (what is stored) and, with a `sample` (else empty), the weights of
 /// `x / scale` on the `BINS` centres of [-1, 1] over the groups of the
-/// [`RowSample`], each value counted with its group's squared scale. Safe
-/// on any `x` (NaNs and infinities included). Tasks take fixed runs of
-/// whole rows (hence of groups, as g divides cols) and their partial
-/// histograms are added in order, so the weights do not depend on the
-/// thread count.
-fn scan_groups(x: &[f32], cols: usize, g: usize, histogram: bool) -> (Vec<f32>, Vec<f64>) {
+/// sample, each value counted with its group's squared scale. Safe on any
+/// `x` (NaNs and infinities included). Tasks take fixed runs of whole rows
+/// (hence of groups, as g divides cols) and their partial histograms are
+/// added in order, so the weights do not depend on the thread count.
+fn scan_groups(
+    x: &[f32],
+    cols: usize,
+    g: usize,
+    sample: Option<RowSample>,
+) -> (Vec<f32>, Vec<f64>) {
     let mut scale = vec![0f32; x.len() / g];
-    let mut weights = vec![0f64; if histogram { BINS } else { 0 }];
+    let mut weights = vec![0f64; if sample.is_some() { BINS } else { 0 }];
     if x.is_empty() {
         return (scale, weights);
     }
+    // Without a histogram, the sample is not looked at.
+    let sample = sample.unwrap_or(RowSample::every(cols / g));
     let chunk = rows_per_task(cols) * cols;
-    let sample = RowSample::new(scale.len(), cols / g);
     let partial: Vec<Vec<f64>> = scale
         .par_chunks_mut(chunk / g)
         .zip(x.par_chunks(chunk))
@@ -255,22 +289,62 @@ fn absmax(x: &[f32]) -> f32 {
         .fold(0f32, |m, v| m.max(v.abs()))
 }
 
+/// What [`best_codebook`] picked.
+struct Choice {
+    family: Family,
+    levels: Vec<f32>,
+    /// [`relative_gap`] of the families' errors.
+    gap: f64,
+}
+
 /// The family whose implied codebook has the smallest scale²-weighted error
 /// on the normalised values' `weights` (from `scan_groups`; ties:
 /// Gaussian), and that codebook.
-fn best_codebook(weights: &[f64], g: usize, bits: u32) -> Result<(Family, Vec<f32>)> {
+fn best_codebook(weights: &[f64], g: usize, bits: u32) -> Result<Choice> {
     let centers = bin_centers();
     let mut best: Option<(f64, Family, Vec<f32>)> = None;
+    let mut errors = Vec::with_capacity(Family::ALL.len());
     for family in Family::ALL {
         let levels = implied_codebook(family, bits, g)?;
         let wide: Vec<f64> = levels.iter().map(|&v| f64::from(v)).collect();
         let err = weighted_mse(&centers, weights, &wide);
+        errors.push(err);
         if best.as_ref().is_none_or(|b| err < b.0) {
             best = Some((err, family, levels));
         }
     }
     let (_, family, levels) = best.expect("at least one candidate family");
-    Ok((family, levels))
+    Ok(Choice {
+        family,
+        levels,
+        gap: relative_gap(&errors),
+    })
+}
+
+/// `first`, the choice on `sample`'s groups, unless that is a proper sample
+/// and the call is close: then the choice on every group, `on_every()`.
+fn settle(
+    first: Choice,
+    sample: RowSample,
+    on_every: impl FnOnce() -> Result<Choice>,
+) -> Result<Choice> {
+    if first.gap < CLOSE && sample.stride > 1 {
+        on_every()
+    } else {
+        Ok(first)
+    }
+}
+
+/// `(max - min) / min` of non-negative errors; 0 when they are all 0.
+fn relative_gap(errors: &[f64]) -> f64 {
+    let (lo, hi) = errors
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &e| (a.min(e), b.max(e)));
+    if hi == 0.0 {
+        0.0
+    } else {
+        (hi - lo) / lo
+    }
 }
 
 #[cfg(test)]
@@ -324,13 +398,14 @@ mod tests {
     fn scan_matches_a_value_by_value_reference() {
         for (rows, cols, g) in [(3, 40, 8), (70, 1024, 128), (1, 8, 8), (0, 16, 4)] {
             let x = sample(rows, cols);
-            let (scale, weights) = scan_groups(&x, cols, g, true);
+            let (scale, weights) =
+                scan_groups(&x, cols, g, Some(RowSample::new(x.len() / g, cols / g)));
             let (want_scale, want_weights) = reference(&x, cols, g, 1);
             assert_eq!(scale, want_scale, "{rows}x{cols} g {g}");
             for (b, (w, r)) in weights.iter().zip(&want_weights).enumerate() {
                 assert!((w - r).abs() <= 1e-12 * r.abs(), "bin {b}: {w} vs {r}");
             }
-            let (scales_only, none) = scan_groups(&x, cols, g, false);
+            let (scales_only, none) = scan_groups(&x, cols, g, None);
             assert_eq!(scales_only, want_scale);
             assert!(none.is_empty());
         }
@@ -348,7 +423,7 @@ mod tests {
             edge(4095.0),
             -1.0,
         ];
-        let (scale, weights) = scan_groups(&x, 8, 8, true);
+        let (scale, weights) = scan_groups(&x, 8, 8, Some(RowSample::every(1)));
         assert_eq!(scale, [1.0]);
         assert_eq!(weights, reference(&x, 8, 8, 1).1);
         let filled: Vec<usize> = (0..BINS).filter(|&b| weights[b] > 0.0).collect();
@@ -361,12 +436,14 @@ mod tests {
     #[test]
     fn weights_come_from_a_sample_of_whole_rows() {
         // 9 groups per row, rows split across tasks of 911, 12 * 4096 + 6
-        // groups: every 12th row.
+        // groups: every 48th row.
         let (rows, cols, g) = (12 * 4096 / 9 + 1, 9 * 8, 8);
         assert_eq!(rows_per_task(cols), 911);
         let x = sample(rows, cols);
-        let (scale, weights) = scan_groups(&x, cols, g, true);
-        let (want_scale, want_weights) = reference(&x, cols, g, 12);
+        let sampled = RowSample::new(x.len() / g, cols / g);
+        assert_eq!(sampled.stride, 12 * 4096 / SAMPLED_GROUPS);
+        let (scale, weights) = scan_groups(&x, cols, g, Some(sampled));
+        let (want_scale, want_weights) = reference(&x, cols, g, sampled.stride);
         assert_eq!(scale, want_scale);
         for (b, (w, r)) in weights.iter().zip(&want_weights).enumerate() {
             assert!((w - r).abs() <= 1e-12 * r.abs(), "bin {b}: {w} vs {r}");
@@ -375,6 +452,43 @@ mod tests {
         assert_ne!(weights, every);
         assert_eq!(RowSample::new(2 * SAMPLED_GROUPS - 1, 9).stride, 1);
         assert_eq!(RowSample::new(2 * SAMPLED_GROUPS, 9).stride, 2);
+    }
+
+    /// The gap between the families' errors, relative to the smaller.
+    #[test]
+    fn relative_gap_of_the_errors() {
+        assert_eq!(relative_gap(&[2.0, 2.5]), 0.25);
+        assert_eq!(relative_gap(&[2.5, 2.0]), 0.25);
+        assert_eq!(relative_gap(&[0.0, 0.0]), 0.0);
+        assert_eq!(relative_gap(&[0.0, 1.0]), f64::INFINITY);
+    }
+
+    /// A close call on a proper sample is made again on every group; a clear
+    /// one, or one made on every group already, stands.
+    #[test]
+    fn close_calls_on_a_sample_are_settled_on_every_group() {
+        let choice = |family, gap| Choice {
+            family,
+            levels: Vec::new(),
+            gap,
+        };
+        let (sampled, every) = (RowSample::new(8 * SAMPLED_GROUPS, 4), RowSample::every(4));
+        assert_eq!(sampled.stride, 8);
+        let redo = || Ok(choice(Family::Laplace, 0.5));
+        let close = CLOSE / 2.0;
+        let settled = |first, sample| settle(first, sample, redo).unwrap().family;
+        assert_eq!(
+            settled(choice(Family::Gaussian, close), sampled),
+            Family::Laplace
+        );
+        assert_eq!(
+            settled(choice(Family::Gaussian, 2.0 * CLOSE), sampled),
+            Family::Gaussian
+        );
+        assert_eq!(
+            settled(choice(Family::Gaussian, close), every),
+            Family::Gaussian
+        );
     }
 
     /// The scan runs beside the fit, before anything rejects a NaN or an
@@ -388,7 +502,8 @@ mod tests {
         x[3] = f32::NAN;
         x[20] = f32::INFINITY;
         x[32..48].fill(f32::NAN);
-        let (scale, weights) = scan_groups(&x, cols, g, true);
+        let (scale, weights) =
+            scan_groups(&x, cols, g, Some(RowSample::new(x.len() / g, cols / g)));
         let clean: Vec<f32> = x
             .iter()
             .map(|&v| if v.is_nan() { 0.0 } else { v })
