@@ -282,7 +282,7 @@ fn records(grid: &Grid, counts: &[usize], range: Option<(f64, f64)>) -> Vec<Rec>
         .enumerate()
         .for_each(|(c, ((share, mut offset), chunk))| {
             let mut slots = share.iter_mut();
-            for (i, &count) in chunk.iter().enumerate().filter(|c| *c.1 > 0) {
+            for (i, &count) in chunk.iter().enumerate().filter(|e| *e.1 > 0) {
                 let root = c * RECORD_CHUNK + i;
                 let (mut a, mut b) = grid.bounds(root, guard);
                 if let Some((min, max)) = range {

@@ -130,7 +130,8 @@ fn split_any(x: &[f32], lo: f64, hi: f64, centre: f64) -> Split {
     add_tail(&mut below, &mut all, chunks.remainder(), lo, centre);
     // The band's few values, by a second sweep of the part (in cache),
     // which keeps the loop above free of branches: `v` is in `[lo, hi]`
-    // exactly when it is in the f32 range rounded inward.
+    // exactly when it is in the f32 range rounded inward. (Only a part
+    // whose values all lie below the band is known to hold none.)
     let mut band = Vec::new();
     if below.n < x.len() {
         let range = [(f32_at_least(lo), f32_at_most(hi))];
