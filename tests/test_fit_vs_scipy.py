@@ -29,8 +29,11 @@ def check(x: np.ndarray) -> nuq_rs.QuantizedTensor:
         assert (q.d_gaussian, q.d_laplace, q.family) == (0.0, 0.0, "gaussian")
         return q
     d_g, d_l = scipy_ks(x)
-    assert q.d_gaussian == pytest.approx(d_g, abs=1e-6)
-    assert q.d_laplace == pytest.approx(d_l, abs=1e-6)
+    # Within the tolerance the Rust core brackets D to (plus scipy's and our
+    # cdf roundings, far below it).
+    tol = nuq_rs.KS_TOLERANCE + 1e-9
+    assert q.d_gaussian == pytest.approx(d_g, abs=tol)
+    assert q.d_laplace == pytest.approx(d_l, abs=tol)
     assert q.family == ("gaussian" if d_g <= d_l else "laplace")
     return q
 

@@ -14,6 +14,7 @@ the optimal (Lloyd–Max) quantizer of that density, bit-packed by a Rust core.
 from ._format import FormatError
 from ._loaded import LoadedStateDict, load
 from ._nuq_rs import (
+    KS_TOLERANCE,
     NonFiniteError,
     QuantizationError,
     __version__,
@@ -32,6 +33,7 @@ def dequantize(q: QuantizedTensor):
 
 
 __all__ = [
+    "KS_TOLERANCE",
     "FormatError",
     "LoadedStateDict",
     "NonFiniteError",

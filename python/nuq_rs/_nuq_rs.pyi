@@ -17,9 +17,12 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "__version__",
+    "KS_TOLERANCE",
 ]
 
 __version__: str
+# Largest distance of a reported KS statistic from the exact one.
+KS_TOLERANCE: float
 
 class QuantizationError(ValueError): ...
 class NonFiniteError(QuantizationError): ...

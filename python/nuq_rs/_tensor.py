@@ -82,7 +82,11 @@ class QuantizedTensor:
 
     Weight ``(r, j)`` of the ``rows x cols`` matrix decodes to
     ``loc[r] + scale[s] * levels[code]``, with ``s`` the row (channel), the
-    group, or 0 (tensor) and ``loc`` empty for groups.
+    group, or 0 (tensor) and ``loc`` empty for groups. ``d_gaussian`` and
+    ``d_laplace`` are the Kolmogorov–Smirnov statistics of all the weights
+    against the two fits, within ``nuq_rs.KS_TOLERANCE`` of
+    ``scipy.stats.kstest``'s (exact when the two are that close, so
+    ``family`` is the exact statistics' choice).
     """
 
     shape: tuple[int, ...]

@@ -16,5 +16,6 @@ fn _nuq_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     functions::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("KS_TOLERANCE", nuq_core::stats::KS_TOLERANCE)?;
     Ok(())
 }

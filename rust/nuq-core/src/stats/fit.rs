@@ -2,13 +2,13 @@
 //! (or of its rows), fused into as few data passes as possible.
 
 use super::hist::{buckets_for, build, GRID_SIGMAS};
-use super::ks::{ks_layout, ks_rows, ks_small, Fitted};
+use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};
 use super::select::{median_of_layout, median_small};
 use super::source::Flat;
-use super::SMALL_N;
+use super::{KS_TOLERANCE, SMALL_N};
 use crate::error::{NuqError, Result};
 use crate::Family;
 
@@ -69,15 +69,23 @@ fn pick(d_gaussian: f64, d_laplace: f64) -> Family {
     }
 }
 
-/// Both fits of `x` and both KS statistics. Passes over the data: moments,
-/// one histogram (shared by the median and both KS statistics), one for
-/// the median and `Σ |x - median|` together (see `laplace`; a median run
-/// too large to gather is refined first, and `|x - median|` summed in a
-/// pass of its own), plus gathers of the few buckets the exact KS needs.
+/// Both fits of `x` and both KS statistics, each within [`KS_TOLERANCE`]
+/// of the exact one, and exact whenever the two are that close (so the
+/// family choice is always the exact statistics' choice). Passes over the
+/// data: moments, one histogram (shared by the median and both KS
+/// statistics), one for the median and `Σ |x - median|` together (see
+/// `laplace`; a median run too large to gather is refined first, and
+/// `|x - median|` summed in a pass of its own), plus gathers of the few
+/// buckets the KS statistics still need.
 ///
 /// # Errors
 /// [`NuqError::NonFinite`] for the lowest index holding a NaN or infinity.
 pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
+    fit_tensor_within(x, KS_TOLERANCE)
+}
+
+/// [`fit_tensor`] with the KS statistics known within `tol` (exact for 0).
+pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
     let moments = moments(x)?;
     let gaussian = LocScale {
         loc: moments.mean,
@@ -108,8 +116,12 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
                 scale: mean_abs_dev(x, median),
             }
         });
-        let d = ks_layout(&Flat(x), &mut layout, &both_fits(gaussian, laplace));
-        (laplace, d)
+        let fits = both_fits(gaussian, laplace);
+        let d = settle(tol, |tol| {
+            let d = ks_layout_within(&Flat(x), &mut layout, &fits, tol);
+            (d[0], d[1])
+        });
+        (laplace, d.to_vec())
     };
     Ok(TensorFit {
         moments,
@@ -118,6 +130,16 @@ pub fn fit_tensor(x: &[f32]) -> Result<TensorFit> {
         d_gaussian: d[0],
         d_laplace: d[1],
     })
+}
+
+/// The Gaussian and Laplace statistics from `ks(tol)`, or from `ks(0.0)`
+/// (exact) when those within `tol` leave the choice between them open.
+fn settle(tol: f64, mut ks: impl FnMut(f64) -> (Estimate, Estimate)) -> [f64; 2] {
+    let (mut g, mut l) = ks(tol);
+    if tol > 0.0 && !choice_is_certain(g, l) {
+        (g, l) = ks(0.0);
+    }
+    [g.value(), l.value()]
 }
 
 /// The top-level grid of a tensor: `GRID_SIGMAS` standard deviations either
@@ -144,12 +166,18 @@ pub(crate) fn both_fits(g: LocScale, l: LocScale) -> [Fitted; 2] {
 }
 
 /// Per-row fits (rows of `row_len`) and, per family, the KS statistic of the
-/// pooled standardized values.
+/// pooled standardized values, within [`KS_TOLERANCE`] as in
+/// [`fit_tensor`].
 ///
 /// # Errors
 /// [`NuqError::LengthMismatch`] if `row_len` is 0 or does not divide
 /// `x.len()`; [`NuqError::NonFinite`] for the lowest non-finite index.
 pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
+    fit_rows_within(x, row_len, KS_TOLERANCE)
+}
+
+/// [`fit_rows`] with the KS statistics known within `tol` (exact for 0).
+pub(crate) fn fit_rows_within(x: &[f32], row_len: usize, tol: f64) -> Result<ChannelFit> {
     if row_len == 0 || !x.len().is_multiple_of(row_len) {
         return Err(NuqError::LengthMismatch {
             what: "tensor length (a multiple of row_len)",
@@ -182,19 +210,23 @@ pub fn fit_rows(x: &[f32], row_len: usize) -> Result<ChannelFit> {
     };
     let column =
         |f: fn(&RowFit) -> f64| -> Vec<f64> { spread.iter().map(|&r| f(&rows[r])).collect() };
-    let ks = |family: Family, loc: Vec<f64>, scale: Vec<f64>| {
+    let (mean, std) = (column(|r| r.mean), column(|r| r.std));
+    let (median, b) = (column(|r| r.median), column(|r| r.b));
+    let ks = |family: Family, loc: &[f64], scale: &[f64], tol: f64| {
         if pooled.is_empty() {
-            0.0
+            Estimate::exact(0.0)
         } else {
-            ks_rows(&pooled, row_len, family, &loc, &scale)
+            ks_rows_within(&pooled, row_len, family, loc, scale, tol)
         }
     };
     // The two statistics side by side: each has serial steps (laying out
     // its runs, bounding them) that the other's parallel passes fill.
-    let (d_gaussian, d_laplace) = rayon::join(
-        || ks(Family::Gaussian, column(|r| r.mean), column(|r| r.std)),
-        || ks(Family::Laplace, column(|r| r.median), column(|r| r.b)),
-    );
+    let [d_gaussian, d_laplace] = settle(tol, |tol| {
+        rayon::join(
+            || ks(Family::Gaussian, &mean, &std, tol),
+            || ks(Family::Laplace, &median, &b, tol),
+        )
+    });
     Ok(ChannelFit {
         d_gaussian,
         d_laplace,

@@ -27,6 +27,35 @@ const REFINE_MIN: usize = 16;
 /// 4096 limit refined 4.3M values in ~190 ms; gathering them took ~85).
 const SORT_MAX: usize = 1 << 16;
 
+/// Where the exact D of one fit lies: `lo <= D <= hi` (equal when exact).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Estimate {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Estimate {
+    pub(crate) fn exact(d: f64) -> Self {
+        Estimate { lo: d, hi: d }
+    }
+
+    /// The midpoint: within half the width of the exact D.
+    pub(crate) fn value(&self) -> f64 {
+        if self.hi > self.lo {
+            0.5 * (self.lo + self.hi)
+        } else {
+            self.hi
+        }
+    }
+}
+
+/// Whether the Gaussian-or-Laplace choice (the smaller D; ties: Gaussian)
+/// is the same for every exact pair of statistics within `gaussian` and
+/// `laplace`, and so the same as [`Estimate::value`]s give.
+pub(crate) fn choice_is_certain(gaussian: Estimate, laplace: Estimate) -> bool {
+    gaussian.hi <= laplace.lo || laplace.hi < gaussian.lo
+}
+
 /// A fitted distribution: `F(v) = family.cdf((v - loc) / scale)`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fitted {
@@ -174,6 +203,19 @@ pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
 /// If `row_len == 0`, `x.len()` is not a multiple of it, or `loc`/`scale`
 /// do not have one entry per row.
 pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[f64]) -> f64 {
+    ks_rows_within(x, row_len, family, loc, scale, 0.0).value()
+}
+
+/// [`ks_rows`] known within `tol` (see [`ks_layout_within`]): exact below
+/// `SMALL_N` elements.
+pub(crate) fn ks_rows_within(
+    x: &[f32],
+    row_len: usize,
+    family: Family,
+    loc: &[f64],
+    scale: &[f64],
+    tol: f64,
+) -> Estimate {
     assert!(
         row_len > 0 && x.len().is_multiple_of(row_len),
         "ks_rows: row_len {row_len} must be > 0 and divide {}",
@@ -201,16 +243,35 @@ pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[
     if x.len() < SMALL_N {
         let mut z = Vec::with_capacity(x.len());
         src.visit(0..x.len(), |v| z.push(v));
-        return ks_small(z, &fit)[0];
+        return Estimate::exact(ks_small(z, &fit)[0]);
     }
     // Standardized values beyond the grid fall in its clamped end buckets
     // (still exact, only less finely bucketed).
     let mut layout = build(&src, -GRID_SIGMAS, GRID_SIGMAS, buckets_for(x.len()), None);
-    ks_layout(&src, &mut layout, &fit)[0]
+    ks_layout_within(&src, &mut layout, &fit, tol)[0]
 }
 
 /// D for each fit from a layout of the same source (shared across fits).
 pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]) -> Vec<f64> {
+    ks_layout_within(src, layout, fits, 0.0)
+        .iter()
+        .map(Estimate::value)
+        .collect()
+}
+
+/// D for each fit, known to within `tol` (exact for `tol == 0`): runs whose
+/// upper bound exceeds the largest lower bound of D by at most `2 tol` are
+/// left unresolved, so D lies between that lower bound and their largest
+/// upper bound (or is the largest exact term, when none is left), at most
+/// `2 tol` apart. A whole top-level bucket bounds its terms within the
+/// fitted cdf's rise across it (see the module doc), so with a tolerance of
+/// about half that rise, few runs or none need a gather.
+pub(crate) fn ks_layout_within<S: Source>(
+    src: &S,
+    layout: &mut Layout,
+    fits: &[Fitted],
+    tol: f64,
+) -> Vec<Estimate> {
     let live: Vec<Fitted> = fits
         .iter()
         .copied()
@@ -235,7 +296,7 @@ pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]
                 .map(|f| fit_bounds(layout, &blocks, f))
                 .collect();
         }
-        let cands = candidates(layout, &bounds, &mut best, &mut lower);
+        let cands = candidates(layout, &bounds, &mut best, &mut lower, tol);
         if cands.is_empty() {
             break;
         }
@@ -248,16 +309,40 @@ pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]
             bounds.clear();
         }
     }
-    let mut it = best.into_iter();
+    let mut it = bounds
+        .iter()
+        .zip(best.iter().zip(&lower))
+        .map(|(fb, (&best, &lower))| unresolved(layout, fb, best, lower));
     fits.iter()
         .map(|f| {
             if active(f, layout.n) {
                 it.next().unwrap()
             } else {
-                0.0
+                Estimate::exact(0.0)
             }
         })
         .collect()
+}
+
+/// Where D lies once every candidate run is resolved: `best` (the largest
+/// exact term) unless runs left unresolved may hold a larger term, then
+/// between `lower` and their largest upper bound.
+fn unresolved(layout: &Layout, fb: &FitBounds, best: f64, lower: f64) -> Estimate {
+    let hi = fb
+        .fine
+        .iter()
+        .filter(|(i, b)| {
+            let r = &layout.recs[*i];
+            b.upper + SLACK > lower && !r.done && !r.pure()
+        })
+        .map(|(_, b)| b.upper + SLACK)
+        .fold(best, f64::max);
+    let lo = best.max(lower);
+    if hi > lo {
+        Estimate { lo, hi }
+    } else {
+        Estimate::exact(best)
+    }
 }
 
 /// Splits candidates into (refine, gather). Gathering is cheap while the
@@ -285,12 +370,13 @@ fn gather_budget(n: usize) -> usize {
 /// Raises `best` by the exact terms the runs expose alone (first and last
 /// order statistics of exact runs; every term of a run of ties) and `lower`
 /// by every lower bound, then lists the runs whose upper bound for some fit
-/// still exceeds that fit's `lower` (ascending).
+/// still exceeds that fit's `lower` by more than `2 tol` (ascending).
 fn candidates(
     layout: &Layout,
     bounds: &[FitBounds],
     best: &mut [f64],
     lower: &mut [f64],
+    tol: f64,
 ) -> Vec<usize> {
     let mut cands = Vec::new();
     for ((fb, best), lower) in bounds.iter().zip(best.iter_mut()).zip(lower.iter_mut()) {
@@ -303,7 +389,7 @@ fn candidates(
         // The bound first: most runs fail it, and it needs no record.
         cands.extend(fb.fine.iter().filter_map(|&(i, b)| {
             let r = &layout.recs[i];
-            (b.upper + SLACK > *lower && !r.done && !r.pure()).then_some(i)
+            (b.upper + SLACK > *lower + 2.0 * tol && !r.done && !r.pure()).then_some(i)
         }));
     }
     cands.sort_unstable();
@@ -722,7 +808,7 @@ mod tests {
                     let fb = fit_bounds(&layout, &blocks(&layout), fit);
                     let fine = fb.fine.len();
                     let (mut best, mut lower) = ([0.0], [0.0]);
-                    let got = candidates(&layout, &[fb], &mut best, &mut lower);
+                    let got = candidates(&layout, &[fb], &mut best, &mut lower, 0.0);
                     assert_eq!(lower[0], want_lower, "kind {kind}, round {round}");
                     assert_eq!(got, want, "kind {kind}, round {round}");
                     if kind == 0 {

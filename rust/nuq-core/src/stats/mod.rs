@@ -42,6 +42,22 @@
 //! counts do not depend on the fit: one pass serves every fit and the median
 //! (whose middle ranks are located the same way).
 //!
+//! # Within a tolerance
+//! The pipeline's fits ([`fit_tensor`], [`fit_rows`]) need D only to
+//! [`KS_TOLERANCE`] (the issue asks for agreement with scipy within 1e-4):
+//! runs whose upper bound exceeds `L*` by at most twice the tolerance are
+//! left unresolved, D lies between `L*` and the largest upper bound left,
+//! and the middle of that bracket is reported. A whole top-level bucket
+//! bounds its terms within the fitted cdf's rise across it: at most its
+//! width times the fitted density's peak, on a grid of 2^16 buckets over
+//! ±6σ 7.3e-5 for the Gaussian fit and about 1.3e-4 for the Laplace fit of
+//! Laplace-shaped data (σ = √2 b). So most statistics are bracketed by the
+//! counting pass alone, or with the few densest runs resolved, and most
+//! gather passes are skipped (a quarter of the time of a 768 x 3072
+//! matrix). When the two families' brackets
+//! overlap, both statistics are computed exactly, so the family choice is
+//! always that of the exact statistics.
+//!
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.
 
@@ -66,6 +82,13 @@ pub use ks::{ks_rows, ks_sorted_reference, ks_tensor};
 pub use moments::{mean_abs_dev, moments, Moments};
 pub use rows::{row_fits, RowFit};
 pub use select::median;
+
+/// How close the KS statistics of [`fit_tensor`] and [`fit_rows`] (the
+/// pipeline's) are to the exact ones: their runs need no gather once D is
+/// bracketed `2 * KS_TOLERANCE` wide, and they report the bracket's middle.
+/// Both statistics are computed exactly when their brackets overlap, so the
+/// family choice is the exact one. [`ks_tensor`] and [`ks_rows`] are exact.
+pub const KS_TOLERANCE: f64 = 5e-5;
 
 /// Below this many elements a sorted copy is cheaper than histogram passes.
 const SMALL_N: usize = 1 << 14;

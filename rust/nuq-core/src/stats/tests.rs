@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 
+use super::fit::{fit_rows_within, fit_tensor_within};
 use super::ks::ks_rows_reference;
 use super::*;
 use crate::Family;
@@ -132,6 +133,42 @@ proptest! {
         prop_assert_eq!(fast, ks_rows_reference(&x, row_len, family, &loc, &scale));
     }
 
+    /// Within a tolerance the bracket holds the exact D, is at most twice
+    /// the tolerance wide, and its middle is within the tolerance.
+    #[test]
+    fn ks_within_a_tolerance_brackets_the_exact_statistic(
+        kind in 0u8..8,
+        n in 16_384usize..150_000,
+        seed: u64,
+        tol in prop_oneof![Just(1e-6), Just(KS_TOLERANCE), Just(1e-3), Just(0.05)],
+        row_len in prop_oneof![Just(1usize), Just(256), Just(4096)],
+    ) {
+        use super::fit::{both_fits, central_grid};
+        use super::hist::{buckets_for, build};
+        use super::ks::{ks_layout_within, ks_rows_within};
+        use super::source::Flat;
+        let x = sample(kind, n - n % row_len, seed);
+        let f = fit_tensor_within(&x, 0.0).unwrap();
+        let (lo, hi) = central_grid(&f.moments);
+        let range = Some((f.moments.min, f.moments.max));
+        let mut layout = build(&Flat(&x), lo, hi, buckets_for(x.len()), range);
+        let got = ks_layout_within(&Flat(&x), &mut layout, &both_fits(f.gaussian, f.laplace), tol);
+        let mut checks: Vec<_> = got.into_iter().zip([f.d_gaussian, f.d_laplace]).collect();
+        if row_len > 1 {
+            let fits = row_fits(&x, row_len);
+            let (loc, scale): (Vec<f64>, Vec<f64>) = fits.iter().map(|f| (f.median, f.b)).unzip();
+            checks.push((
+                ks_rows_within(&x, row_len, Family::Laplace, &loc, &scale, tol),
+                ks_rows_reference(&x, row_len, Family::Laplace, &loc, &scale),
+            ));
+        }
+        for (d, exact) in checks {
+            prop_assert!(d.lo <= exact && exact <= d.hi, "{:?} vs {}", d, exact);
+            prop_assert!(d.hi - d.lo <= 2.0 * tol + 1e-12, "{:?}", d);
+            prop_assert!((d.value() - exact).abs() <= tol + 1e-12, "{:?} vs {}", d, exact);
+        }
+    }
+
     #[test]
     fn row_fits_match_their_definitions(
         kind in 0u8..7,
@@ -203,18 +240,9 @@ fn tiny_inputs() {
 fn fit_tensor_picks_the_true_family() {
     for (kind, want) in [(0u8, Family::Gaussian), (1, Family::Laplace)] {
         let x = sample(kind, 200_000, 7);
-        let f = fit_tensor(&x).unwrap();
+        let f = assert_fit_is_exact(&x);
         assert_eq!(f.best(), want, "{f:?}");
-        let (g, l) = (f.gaussian, f.laplace);
-        assert_eq!(
-            f.d_gaussian,
-            ks_sorted_reference(&x, Family::Gaussian, g.loc, g.scale)
-        );
-        assert_eq!(
-            f.d_laplace,
-            ks_sorted_reference(&x, Family::Laplace, l.loc, l.scale)
-        );
-        assert_eq!(l.loc, sorted_median(&x));
+        let l = f.laplace;
         // One pass sums each side of the median apart (see `laplace`):
         // equal to the element-by-element sum up to rounding.
         let b = mean_abs_dev(&x, l.loc);
@@ -244,6 +272,73 @@ fn fit_errors() {
     assert!(fit_rows(&[1.0; 10], 0).is_err());
 }
 
+/// A Gaussian/Laplace mixture whose two statistics are as close as the
+/// sample allows (the mixing share found by bisection): their brackets
+/// within the tolerance overlap, so both are computed exactly.
+#[test]
+fn a_close_call_is_settled_exactly() {
+    use super::fit::{both_fits, central_grid};
+    use super::hist::{buckets_for, build};
+    use super::ks::{choice_is_certain, ks_layout_within};
+    use super::source::Flat;
+    let (g, l) = (sample(0, 200_000, 3), sample(1, 200_000, 4));
+    let mut r = Rng(5);
+    let u: Vec<f64> = (0..g.len()).map(|_| r.uniform()).collect();
+    let mix = |p: f64| -> Vec<f32> {
+        (0..g.len())
+            .map(|i| if u[i] < p { g[i] } else { l[i] })
+            .collect()
+    };
+    let gap = |p: f64| {
+        let f = fit_tensor_within(&mix(p), 0.0).unwrap();
+        f.d_gaussian - f.d_laplace
+    };
+    // All Laplace (p = 0): the Laplace fit is closer; all Gaussian: the Gaussian.
+    let (mut lo, mut hi) = (0.0, 1.0);
+    assert!(gap(lo) > 0.0 && gap(hi) < 0.0);
+    for _ in 0..30 {
+        let mid = 0.5 * (lo + hi);
+        if gap(mid) > 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let x = mix(hi);
+    let exact = assert_fit_is_exact(&x);
+    assert!(
+        (exact.d_gaussian - exact.d_laplace).abs() < KS_TOLERANCE,
+        "{exact:?}"
+    );
+    let (lo, hi) = central_grid(&exact.moments);
+    let range = Some((exact.moments.min, exact.moments.max));
+    let mut layout = build(&Flat(&x), lo, hi, buckets_for(x.len()), range);
+    let fits = both_fits(exact.gaussian, exact.laplace);
+    let d = ks_layout_within(&Flat(&x), &mut layout, &fits, KS_TOLERANCE);
+    assert!(!choice_is_certain(d[0], d[1]), "{d:?}");
+    assert_eq!(fit_tensor(&x).unwrap(), exact);
+    // The same values as one row: the pooled statistics of `fit_rows`.
+    let one_row = fit_rows_within(&x, x.len(), 0.0).unwrap();
+    assert!((one_row.d_gaussian - one_row.d_laplace).abs() < KS_TOLERANCE);
+    assert_eq!(fit_rows(&x, x.len()).unwrap(), one_row);
+}
+
+#[test]
+fn the_choice_is_certain_only_for_disjoint_brackets() {
+    use super::ks::{choice_is_certain, Estimate};
+    let at = |lo, hi| Estimate { lo, hi };
+    assert!(choice_is_certain(at(0.1, 0.2), at(0.2, 0.3)));
+    assert!(choice_is_certain(at(0.2, 0.3), at(0.1, 0.15)));
+    assert!(!choice_is_certain(at(0.2, 0.3), at(0.1, 0.2)));
+    assert!(!choice_is_certain(at(0.1, 0.3), at(0.2, 0.25)));
+    assert!(choice_is_certain(
+        Estimate::exact(0.1),
+        Estimate::exact(0.1)
+    ));
+    assert_eq!(at(0.1, 0.3).value(), 0.2);
+    assert_eq!(Estimate::exact(0.125).value(), 0.125);
+}
+
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let x = sample(3, 300_000, 11);
@@ -261,10 +356,12 @@ fn results_do_not_depend_on_the_thread_count() {
 /// Exactly Gaussian data: D ~ 1/sqrt(n) is comparable to the top-level
 /// bucket masses, so a large share of the data is refined at once (the
 /// refinement budget path), for the tensor and for the pooled rows.
-/// `fit_tensor(x)`, after checking both KS statistics and the median
-/// against the sort-based references.
+/// The exact fit of `x`, after checking both KS statistics and the median
+/// against the sort-based references, and that `fit_tensor` (the
+/// pipeline's, within `KS_TOLERANCE`) agrees: same fits, statistics within
+/// the tolerance, same family.
 fn assert_fit_is_exact(x: &[f32]) -> TensorFit {
-    let f = fit_tensor(x).unwrap();
+    let f = fit_tensor_within(x, 0.0).unwrap();
     let (g, l) = (f.gaussian, f.laplace);
     assert_eq!(
         f.d_gaussian,
@@ -275,7 +372,23 @@ fn assert_fit_is_exact(x: &[f32]) -> TensorFit {
         ks_sorted_reference(x, Family::Laplace, l.loc, l.scale)
     );
     assert_eq!(f.laplace.loc, sorted_median(x));
+    let within = fit_tensor(x).unwrap();
+    assert_eq!((within.gaussian, within.laplace), (g, l));
+    assert_within_tolerance(
+        [within.d_gaussian, within.d_laplace],
+        [f.d_gaussian, f.d_laplace],
+    );
+    assert_eq!(within.best(), f.best());
     f
+}
+
+fn assert_within_tolerance(got: [f64; 2], exact: [f64; 2]) {
+    for (got, exact) in got.into_iter().zip(exact) {
+        assert!(
+            (got - exact).abs() <= KS_TOLERANCE,
+            "{got} vs exact {exact}"
+        );
+    }
 }
 
 #[test]
@@ -299,7 +412,13 @@ fn gaussian_data_refined_in_bulk_stay_exact() {
     let d = ks_layout(&Flat(&x), &mut layout, &fits);
     assert_eq!(d, [f.d_gaussian, f.d_laplace]);
     let row_len = 1 << 11;
-    let c = fit_rows(&x, row_len).unwrap();
+    let c = fit_rows_within(&x, row_len, 0.0).unwrap();
+    let within = fit_rows(&x, row_len).unwrap();
+    assert_within_tolerance(
+        [within.d_gaussian, within.d_laplace],
+        [c.d_gaussian, c.d_laplace],
+    );
+    assert_eq!(within.best(), c.best());
     let column = |f: fn(&RowFit) -> f64| -> Vec<f64> { c.rows.iter().map(f).collect() };
     let (mean, std) = (column(|r| r.mean), column(|r| r.std));
     let want = ks_rows_reference(&x, row_len, Family::Gaussian, &mean, &std);
@@ -339,7 +458,7 @@ fn ks_gathers_a_small_fraction() {
         let f = if kind == 8 {
             assert_fit_is_exact(&x)
         } else {
-            fit_tensor(&x).unwrap()
+            fit_tensor_within(&x, 0.0).unwrap()
         };
         let fits = both_fits(f.gaussian, f.laplace);
         let (lo, hi) = central_grid(&f.moments);
