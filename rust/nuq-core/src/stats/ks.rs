@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
-use super::hist::{buckets_for, build, refine, Layout, Rec, GRID_SIGMAS};
+use super::hist::{buckets_for, build, build_coarse, expand, refine, Layout, Rec, GRID_SIGMAS};
 use super::moments::min_max;
 use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
@@ -247,7 +247,7 @@ pub(crate) fn ks_rows_within(
     }
     // Standardized values beyond the grid fall in its clamped end buckets
     // (still exact, only less finely bucketed).
-    let mut layout = build(&src, -GRID_SIGMAS, GRID_SIGMAS, buckets_for(x.len()), None);
+    let mut layout = build_coarse(&src, -GRID_SIGMAS, GRID_SIGMAS, buckets_for(x.len()));
     ks_layout_within(&src, &mut layout, &fit, tol)[0]
 }
 
@@ -299,6 +299,17 @@ pub(crate) fn ks_layout_within<S: Source>(
         let cands = candidates(layout, &bounds, &mut best, &mut lower, tol);
         if cands.is_empty() {
             break;
+        }
+        // Coarse candidates are split into their buckets and bounded anew.
+        let coarse: Vec<usize> = cands
+            .iter()
+            .copied()
+            .filter(|&i| layout.recs[i].buckets > 1)
+            .collect();
+        if !coarse.is_empty() {
+            expand(layout, &coarse);
+            bounds.clear();
+            continue;
         }
         let (large, small) = plan(layout, cands);
         if !small.is_empty() {
@@ -499,7 +510,7 @@ impl<'a> Edges<'a> {
     }
 
     fn whole(&self, r: &Rec) -> bool {
-        !r.exact && r.root > 0 && r.root + 1 < self.layout.grid.nb
+        !r.exact && r.root > 0 && r.root + (r.buckets as usize) < self.layout.grid.nb
     }
 
     /// How far the cdf of run `i`'s values can lie beyond its edge values
@@ -542,7 +553,7 @@ impl<'a> Edges<'a> {
     fn at_hi(&self, i: usize) -> f64 {
         let r = &self.layout.recs[i];
         let v = if self.whole(r) {
-            self.layout.grid.edge(r.root + 1)
+            self.layout.grid.edge(r.root + r.buckets as usize)
         } else {
             r.hi
         };
@@ -575,7 +586,7 @@ impl<'a> Edges<'a> {
                 let shared = i + 1 < runs.end
                     && self.whole(r)
                     && self.whole(&recs[i + 1])
-                    && recs[i + 1].root == r.root + 1;
+                    && recs[i + 1].root == r.root + r.buckets as usize;
                 let fh = if shared {
                     at_lo[i + 1 - runs.start]
                 } else {
