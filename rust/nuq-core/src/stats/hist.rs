@@ -822,6 +822,27 @@ mod tests {
         }
     }
 
+    /// A recycled table comes back zeroed, at the size asked for; at most
+    /// `KEPT_TABLES` are kept, and oversized ones not at all.
+    #[test]
+    fn recycled_tables_come_back_zeroed() {
+        let kept = || TABLES.with(|t| t.borrow().len());
+        let before = kept();
+        let mut dirty = zeroed_table(100);
+        dirty.iter_mut().for_each(|c| *c = 7);
+        recycle_table(dirty);
+        assert_eq!(kept(), (before + 1).min(KEPT_TABLES));
+        assert_eq!(zeroed_table(300), vec![0u32; 300]);
+        recycle_table(vec![1; 4 * MAX_BUCKETS]);
+        for _ in 0..2 * KEPT_TABLES {
+            recycle_table(vec![5; 10]);
+        }
+        assert_eq!(kept(), KEPT_TABLES);
+        for _ in 0..KEPT_TABLES {
+            assert_eq!(zeroed_table(20), vec![0u32; 20]);
+        }
+    }
+
     #[test]
     fn refinement_bins_stay_within_the_budget() {
         let counts = [3usize, 17, 5_000, 1 << 20, 1 << 24, 123_456_789];
