@@ -201,6 +201,22 @@ pub(crate) struct Rec {
 }
 
 impl Rec {
+    /// The run of the `count` values (the first one of rank `offset + 1`)
+    /// that lie in the top-level buckets `root..root + buckets`, within
+    /// `[lo, hi]`: inexact, and not yet taken into account.
+    fn top_level(lo: f64, hi: f64, offset: usize, count: usize, root: usize, buckets: u32) -> Self {
+        Rec {
+            lo,
+            hi,
+            exact: false,
+            offset,
+            count,
+            root,
+            buckets,
+            done: false,
+        }
+    }
+
     /// All elements equal: everything about the run is known without data.
     pub(crate) fn pure(&self) -> bool {
         self.exact && self.lo == self.hi
@@ -280,16 +296,12 @@ pub(crate) fn build_coarse<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> L
         let last = group.iter().rposition(|&k| k > 0).unwrap_or(first);
         let count: usize = group[first..=last].iter().sum();
         let root = g * COARSE + first;
-        recs.push(Rec {
-            lo: grid.bounds(root, guard).0,
-            hi: grid.bounds(root + last - first, guard).1,
-            exact: false,
-            offset,
-            count,
-            root,
-            buckets: (last - first + 1) as u32,
-            done: false,
-        });
+        let (lo, hi) = (
+            grid.bounds(root, guard).0,
+            grid.bounds(root + last - first, guard).1,
+        );
+        let buckets = (last - first + 1) as u32;
+        recs.push(Rec::top_level(lo, hi, offset, count, root, buckets));
         offset += count;
     }
     Layout {
@@ -335,16 +347,9 @@ pub(crate) fn expand(layout: &mut Layout, targets: &[usize]) {
         for (root, &count) in buckets(&rec).zip(&counts[buckets(&rec)]) {
             if count > 0 {
                 let (lo, hi) = layout.grid.bounds(root, guard);
-                layout.recs.push(Rec {
-                    lo,
-                    hi,
-                    exact: false,
-                    offset,
-                    count,
-                    root,
-                    buckets: 1,
-                    done: false,
-                });
+                layout
+                    .recs
+                    .push(Rec::top_level(lo, hi, offset, count, root, 1));
                 offset += count;
             }
         }
@@ -392,16 +397,7 @@ fn records(grid: &Grid, counts: &[usize], range: Option<(f64, f64)>) -> Vec<Rec>
                     (a, b) = (a.max(min), b.min(max));
                 }
                 let slot = slots.next().expect("one slot per non-empty bucket");
-                slot.write(Rec {
-                    lo: a,
-                    hi: b,
-                    exact: false,
-                    offset,
-                    count,
-                    root,
-                    buckets: 1,
-                    done: false,
-                });
+                slot.write(Rec::top_level(a, b, offset, count, root, 1));
                 offset += count;
             }
         });
