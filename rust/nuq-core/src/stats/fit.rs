@@ -1,12 +1,12 @@
 //! What the pipeline calls: both fits and both KS statistics of a tensor
 //! (or of its rows), fused into as few data passes as possible.
 
-use super::hist::{buckets_for, build, GRID_SIGMAS};
+use super::hist::{buckets_for, build_coarse, expand, GRID_SIGMAS};
 use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};
-use super::select::{median_of_layout, median_small};
+use super::select::{median_of_layout, median_small, run_of};
 use super::source::Flat;
 use super::{KS_TOLERANCE, SMALL_N};
 use crate::error::{NuqError, Result};
@@ -102,13 +102,14 @@ pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
         (laplace, d)
     } else {
         let (lo, hi) = central_grid(&moments);
-        let mut layout = build(
-            &Flat(x),
-            lo,
-            hi,
-            buckets_for(x.len()),
-            Some((moments.min, moments.max)),
-        );
+        let range = Some((moments.min, moments.max));
+        let mut layout = build_coarse(&Flat(x), lo, hi, buckets_for(x.len()), range);
+        // The median's runs in buckets: its band stays narrow.
+        let n = x.len();
+        let mut middle = vec![run_of(&layout, (n - 1) / 2), run_of(&layout, n / 2)];
+        middle.dedup();
+        middle.retain(|&i| layout.recs[i].buckets > 1);
+        expand(&mut layout, &middle);
         let laplace = laplace_fit(x, &layout).unwrap_or_else(|| {
             let median = median_of_layout(&Flat(x), &mut layout);
             LocScale {

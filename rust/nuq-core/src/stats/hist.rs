@@ -235,8 +235,16 @@ pub(crate) struct Layout {
     pub n: usize,
     pub(crate) grid: Grid,
     pub recs: Vec<Rec>,
-    /// The top-level counts of a layout with coarse runs (see [`expand`]).
-    pub(crate) counts: Option<Vec<usize>>,
+    /// What a layout with coarse runs keeps to split them (see [`expand`]).
+    pub(crate) coarse: Option<Coarse>,
+}
+
+/// The top-level counts of a layout with coarse runs, and the range its
+/// values are known to lie in.
+#[derive(Debug, Clone)]
+pub(crate) struct Coarse {
+    counts: Vec<usize>,
+    range: (f64, f64),
 }
 
 /// Standard deviations either side of the centre that a top-level grid
@@ -268,14 +276,14 @@ pub(crate) fn build<S: Source>(
         n: src.len(),
         grid,
         recs: records(&grid, &counts, range),
-        counts: None,
+        coarse: None,
     }
 }
 
 /// Top-level buckets per coarse run of [`build_coarse`].
 const COARSE: usize = 64;
 
-/// [`build`] (with no known range) with one coarse run per aligned group of
+/// [`build`] with one coarse run per aligned group of
 /// [`COARSE`] buckets holding values, from its first to its last non-empty
 /// bucket; the counts are kept. A coarse run is bounded as one run across
 /// its buckets, and [`expand`] splits the ones that may hold the KS
@@ -284,10 +292,17 @@ const COARSE: usize = 64;
 /// of the few it splits, instead of one run per non-empty bucket (35-45K
 /// for 768x768 and 768x3072 weight matrices at channel granularity, which
 /// now take 18% and 7% less time).
-pub(crate) fn build_coarse<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> Layout {
+pub(crate) fn build_coarse<S: Source>(
+    src: &S,
+    lo: f64,
+    hi: f64,
+    nb: usize,
+    range: Option<(f64, f64)>,
+) -> Layout {
     let grid = Grid::new(lo, hi, nb);
     let counts = count_histogram(src, &grid);
     let guard = grid.guard();
+    let (min, max) = range.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
     let mut recs = Vec::with_capacity(nb.div_ceil(COARSE));
     let mut offset = 0;
     for (g, group) in counts.chunks(COARSE).enumerate() {
@@ -298,8 +313,8 @@ pub(crate) fn build_coarse<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> L
         let count: usize = group[first..=last].iter().sum();
         let root = g * COARSE + first;
         let (lo, hi) = (
-            grid.bounds(root, guard).0,
-            grid.bounds(root + last - first, guard).1,
+            grid.bounds(root, guard).0.max(min),
+            grid.bounds(root + last - first, guard).1.min(max),
         );
         let buckets = (last - first + 1) as u32;
         recs.push(Rec::top_level(lo, hi, offset, count, root, buckets));
@@ -309,7 +324,10 @@ pub(crate) fn build_coarse<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> L
         n: src.len(),
         grid,
         recs,
-        counts: Some(counts),
+        coarse: Some(Coarse {
+            counts,
+            range: (min, max),
+        }),
     }
 }
 
@@ -319,8 +337,11 @@ pub(crate) fn build_coarse<S: Source>(src: &S, lo: f64, hi: f64, nb: usize) -> L
 /// # Panics
 /// If the layout kept no counts (it was not built by [`build_coarse`]).
 pub(crate) fn expand(layout: &mut Layout, targets: &[usize]) {
-    let counts = layout
-        .counts
+    let Coarse {
+        counts,
+        range: (min, max),
+    } = layout
+        .coarse
         .as_ref()
         .expect("only a coarse layout keeps its counts");
     let guard = layout.grid.guard();
@@ -348,6 +369,7 @@ pub(crate) fn expand(layout: &mut Layout, targets: &[usize]) {
         for (root, &count) in buckets(&rec).zip(&counts[buckets(&rec)]) {
             if count > 0 {
                 let (lo, hi) = layout.grid.bounds(root, guard);
+                let (lo, hi) = (lo.max(*min), hi.min(*max));
                 layout
                     .recs
                     .push(Rec::top_level(lo, hi, offset, count, root, 1));
@@ -785,9 +807,10 @@ mod tests {
     #[test]
     fn coarse_runs_expand_into_the_bucket_runs() {
         let x = data(100_000);
-        for nb in [1000, 3 * COARSE + 5, 1 << 12] {
-            let fine = build(&Flat(&x), -20.0, 20.0, nb, None);
-            let mut coarse = build_coarse(&Flat(&x), -20.0, 20.0, nb);
+        let known = Some((-125.0, 512f64.powi(3) / 1e6));
+        for (nb, range) in [(1000, None), (3 * COARSE + 5, known), (1 << 12, None)] {
+            let fine = build(&Flat(&x), -20.0, 20.0, nb, range);
+            let mut coarse = build_coarse(&Flat(&x), -20.0, 20.0, nb, range);
             check_layout(&x, &coarse);
             assert!(coarse.recs.len() <= nb.div_ceil(COARSE));
             for r in &coarse.recs {

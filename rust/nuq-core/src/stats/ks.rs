@@ -253,7 +253,7 @@ pub(crate) fn ks_rows_within(
     // grid of large tensors only costs its counting pass more (50257x768:
     // 5% more time).
     let nb = buckets_for(x.len()).min(MAX_BUCKETS);
-    let mut layout = build_coarse(&src, -GRID_SIGMAS, GRID_SIGMAS, nb);
+    let mut layout = build_coarse(&src, -GRID_SIGMAS, GRID_SIGMAS, nb, None);
     ks_layout_within(&src, &mut layout, &fit, tol)[0]
 }
 

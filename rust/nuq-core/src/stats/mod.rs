@@ -56,11 +56,12 @@
 //! gather passes are skipped (a quarter of the time of a 768 x 3072
 //! matrix). When the two families' brackets
 //! overlap, both statistics are computed exactly, so the family choice is
-//! always that of the exact statistics. The pooled standardized values of
-//! channel granularity are laid out in coarse runs of 64 buckets, split
-//! into buckets only where they may hold the arg-max (`hist::build_coarse`):
-//! with few runs to resolve, writing and bounding a run per bucket was most
-//! of what was left besides the counting passes.
+//! always that of the exact statistics. The pipeline's layouts (of a
+//! tensor, and of the pooled standardized values of channel granularity)
+//! hold coarse runs of 64 buckets, split into buckets only where they may
+//! hold the arg-max or the median (`hist::build_coarse`): with few runs to
+//! resolve, writing and bounding a run per bucket was most of what was
+//! left besides the counting passes.
 //!
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.

@@ -63,6 +63,10 @@ impl Router {
     /// `targets` are record indices, ascending.
     pub(crate) fn new(layout: &Layout, targets: &[usize]) -> Self {
         assert!(targets.len() < DIRECT as usize, "{} targets", targets.len());
+        debug_assert!(
+            targets.iter().all(|&i| layout.recs[i].buckets == 1),
+            "coarse runs are split before a pass routes values to them"
+        );
         let mut first = vec![NONE; layout.grid.nb];
         let mut live = vec![0u64; layout.grid.nb.div_ceil(64)];
         let mut entries = Vec::with_capacity(targets.len());
