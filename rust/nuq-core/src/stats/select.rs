@@ -86,7 +86,8 @@ pub(crate) fn median_pivoted(
     debug_assert_eq!(scratch.vals.len(), count, "counts and copy agree");
     let (lo_rank, hi_rank) = ((n - 1) / 2, n / 2);
     Some(select_middle(
-        &mut scratch.vals,
+        &scratch.vals,
+        &mut scratch.keys,
         lo_rank - base,
         hi_rank - base,
     ))
@@ -162,18 +163,35 @@ fn count_below_avx2<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] 
 }
 
 /// The median from the values holding 0-based ranks `lo..=hi` (`hi - lo`
-/// is 0 or 1) of the data, at those positions of `vals` (reordered).
-fn select_middle(vals: &mut [f32], lo: usize, hi: usize) -> f64 {
-    let (lower, &mut top, _) = vals.select_nth_unstable_by(hi, f32::total_cmp);
+/// is 0 or 1) of the data, at those positions of `vals` in sorted order.
+/// The values are selected as [`total_key`]s (in `keys`, reused): integer
+/// compares, not `total_cmp` calls (channel granularity: 2% less time).
+fn select_middle(vals: &[f32], keys: &mut Vec<i32>, lo: usize, hi: usize) -> f64 {
+    keys.clear();
+    keys.extend(vals.iter().map(|&v| total_key(v)));
+    let (lower, &mut top, _) = keys.select_nth_unstable(hi);
+    let top = from_total_key(top);
     if lo == hi {
         return f64::from(top);
     }
     let bottom = lower
         .iter()
         .copied()
-        .max_by(f32::total_cmp)
+        .max()
         .expect("rank lo is below rank hi");
-    (f64::from(bottom) + f64::from(top)) / 2.0
+    (f64::from(from_total_key(bottom)) + f64::from(top)) / 2.0
+}
+
+/// An integer whose order is `f32::total_cmp`'s: the bits, with those
+/// below the sign flipped for negative values.
+fn total_key(v: f32) -> i32 {
+    let bits = v.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// The value of a [`total_key`] (the map is its own inverse).
+fn from_total_key(key: i32) -> f32 {
+    f32::from_bits(total_key(f32::from_bits(key as u32)) as u32)
 }
 
 /// `median_small` of `x` without reordering it, by bucket selection: one
@@ -206,7 +224,12 @@ pub(crate) fn median_binned(x: &[f32], center: f64, spread: f64, scratch: &mut S
     let (last, _) = bucket_of(&scratch.counts, hi_rank);
     scratch.vals.clear();
     bins.collect(x, first as u32, last as u32, &mut scratch.vals);
-    select_middle(&mut scratch.vals, lo_rank - below, hi_rank - below)
+    select_middle(
+        &scratch.vals,
+        &mut scratch.keys,
+        lo_rank - below,
+        hi_rank - below,
+    )
 }
 
 /// Most buckets of `median_binned` (16 KiB of counters, in L1).
@@ -217,6 +240,7 @@ const MAX_ROW_BUCKETS: usize = 1 << 12;
 pub(crate) struct Scratch {
     counts: Vec<u32>,
     vals: Vec<f32>,
+    keys: Vec<i32>,
 }
 
 /// `clamp((v - lo) * inv, 0, top)` truncated, in f32: non-decreasing in
@@ -409,6 +433,34 @@ fn known_or_pending<V: Value>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys order as `total_cmp` and map back to the same bits.
+    #[test]
+    fn total_keys_follow_total_cmp() {
+        let mut vals = vec![
+            -f32::MAX,
+            -3.5,
+            -1.0,
+            -f32::MIN_POSITIVE,
+            -1e-45,
+            -0.0,
+            0.0,
+            1e-45,
+            f32::MIN_POSITIVE,
+            0.1,
+            1.0,
+            2.5e30,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for &v in &vals {
+            assert_eq!(from_total_key(total_key(v)).to_bits(), v.to_bits());
+        }
+        vals.sort_by(f32::total_cmp);
+        let keys: Vec<i32> = vals.iter().map(|&v| total_key(v)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+    }
 
     #[test]
     fn small_medians() {
