@@ -1,7 +1,7 @@
 //! What the pipeline calls: both fits and both KS statistics of a tensor
 //! (or of its rows), fused into as few data passes as possible.
 
-use super::hist::{buckets_for, build_coarse, expand, GRID_SIGMAS};
+use super::hist::{buckets_for, build_coarse, expand, Grid, GRID_SIGMAS};
 use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
 use super::moments::{mean_abs_dev, moments, Moments};
@@ -103,7 +103,8 @@ pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
     } else {
         let (lo, hi) = central_grid(&moments);
         let range = Some((moments.min, moments.max));
-        let mut layout = build_coarse(&Flat(x), lo, hi, buckets_for(x.len()), range);
+        let grid = Grid::new(lo, hi, buckets_for(x.len()));
+        let mut layout = build_coarse(&Flat(x), grid, range);
         // The median's runs in buckets: its band stays narrow.
         let n = x.len();
         let mut middle = vec![run_of(&layout, (n - 1) / 2), run_of(&layout, n / 2)];

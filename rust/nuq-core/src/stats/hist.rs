@@ -283,7 +283,7 @@ pub(crate) fn build<S: Source>(
 /// Top-level buckets per coarse run of [`build_coarse`].
 const COARSE: usize = 64;
 
-/// [`build`] with one coarse run per aligned group of
+/// [`build`] on `grid` with one coarse run per aligned group of
 /// [`COARSE`] buckets holding values, from its first to its last non-empty
 /// bucket; the counts are kept. A coarse run is bounded as one run across
 /// its buckets, and [`expand`] splits the ones that may hold the KS
@@ -292,18 +292,11 @@ const COARSE: usize = 64;
 /// of the few it splits, instead of one run per non-empty bucket (35-45K
 /// for 768x768 and 768x3072 weight matrices at channel granularity, which
 /// now take 18% and 7% less time).
-pub(crate) fn build_coarse<S: Source>(
-    src: &S,
-    lo: f64,
-    hi: f64,
-    nb: usize,
-    range: Option<(f64, f64)>,
-) -> Layout {
-    let grid = Grid::new(lo, hi, nb);
+pub(crate) fn build_coarse<S: Source>(src: &S, grid: Grid, range: Option<(f64, f64)>) -> Layout {
     let counts = count_histogram(src, &grid);
     let guard = grid.guard();
     let (min, max) = range.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
-    let mut recs = Vec::with_capacity(nb.div_ceil(COARSE));
+    let mut recs = Vec::with_capacity(grid.nb.div_ceil(COARSE));
     let mut offset = 0;
     for (g, group) in counts.chunks(COARSE).enumerate() {
         let Some(first) = group.iter().position(|&k| k > 0) else {
@@ -810,7 +803,7 @@ mod tests {
         let known = Some((-125.0, 512f64.powi(3) / 1e6));
         for (nb, range) in [(1000, None), (3 * COARSE + 5, known), (1 << 12, None)] {
             let fine = build(&Flat(&x), -20.0, 20.0, nb, range);
-            let mut coarse = build_coarse(&Flat(&x), -20.0, 20.0, nb, range);
+            let mut coarse = build_coarse(&Flat(&x), Grid::new(-20.0, 20.0, nb), range);
             check_layout(&x, &coarse);
             assert!(coarse.recs.len() <= nb.div_ceil(COARSE));
             for r in &coarse.recs {

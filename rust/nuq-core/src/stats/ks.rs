@@ -9,7 +9,7 @@ use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
 use super::hist::{
-    buckets_for, build, build_coarse, expand, refine, Layout, Rec, GRID_SIGMAS, MAX_BUCKETS,
+    buckets_for, build, build_coarse, expand, refine, Grid, Layout, Rec, GRID_SIGMAS, MAX_BUCKETS,
 };
 use super::moments::min_max;
 use super::source::{inv_scale, Flat, Source, Standardized, Value};
@@ -253,7 +253,8 @@ pub(crate) fn ks_rows_within(
     // grid of large tensors only costs its counting pass more (50257x768:
     // 5% more time).
     let nb = buckets_for(x.len()).min(MAX_BUCKETS);
-    let mut layout = build_coarse(&src, -GRID_SIGMAS, GRID_SIGMAS, nb, None);
+    let grid = Grid::new(-GRID_SIGMAS, GRID_SIGMAS, nb);
+    let mut layout = build_coarse(&src, grid, None);
     ks_layout_within(&src, &mut layout, &fit, tol)[0]
 }
 
