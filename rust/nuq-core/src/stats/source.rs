@@ -126,14 +126,24 @@ pub(crate) trait Source: Sync {
 
     /// Calls `f(target, value)`, in order, for every value of the range that
     /// `router` assigns to a target.
-    fn route<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, mut f: F) {
-        self.visit_chunks(range, |vals| router.route_block(vals, &mut f));
+    fn route<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route_with::<false, F>(range, router, f);
     }
 
     /// As `route`, and may also call `f(n, value)`, `n` the number of
     /// targets, for values that belong to no target: a pass that can keep
     /// those aside saves a branch per value that passed the range test.
-    fn route_slots<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, f: F);
+    fn route_slots<F: FnMut(usize, Self::V)>(&self, range: Range<usize>, router: &Router, f: F) {
+        self.route_with::<true, F>(range, router, f);
+    }
+
+    /// `route`, or with `SLOTS` `route_slots`.
+    fn route_with<const SLOTS: bool, F: FnMut(usize, Self::V)>(
+        &self,
+        range: Range<usize>,
+        router: &Router,
+        f: F,
+    );
 
     /// Calls `f` on the `grid` indices of consecutive chunks (at most
     /// `CHUNK` values each) covering the range in order.
@@ -168,18 +178,7 @@ impl Source for Flat<'_> {
     }
 
     /// The router's f32 value ranges tested a slice at a time.
-    fn route<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, f: F) {
-        self.route_hits::<false, F>(range, router, f);
-    }
-
-    fn route_slots<F: FnMut(usize, f32)>(&self, range: Range<usize>, router: &Router, f: F) {
-        self.route_hits::<true, F>(range, router, f);
-    }
-}
-
-impl Flat<'_> {
-    /// `route`, or with `SLOTS` `route_slots`.
-    fn route_hits<const SLOTS: bool, F: FnMut(usize, f32)>(
+    fn route_with<const SLOTS: bool, F: FnMut(usize, f32)>(
         &self,
         range: Range<usize>,
         router: &Router,
@@ -300,18 +299,7 @@ impl Source for Standardized<'_> {
     /// against the targets' value ranges mapped back through its own
     /// `(loc, inv)` (f32 compares, widened beyond any rounding), and only
     /// the values that pass are standardized and looked up exactly.
-    fn route<F: FnMut(usize, f64)>(&self, range: Range<usize>, router: &Router, f: F) {
-        self.route_rows::<false, F>(range, router, f);
-    }
-
-    fn route_slots<F: FnMut(usize, f64)>(&self, range: Range<usize>, router: &Router, f: F) {
-        self.route_rows::<true, F>(range, router, f);
-    }
-}
-
-impl Standardized<'_> {
-    /// `route`, or with `SLOTS` `route_slots`, row by row.
-    fn route_rows<const SLOTS: bool, F: FnMut(usize, f64)>(
+    fn route_with<const SLOTS: bool, F: FnMut(usize, f64)>(
         &self,
         range: Range<usize>,
         router: &Router,
