@@ -9,7 +9,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TensorReport:
-    """What happened to one tensor. Kept tensors have ``bits`` = None."""
+    """What happened to one tensor. Kept tensors have ``bits`` = None; with
+    ``target_bpw``, ``choice`` (e.g. ``"4b g64"``) and ``proxy`` (the budget's
+    sensitivity proxy, see ``nuq_rs._budget``) say what the budget chose."""
 
     name: str
     shape: tuple[int, ...]
@@ -26,6 +28,8 @@ class TensorReport:
     sqnr_db: float | None
     bytes_before: int
     bytes_after: int
+    choice: str | None = None
+    proxy: float | None = None
 
     @property
     def quantized(self) -> bool:
@@ -59,7 +63,10 @@ _COLUMNS = (
 )
 
 
-def _cells(t: TensorReport) -> list[str]:
+_BUDGET_COLUMNS = (("choice", "{}"), ("proxy", "{:.3g}"))
+
+
+def _cells(t: TensorReport, budget: bool) -> list[str]:
     values = (
         t.name,
         "x".join(map(str, t.shape)) or "scalar",
@@ -76,7 +83,9 @@ def _cells(t: TensorReport) -> list[str]:
         t.bytes_after,
         t.bits_per_weight,
     )
-    formats = [fmt for _, fmt in _COLUMNS]
+    columns = _COLUMNS + _BUDGET_COLUMNS if budget else _COLUMNS
+    values += (t.choice, t.proxy) if budget else ()
+    formats = [fmt for _, fmt in columns]
     return ["-" if v is None else fmt.format(v) for v, fmt in zip(values, formats, strict=True)]
 
 
@@ -117,8 +126,10 @@ class Report:
         return [asdict(t) | {"bits_per_weight": t.bits_per_weight} for t in self.tensors]
 
     def __str__(self) -> str:
-        rows = [[c for c, _ in _COLUMNS]] + [_cells(t) for t in self.tensors]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+        budget = any(t.proxy is not None for t in self.tensors)
+        columns = _COLUMNS + _BUDGET_COLUMNS if budget else _COLUMNS
+        rows = [[c for c, _ in columns]] + [_cells(t, budget) for t in self.tensors]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [
             "  ".join(
                 c.ljust(w) if i < 5 else c.rjust(w)

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import _arrays
+from ._budget import Choice, state_dict_choices
 from ._overlap import run_in_order
 from ._report import Report, TensorReport
 from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
@@ -20,8 +21,11 @@ class QuantizedStateDict(Mapping[str, Any]):
     """Name -> :class:`QuantizedTensor` (quantized) or the original tensor (kept),
     in the order of the input state dict."""
 
-    def __init__(self, entries: dict[str, Any]) -> None:
+    def __init__(
+        self, entries: dict[str, Any], choices: Mapping[str, Choice] | None = None
+    ) -> None:
         self._entries = entries
+        self._choices = dict(choices or {})
 
     def __getitem__(self, name: str) -> Any:
         return self._entries[name]
@@ -46,7 +50,9 @@ class QuantizedStateDict(Mapping[str, Any]):
 
     def report(self) -> Report:
         """Per-tensor statistics and totals; ``print()`` it for a table."""
-        return Report(tuple(_report_of(k, v) for k, v in self._entries.items()))
+        return Report(
+            tuple(_report_of(k, v, self._choices.get(k)) for k, v in self._entries.items())
+        )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write a safetensors file that :func:`nuq_rs.load` reads back.
@@ -81,8 +87,9 @@ class QuantizedStateDict(Mapping[str, Any]):
             writer.commit()
 
 
-def _report_of(name: str, v: Any) -> TensorReport:
+def _report_of(name: str, v: Any, choice: Choice | None = None) -> TensorReport:
     if isinstance(v, QuantizedTensor):
+        budget = {} if choice is None else {"choice": choice.label, "proxy": choice.proxy}
         return TensorReport(
             name,
             v.shape,
@@ -99,6 +106,7 @@ def _report_of(name: str, v: Any) -> TensorReport:
             v.sqnr_db,
             v.bytes_before,
             v.storage_bytes,
+            **budget,
         )
     size = _arrays.nbytes(v)
     shape = tuple(getattr(v, "shape", ()))
@@ -115,6 +123,7 @@ def quantize_state_dict(
     family: str = "auto",
     overrides: Mapping[str, Override] | None = None,
     exclude: list[str] | tuple[str, ...] | None = None,
+    target_bpw: float | None = None,
 ) -> QuantizedStateDict:
     """Quantize every floating tensor with 2+ dimensions of a state dict.
 
@@ -125,6 +134,14 @@ def quantize_state_dict(
     quantize a 1-D tensor. Every option is checked before any work starts, and
     an error names the tensor concerned. Accepts torch tensors (CPU or CUDA;
     fp32, fp16, bf16) and NumPy arrays; results live on the CPU.
+
+    ``target_bpw`` (mixed precision to a size budget, data-free): each tensor
+    gets the bits (2..8) and granularity that keep the stored bits of all
+    quantized tensors, metadata included, within ``target_bpw`` per weight while
+    keeping the summed relative error small (see ``nuq_rs._budget``; the report
+    shows each tensor's ``choice`` and ``proxy``). ``bits`` must then stay at its
+    default; ``granularity`` or ``group_size``, if given, restrict every tensor
+    to that granularity; overrides stay as given and count in the budget.
 
     >>> import torch, nuq_rs
     >>> model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(),
@@ -139,12 +156,17 @@ def quantize_state_dict(
     """
     base = QuantConfig(bits, granularity, group_size, family)
     plan = _plan(state_dict, base, overrides or {}, exclude or ())
+    choices = {}
+    if target_bpw is not None:
+        choices = state_dict_choices(state_dict, plan, base, target_bpw, set(overrides or {}))
+        plan |= {name: c.config for name, c in choices.items()}
     quantized = run_in_order(
         [(name, (state_dict[name], config)) for name, config in plan.items()],
         lambda name, job: _quantize_with(job[0], job[1], name),
         lambda job: 4 * math.prod(job[0].shape),
     )
-    return QuantizedStateDict({k: quantized.get(k, v) for k, v in state_dict.items()})
+    entries = {k: quantized.get(k, v) for k, v in state_dict.items()}
+    return QuantizedStateDict(entries, choices)
 
 
 def _plan(

@@ -1,0 +1,318 @@
+"""Mixed precision to a size budget, data-free: ``target_bpw``.
+
+Every tensor that the plan quantizes (and that no override fixes) gets its own
+bits and granularity, so that the stored size of all quantized tensors, every
+byte of metadata included, stays within ``target_bpw`` bits per weight while
+the summed sensitivity proxy is small.
+
+- **Candidates**: bits 2..8 x granularity ``tensor``, ``channel``, groups of 64
+  and of 32 (groups only if shorter than the row and accepted by the core for the shape);
+  with ``granularity=`` or ``group_size=`` given, that granularity only. The
+  family (and every other option of the base config) is kept. Each candidate is
+  quantized once (at most 28 quantizations of a tensor), the chosen one again
+  at the end.
+- **Cost**: ``8 * storage_bytes`` of the candidate: packed codes, codebook,
+  locations and scales, exactly what a file stores.
+- **Proxy**: ``sse / energy`` of the candidate, the tensor's relative squared
+  error (``10 ** (-sqnr_db / 10)``). A layer's relative weight noise becomes
+  about the same relative noise in its output (for inputs not aligned with the
+  error), and these relative noises add up through the network, so every
+  tensor weighs the same whatever its size. When a BatchNorm follows the layer
+  in the state dict, each output channel's error and energy are weighed by the
+  square of its gain ``|gamma| / sqrt(running_var + 1e-5)`` (PyTorch's default
+  eps, which state dicts do not hold): the scale at which that channel reaches
+  the next layer.
+- **Allocation**: start from each tensor's cheapest candidate; take upgrades
+  along each tensor's lower convex hull of (cost, proxy), the best proxy
+  decrease per bit first, while they fit (a Lagrangian sweep); then, while
+  bits remain, the single switch of one tensor that lowers the summed proxy
+  most and still fits.
+- **Budget**: ``sum(cost) <= floor(target_bpw * n)`` in integers, over all
+  quantized tensors (``n`` weights; overrides count at their fixed cost).
+
+A BatchNorm "follows" the weight ``X.weight`` (2+ dimensions, ``r`` rows) when
+the next module in state-dict order, ``Y``, has ``Y.weight``, ``Y.bias``,
+``Y.running_mean`` and ``Y.running_var`` of shape ``(r,)``: the order PyTorch
+gives a ``Conv2d`` then a ``BatchNorm2d`` in a ``Sequential`` or among a
+module's attributes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from . import _arrays
+from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
+
+#: Candidate widths and granularities (``None``: per tensor/channel).
+BITS = tuple(range(2, 9))
+LAYOUTS: tuple[tuple[str, int | None], ...] = (
+    ("tensor", None),
+    ("channel", None),
+    ("group", 64),
+    ("group", 32),
+)
+#: BatchNorm's eps, PyTorch's default (not stored in state dicts).
+BN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One candidate of one tensor: its options, stored bits and proxy."""
+
+    config: QuantConfig
+    cost: int  # stored bits, all metadata included
+    proxy: float
+
+    @property
+    def label(self) -> str:
+        """Short text for reports, e.g. ``"4b g64"``, ``"3b channel"``."""
+        c = self.config
+        layout = f"g{c.group_size}" if c.group_size else c.granularity
+        return f"{c.bits}b {layout}"
+
+
+def check_target(target_bpw: Any, bits: int) -> float:
+    """``target_bpw`` as a float, or a clear error."""
+    if isinstance(target_bpw, bool) or not isinstance(target_bpw, int | float | np.floating):
+        raise TypeError(f"target_bpw must be a number, got {type(target_bpw).__name__}")
+    value = float(target_bpw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"target_bpw must be a finite number > 0, got {target_bpw}")
+    if bits != 4:
+        raise ValueError(
+            f"bits={bits} cannot be combined with target_bpw: the budget chooses each "
+            "tensor's bits; fix a tensor's bits with overrides instead"
+        )
+    return value
+
+
+def candidate_configs(
+    base: QuantConfig, shape: tuple[int, ...], restrict: bool
+) -> list[QuantConfig]:
+    """The options tried for a tensor of ``shape``: groups only when shorter than
+    the row (a group as long as the row is a channel)."""
+    cols = matrix_shape(shape)[1]
+    layouts = [(base.granularity, base.group_size)] if restrict else LAYOUTS
+    out = []
+    for granularity, group in layouts:
+        if group is not None and group >= cols and not restrict:
+            continue
+        layout = base.replace(granularity=granularity, group_size=group)
+        out.extend(layout.replace(bits=bits) for bits in BITS)
+    return out
+
+
+def bn_gains(
+    shapes: Mapping[str, tuple[int, ...]], load: Callable[[str], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``{weight name: per-row BatchNorm gain}`` for weights followed by a BatchNorm
+    (see the module docstring); ``load`` gives a 1-D float32 array."""
+    names = list(shapes)
+    out = {}
+    for i, name in enumerate(names):
+        prefix, _, leaf = name.rpartition(".")
+        if leaf != "weight" or len(shapes[name]) < 2:
+            continue
+        rest = [n for n in names[i + 1 :] if not n.startswith(prefix + ".")]
+        bn = rest[0].rpartition(".")[0] if rest else None
+        rows = shapes[name][0]
+        keys = [f"{bn}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+        if bn is None or any(shapes.get(k) != (rows,) for k in keys):
+            continue
+        gamma, var = load(keys[0]), load(keys[3])
+        out[name] = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + BN_EPS)
+    return out
+
+
+def proxy(q: QuantizedTensor, original: np.ndarray | None, gains: np.ndarray | None) -> float:
+    """Relative squared error of ``q``, per-row weighed by ``gains`` when given
+    (``original``: the float32 weights as a rows x cols matrix)."""
+    if gains is None or original is None:
+        return q.sse / q.energy if q.energy > 0 else 0.0
+    decoded = np.asarray(_decoded(q), dtype=np.float64).reshape(original.shape)
+    w = original.astype(np.float64)
+    g2 = gains**2
+    energy = float(g2 @ np.sum(w * w, axis=1))
+    sse = float(g2 @ np.sum((w - decoded) ** 2, axis=1))
+    return sse / energy if energy > 0 else 0.0
+
+
+def _decoded(q: QuantizedTensor) -> np.ndarray:
+    values = q.dequantize()
+    return values.float().numpy() if q.torch else values
+
+
+def choices_of(
+    name: str,
+    configs: list[QuantConfig],
+    quantize: Callable[[str, QuantConfig], QuantizedTensor],
+    original: np.ndarray | None,
+    gains: np.ndarray | None,
+) -> list[Choice]:
+    """Every candidate of one tensor, quantized, with its exact cost and proxy.
+    A group size that the core refuses for this shape is left out."""
+    out, refused = [], None
+    for config in configs:
+        try:
+            q = quantize(name, config)
+        except ValueError as e:
+            if config.granularity != "group":
+                raise
+            refused = e
+            continue
+        out.append(Choice(config, 8 * q.storage_bytes, proxy(q, original, gains)))
+    if not out and refused is not None:
+        raise refused
+    return out
+
+
+def allocate(
+    options: Mapping[str, list[Choice]], numel: int, fixed_cost: int, target_bpw: float
+) -> dict[str, Choice]:
+    """One choice per tensor with ``fixed_cost + sum(cost) <= floor(target_bpw * numel)``
+    and a small summed proxy; ``numel`` counts every quantized weight."""
+    limit = math.floor(Fraction(target_bpw) * numel) - fixed_cost
+    chosen = {name: min(opts, key=lambda c: (c.cost, c.proxy)) for name, opts in options.items()}
+    floor_cost = sum(c.cost for c in chosen.values())
+    if floor_cost > limit:
+        cheapest = (floor_cost + fixed_cost) / numel
+        raise ValueError(
+            f"target_bpw={target_bpw} is below the cheapest choice, {cheapest:.4f} bits per "
+            f"weight (every tensor at its smallest candidate: {_cheapest_text(chosen)})"
+        )
+    spare = _hull_sweep(options, chosen, limit - floor_cost)
+    _fill(options, chosen, spare)
+    return chosen
+
+
+def _cheapest_text(chosen: Mapping[str, Choice]) -> str:
+    labels = sorted({c.label for c in chosen.values()})
+    return ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
+
+
+def _hull(opts: list[Choice]) -> list[Choice]:
+    """The lower convex hull of (cost, proxy), cheapest first."""
+    hull: list[Choice] = []
+    for c in sorted(opts, key=lambda c: (c.cost, c.proxy)):
+        if hull and c.proxy >= hull[-1].proxy:
+            continue
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], c) <= 0:
+            hull.pop()
+        hull.append(c)
+    return hull
+
+
+def _cross(a: Choice, b: Choice, c: Choice) -> float:
+    """> 0 when b lies strictly below the segment from a to c."""
+    return (b.cost - a.cost) * (c.proxy - a.proxy) - (b.proxy - a.proxy) * (c.cost - a.cost)
+
+
+def _hull_sweep(options: Mapping[str, list[Choice]], chosen: dict[str, Choice], spare: int) -> int:
+    """Upgrades along the hulls, best proxy decrease per bit first, while they fit."""
+    hulls = {name: _hull(opts) for name, opts in options.items()}
+    steps: list[tuple[float, str, int]] = []
+
+    def push(name: str, i: int) -> None:
+        hull = hulls[name]
+        if i + 1 < len(hull):
+            a, b = hull[i], hull[i + 1]
+            heapq.heappush(steps, (-(a.proxy - b.proxy) / (b.cost - a.cost), name, i + 1))
+
+    for name, hull in hulls.items():
+        chosen[name] = hull[0]
+        push(name, 0)
+    while steps:
+        _, name, i = heapq.heappop(steps)
+        extra = hulls[name][i].cost - chosen[name].cost
+        if extra <= spare:
+            spare -= extra
+            chosen[name] = hulls[name][i]
+            push(name, i)
+    return spare
+
+
+def _fill(options: Mapping[str, list[Choice]], chosen: dict[str, Choice], spare: int) -> None:
+    """While bits remain: the one switch that fits and lowers the proxy sum most."""
+    while True:
+        best: tuple[float, str, Choice] | None = None
+        for name, opts in options.items():
+            current = chosen[name]
+            for c in opts:
+                gain = current.proxy - c.proxy
+                if gain > 0 and c.cost - current.cost <= spare and (best is None or gain > best[0]):
+                    best = (gain, name, c)
+        if best is None:
+            return
+        _, name, c = best
+        spare -= c.cost - chosen[name].cost
+        chosen[name] = c
+
+
+def plan_to_budget(
+    shapes: Mapping[str, tuple[int, ...]],
+    plan: Mapping[str, QuantConfig],
+    fixed: set[str] | frozenset[str],
+    base: QuantConfig,
+    target_bpw: float,
+    restrict: bool,
+    quantize: Callable[[str, QuantConfig], QuantizedTensor],
+    load: Callable[[str], np.ndarray],
+) -> dict[str, Choice]:
+    """The budget's choice for every tensor of ``plan`` not in ``fixed``.
+
+    ``shapes``: every tensor of the state dict in order (for the BatchNorm
+    pattern); ``quantize(name, config)``; ``load(name)``: float32 NumPy values.
+    Fixed tensors (overrides) are quantized once to count their exact cost."""
+    gains = bn_gains(shapes, load)
+    fixed_cost = sum(8 * quantize(n, plan[n]).storage_bytes for n in plan if n in fixed)
+    numel = sum(math.prod(shapes[n]) for n in plan)
+    options = {}
+    for name in plan:
+        if name in fixed:
+            continue
+        rows, cols = matrix_shape(shapes[name])
+        g = gains.get(name)
+        original = load(name).reshape(rows, cols) if g is not None else None
+        configs = candidate_configs(base, shapes[name], restrict)
+        options[name] = choices_of(name, configs, quantize, original, g)
+    if not options:
+        return {}
+    return allocate(options, numel, fixed_cost, target_bpw)
+
+
+def state_dict_choices(
+    state_dict: Mapping[str, Any],
+    plan: Mapping[str, QuantConfig],
+    base: QuantConfig,
+    target_bpw: Any,
+    fixed: set[str],
+) -> dict[str, Choice]:
+    """:func:`plan_to_budget` for an in-memory state dict (torch or NumPy values);
+    ``granularity`` / ``group_size`` other than the defaults restrict the candidates."""
+    target = check_target(target_bpw, base.bits)
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+    return plan_to_budget(
+        shapes,
+        plan,
+        fixed,
+        base,
+        target,
+        base.granularity != "tensor",
+        lambda name, config: _quantize_with(state_dict[name], config, name),
+        lambda name: to_float32(state_dict[name]),
+    )
+
+
+def to_float32(x: Any) -> np.ndarray:
+    """A torch tensor or NumPy array as a float32 NumPy array (CPU)."""
+    if _arrays.is_torch_tensor(x):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
