@@ -1,0 +1,200 @@
+"""target_bpw: mixed precision to a size budget, every byte of metadata counted."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nuq_rs
+from nuq_rs import _budget
+from nuq_rs._tensor import _quantize_with
+
+
+def _limit(report: nuq_rs.Report, target: float) -> int:
+    """The budget in bits: floor(target * quantized weights)."""
+    numel = sum(t.numel for t in report.tensors if t.quantized)
+    return math.floor(Fraction(target) * numel)
+
+
+def _used(report: nuq_rs.Report) -> int:
+    return sum(8 * t.bytes_after for t in report.tensors if t.quantized)
+
+
+def _options(sd, names) -> dict[str, list[_budget.Choice]]:
+    """Every candidate of the tensors ``names`` (no BatchNorm weighing: the state
+    dicts below have none)."""
+    out = {}
+    for name in names:
+        shape = tuple(sd[name].shape)
+        configs = _budget.candidate_configs(nuq_rs.QuantConfig(), shape, restrict=False)
+        quantize = lambda n, c: _quantize_with(sd[n], c, n)  # noqa: E731
+        out[name] = _budget.choices_of(name, configs, quantize, None, None)
+    return out
+
+
+def _check_met_and_not_wasted(sd, target: float) -> nuq_rs.Report:
+    report = nuq_rs.quantize_state_dict(sd, target_bpw=target).report()
+    limit = _limit(report, target)
+    assert _used(report) <= limit
+    assert report.bits_per_weight <= target
+    # Not wasted: no tensor could switch to a candidate of smaller proxy within the
+    # bits left over.
+    spare = limit - _used(report)
+    chosen = [t.name for t in report.tensors if t.choice is not None]
+    for name, opts in _options(sd, chosen).items():
+        t = report[name]
+        for c in opts:
+            assert not (c.proxy < t.proxy and c.cost - 8 * t.bytes_after <= spare), (name, c)
+    return report
+
+
+@pytest.mark.parametrize("target", [2.5, 4.25, 6.0])
+def test_budget_met_on_mtcnn(mtcnn_state_dicts, target):
+    for sd in mtcnn_state_dicts.values():
+        report = _check_met_and_not_wasted(sd, target)
+        assert report.bits_per_weight > target - 0.5
+
+
+@pytest.mark.parametrize("target", [3.0, 4.25])
+def test_budget_met_on_fashion_cnn(target):
+    pytest.importorskip("torch")
+    from nuq_rs import _default_model as default
+
+    _check_met_and_not_wasted(default.load_default_state_dict(), target)
+
+
+def test_report_shows_choice_and_proxy():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    q = nuq_rs.quantize_state_dict(net.state_dict(), target_bpw=4.5)
+    report = q.report()
+    for name in ("0.weight", "2.weight"):
+        t = report[name]
+        assert t.choice == f"{t.bits}b " + (
+            f"g{q[name].config.group_size}" if t.granularity == "group" else t.granularity
+        )
+        assert t.proxy == pytest.approx(q[name].sse / q[name].energy)
+    assert report["0.bias"].choice is None and report["0.bias"].proxy is None
+    text = str(report)
+    assert "choice" in text.splitlines()[0] and "proxy" in text.splitlines()[0]
+    assert report["0.weight"].choice in text
+    plain = str(nuq_rs.quantize_state_dict(net.state_dict()).report())
+    assert "proxy" not in plain
+
+
+@pytest.mark.parametrize("target", [-1.0, 0.0, math.nan, math.inf, -math.inf])
+def test_bad_targets(target):
+    w = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="target_bpw must be a finite number > 0"):
+        nuq_rs.quantize_state_dict({"w": w}, target_bpw=target)
+
+
+def test_target_below_the_cheapest_choice_names_it():
+    w = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    cheapest = 8 * nuq_rs.quantize_tensor(w, 2).storage_bytes / w.size  # 2 bits, one fit
+    with pytest.raises(ValueError, match=f"below the cheapest choice, {cheapest:.4f} bits"):
+        nuq_rs.quantize_state_dict({"w": w}, target_bpw=cheapest - 0.01)
+    q = nuq_rs.quantize_state_dict({"w": w}, target_bpw=cheapest)
+    assert q.report().bits_per_weight == cheapest
+
+
+def test_bits_and_target_together_are_refused():
+    w = np.zeros((4, 64), np.float32) + np.arange(64, dtype=np.float32)
+    with pytest.raises(ValueError, match="bits=3 cannot be combined with target_bpw"):
+        nuq_rs.quantize_state_dict({"w": w}, bits=3, target_bpw=4.0)
+    with pytest.raises(TypeError, match="target_bpw must be a number"):
+        nuq_rs.quantize_state_dict({"w": w}, target_bpw="4")
+
+
+def test_overrides_stay_fixed_and_count(rng):
+    sd = {
+        "a": rng.standard_normal((32, 128)).astype(np.float32),
+        "b": rng.standard_normal((32, 128)).astype(np.float32),
+    }
+    fixed = 8 * nuq_rs.quantize_tensor(sd["a"], 8).storage_bytes
+    target = (fixed + 3 * sd["b"].size) / 8192  # leaves "b" 3 bits per weight
+    q = nuq_rs.quantize_state_dict(sd, target_bpw=target, overrides={"a": 8})
+    report = q.report()
+    assert report["a"].bits == 8 and report["a"].choice is None
+    assert report["a"].bytes_after == fixed // 8
+    assert report.bits_per_weight <= target
+    assert 2.0 < report["b"].bits_per_weight <= 3.0
+
+
+def test_granularity_restricts_the_candidates(rng):
+    sd = {"w": rng.standard_normal((16, 128)).astype(np.float32)}
+    q = nuq_rs.quantize_state_dict(sd, target_bpw=4.3, group_size=64)
+    assert q["w"].config.group_size == 64 and q.report().bits_per_weight <= 4.3
+
+
+def test_outlier_tensor_gets_more_bits(rng):
+    """The same size and budget share, but heavy tails make relative error costlier."""
+    gaussian = rng.standard_normal((64, 256)).astype(np.float32)
+    outliers = rng.standard_normal((64, 256)).astype(np.float32)
+    mask = rng.random(outliers.shape) < 0.01
+    outliers[mask] *= 20
+    q = nuq_rs.quantize_state_dict({"g": gaussian, "o": outliers}, target_bpw=4.0)
+    report = q.report()
+    assert report["o"].bits_per_weight > report["g"].bits_per_weight
+    assert report["o"].proxy > 0 and report["g"].proxy > 0
+
+
+def test_batchnorm_gains_found_in_state_dict_order():
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)
+    )
+    with torch.no_grad():
+        net[1].weight.copy_(torch.arange(1.0, 9.0))
+        net[1].running_var.fill_(4.0)
+    sd = net.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    gains = _budget.bn_gains(shapes, lambda k: sd[k].numpy())
+    assert list(gains) == ["0.weight"]
+    np.testing.assert_allclose(gains["0.weight"], np.arange(1.0, 9.0) / np.sqrt(4.0 + 1e-5))
+
+
+def test_batchnorm_gains_weigh_the_channels_errors(rng):
+    """A row with a small norm but a large gain: its error counts at that gain."""
+    w = rng.standard_normal((8, 72)).astype(np.float32)
+    w[0] *= 0.01
+    q = _quantize_with(w, nuq_rs.QuantConfig(3), "w")
+    flat = _budget.proxy(q, w, np.ones(8))
+    assert flat == pytest.approx(q.sse / q.energy)
+    gains = np.ones(8)
+    gains[0] = 100.0  # the tiny row reaches the next layer at full size
+    assert _budget.proxy(q, w, gains) > 10 * flat
+
+
+@st.composite
+def _state_dicts(draw):
+    n = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for i in range(n):
+        rows = draw(st.integers(1, 12))
+        cols = draw(st.sampled_from([1, 3, 9, 32, 64, 96, 130]))
+        sd[f"t{i}"] = (rng.standard_t(draw(st.sampled_from([3, 30])), (rows, cols))).astype(
+            np.float32
+        )
+    return sd
+
+
+@given(_state_dicts(), st.floats(0.0, 1.0))
+def test_any_feasible_target_is_met(sd, u):
+    options = _options(sd, list(sd))
+    numel = sum(w.size for w in sd.values())
+    # the float just above the cheapest: the budget is exact, floor(target * numel)
+    low = math.nextafter(sum(min(c.cost for c in o) for o in options.values()) / numel, math.inf)
+    high = sum(max(c.cost for c in o) for o in options.values()) / numel
+    target = low + u * (high - low)
+    report = nuq_rs.quantize_state_dict(sd, target_bpw=target).report()
+    assert report.bits_per_weight <= target
+    assert _used(report) <= _limit(report, target)
