@@ -193,6 +193,36 @@ _ADAPTIVE_AVG = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3
 _AVG_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _ADDS = {operator.add, operator.iadd, torch.add}
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_KNOWN_MODULES = (
+    _PASS_MODULES
+    + (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.Flatten)
+    + _NUMERIC_MODULES
+    + _ADAPTIVE_AVG
+    + _AVG_POOL
+)
+_KNOWN_FUNCTIONS = (
+    _PASS_FUNCTIONS
+    | _RELU
+    | _NUMERIC_FUNCTIONS
+    | _AVG_POOL_FUNCTIONS
+    | {F.relu6, F.hardtanh, F.leaky_relu, torch.clamp, torch.clip, torch.flatten, torch.mean}
+)
+_KNOWN_METHODS = (
+    _PASS_METHODS
+    | _NUMERIC_METHODS
+    | {
+        "relu",
+        "relu_",
+        "clamp",
+        "clamp_",
+        "clip",
+        "clip_",
+        "flatten",
+        "view",
+        "reshape",
+        "mean",
+    }
+)
 
 
 def _arg(node: fx.Node, index: int, name: str, default=None):
@@ -249,6 +279,8 @@ class _Tracer:
             beta = mod.bias.detach().double().cpu() if mod.bias is not None else 0 * ones
             layout = "vector" if isinstance(mod, nn.BatchNorm1d) else "spatial"
             return _Moments(beta, gamma.abs(), layout, f"BatchNorm {name}")
+        if not isinstance(mod, _KNOWN_MODULES):
+            raise _Skip(f"input comes from {type(mod).__name__} {name}")
         src = self.moments(node.args[0])
         if isinstance(mod, _PASS_MODULES):
             return src.through(name)
@@ -277,6 +309,8 @@ class _Tracer:
             return self._add(node)
         if fn is torch.cat:
             return self._cat(node)
+        if fn not in _KNOWN_FUNCTIONS:
+            raise _Skip(f"input comes from {getattr(fn, '__name__', fn)} ({name})")
         src = self.moments(node.args[0])
         if fn in _PASS_FUNCTIONS:
             return src.through(name)
@@ -308,6 +342,8 @@ class _Tracer:
 
     def _method(self, node: fx.Node) -> _Moments:
         method, name = node.target, node.name
+        if method not in _KNOWN_METHODS:
+            raise _Skip(f"input comes from .{method}() ({name})")
         src = self.moments(node.args[0])
         if method in _PASS_METHODS:
             return src.through(name)
@@ -386,6 +422,8 @@ class _Tracer:
         try:
             found = [self.moments(a) for a in nodes]
         except _Skip as skip:
+            if str(skip).startswith("input is a residual sum"):
+                raise
             raise _Skip(f"input is a residual sum ({node.name}): {skip}") from None
         if len(found) == 1:  # x + constant: still Gaussian, shifted
             return found[0].through(node.name, mean=found[0].mean + float(consts[0]))
