@@ -1,0 +1,1 @@
+"""The cases and methods of ``benches/eval_models.py``."""
