@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 import nuq_rs
 from nuq_rs import _budget
 from nuq_rs._tensor import _quantize_with
+
+_FIELDS = {f.name for f in dataclasses.fields(nuq_rs.QuantConfig)}
 
 
 def _limit(report: nuq_rs.Report, target: float) -> int:
@@ -133,16 +136,35 @@ def test_granularity_restricts_the_candidates(rng):
     assert q["w"].config.group_size == 64 and q.report().bits_per_weight <= 4.3
 
 
-def test_outlier_tensor_gets_more_bits(rng):
-    """The same size and budget share, but heavy tails make relative error costlier."""
+def test_allocation_gives_bits_where_the_proxy_is_larger():
+    """Two tensors of equal size and costs; one's proxy is 4x the other's at every
+    width (c * 4**-bits): the optimum gives it one bit more."""
+    config = nuq_rs.QuantConfig()
+    numel = 1000
+
+    def options(c):
+        return [_budget.Choice(config.replace(bits=b), b * numel, c * 4.0**-b) for b in range(2, 9)]
+
+    chosen = _budget.allocate({"a": options(1.0), "b": options(4.0)}, 2 * numel, 0, 4.5)
+    assert chosen["b"].config.bits == chosen["a"].config.bits + 1
+    assert chosen["a"].cost + chosen["b"].cost <= 9 * numel
+
+
+@pytest.mark.parametrize("target", [4.0, 5.0, 6.0])
+def test_heavy_tailed_tensor_gets_more_bits(rng, target):
+    """Same size, one granularity, the paper's codebook: 5% of the weights three times
+    larger make the relative error larger and slower to fall per bit, so that
+    tensor gets more bits."""
     gaussian = rng.standard_normal((64, 256)).astype(np.float32)
-    outliers = rng.standard_normal((64, 256)).astype(np.float32)
-    mask = rng.random(outliers.shape) < 0.01
-    outliers[mask] *= 20
-    q = nuq_rs.quantize_state_dict({"g": gaussian, "o": outliers}, target_bpw=4.0)
-    report = q.report()
-    assert report["o"].bits_per_weight > report["g"].bits_per_weight
-    assert report["o"].proxy > 0 and report["g"].proxy > 0
+    heavy = rng.standard_normal((64, 256)).astype(np.float32)
+    heavy[rng.random(heavy.shape) < 0.05] *= 3
+    sd = {"g": gaussian, "h": heavy}
+    paper = {"codebook": "lloyd-max"} if "codebook" in _FIELDS else {}
+    report = nuq_rs.quantize_state_dict(
+        sd, target_bpw=target, granularity="channel", **paper
+    ).report()
+    assert report["h"].bits > report["g"].bits
+    assert report.bits_per_weight <= target
 
 
 def test_batchnorm_gains_found_in_state_dict_order():
@@ -160,16 +182,33 @@ def test_batchnorm_gains_found_in_state_dict_order():
     np.testing.assert_allclose(gains["0.weight"], np.arange(1.0, 9.0) / np.sqrt(4.0 + 1e-5))
 
 
+class _Decoded:
+    """What :func:`_budget.proxy` reads of a quantized tensor, with a known decoding."""
+
+    torch = False
+
+    def __init__(self, original: np.ndarray, decoded: np.ndarray) -> None:
+        self._decoded = decoded
+        self.sse = float(np.sum((original.astype(np.float64) - decoded) ** 2))
+        self.energy = float(np.sum(original.astype(np.float64) ** 2))
+
+    def dequantize(self) -> np.ndarray:
+        return self._decoded
+
+
 def test_batchnorm_gains_weigh_the_channels_errors(rng):
-    """A row with a small norm but a large gain: its error counts at that gain."""
-    w = rng.standard_normal((8, 72)).astype(np.float32)
-    w[0] *= 0.01
-    q = _quantize_with(w, nuq_rs.QuantConfig(3), "w")
-    flat = _budget.proxy(q, w, np.ones(8))
-    assert flat == pytest.approx(q.sse / q.energy)
-    gains = np.ones(8)
-    gains[0] = 100.0  # the tiny row reaches the next layer at full size
-    assert _budget.proxy(q, w, gains) > 10 * flat
+    """Each row's error and energy count at the square of its gain."""
+    w = rng.standard_normal((4, 16)).astype(np.float32)
+    w[0] *= 0.01  # a small row...
+    noise = np.full(w.shape, 0.05, np.float32)
+    q = _Decoded(w, w + noise)  # ...with the same absolute error as the others
+    assert _budget.proxy(q, w, None) == pytest.approx(q.sse / q.energy)
+    assert _budget.proxy(q, w, np.ones(4)) == pytest.approx(q.sse / q.energy)
+    gains = np.array([100.0, 1.0, 1.0, 1.0])  # ...that reaches the next layer at full size
+    row_energy = np.sum(w.astype(np.float64) ** 2, axis=1)
+    expected = (gains**2 @ np.full(4, 16 * 0.05**2)) / (gains**2 @ row_energy)
+    assert _budget.proxy(q, w, gains) == pytest.approx(expected, rel=1e-4)
+    assert _budget.proxy(q, w, gains) > 100 * _budget.proxy(q, w, None)
 
 
 @st.composite

@@ -316,3 +316,19 @@ def to_float32(x: Any) -> np.ndarray:
     if _arrays.is_torch_tensor(x):
         return x.detach().float().cpu().numpy()
     return np.asarray(x, dtype=np.float32)
+
+
+def model_choices(
+    model: Any,
+    plan: Mapping[str, QuantConfig],
+    base: QuantConfig,
+    target_bpw: Any,
+    fixed: set[str],
+) -> dict[str, Choice]:
+    """:func:`state_dict_choices` for the layers of ``plan`` (module names) of a
+    torch model, read from its state dict (where BatchNorms are found)."""
+    weights = {f"{name}.weight": config for name, config in plan.items()}
+    choices = state_dict_choices(
+        model.state_dict(), weights, base, target_bpw, {f"{n}.weight" for n in fixed}
+    )
+    return {name.removesuffix(".weight"): c for name, c in choices.items()}

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._budget import model_choices
 from ._nuq_rs import conv2d as _conv2d
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
@@ -256,12 +257,15 @@ def quantize_model(
     exclude: list[str] | tuple[str, ...] | None = None,
     inplace: bool = False,
     activations: str = "fp32",
+    target_bpw: float | None = None,
 ) -> tuple[nn.Module, Report]:
     """Replace every ``nn.Linear`` / ``nn.Conv2d`` (subclasses included) by its
     packed LUT twin. ``overrides`` and ``exclude`` use module names
     (``"features.0"``); ``activations="int8"`` sets that option on every
     ``NuqLinear`` (see the module docstring); returns the model and the
-    quantization report.
+    quantization report. ``target_bpw`` chooses each layer's bits and granularity
+    to that size budget, as :func:`nuq_rs.quantize_state_dict` does (BatchNorm
+    gains from the model's state dict; ``overrides`` stay fixed and count).
 
     >>> import torch, nuq_rs.nn
     >>> net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(),
@@ -274,6 +278,10 @@ def quantize_model(
     base = QuantConfig(bits, granularity, group_size, family)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
     plan = _plan_layers(layers, base, overrides or {}, exclude or ())
+    choices = {}
+    if target_bpw is not None:
+        choices = model_choices(model, plan, base, target_bpw, set(overrides or {}))
+        plan |= {name: c.config for name, c in choices.items()}
     target = model if inplace else copy.deepcopy(model)
     reports = []
     for name, config in plan.items():
@@ -285,7 +293,7 @@ def quantize_model(
             else NuqConv2d(q, layer.bias, layer)
         )
         _set_submodule(target, name, new)
-        reports.append(_report_of(f"{name}.weight", q))
+        reports.append(_report_of(f"{name}.weight", q, choices.get(name)))
     return target, Report(tuple(reports))
 
 
