@@ -150,6 +150,59 @@ def test_allocation_gives_bits_where_the_proxy_is_larger():
     assert chosen["a"].cost + chosen["b"].cost <= 9 * numel
 
 
+def test_allocation_exchanges_when_a_large_step_does_not_fit():
+    """The sweep takes the small tensor's efficient step first and then the large
+    tensor's step no longer fits; stepping the small one back makes room for it."""
+    config = nuq_rs.QuantConfig()
+    large = [_budget.Choice(config, 2000, 0.5), _budget.Choice(config.replace(bits=3), 3000, 0.1)]
+    small = [_budget.Choice(config, 20, 0.05), _budget.Choice(config.replace(bits=8), 80, 0.0)]
+    chosen = _budget.allocate({"large": large, "small": small}, 1000, 0, 3.05)
+    assert chosen["large"].cost == 3000 and chosen["small"].cost == 20
+
+
+def test_quantize_model_to_a_budget():
+    torch = pytest.importorskip("torch")
+    import nuq_rs.nn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * 6 * 6, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 10),
+    ).eval()
+    qnet, report = nuq_rs.nn.quantize_model(net, target_bpw=4.5, overrides={"6": 8})
+    assert report.bits_per_weight <= 4.5
+    assert report["6.weight"].bits == 8 and report["6.weight"].choice is None
+    assert report["0.weight"].choice is not None and report["4.weight"].proxy > 0
+    with torch.no_grad():
+        assert qnet(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="below the cheapest choice"):
+        nuq_rs.nn.quantize_model(net, target_bpw=1.5)
+
+
+def test_cli_target_bpw(tmp_path, capsys, mtcnn_state_dicts):
+    from safetensors.torch import save_file
+
+    from nuq_rs.__main__ import main
+
+    src = tmp_path / "onet.safetensors"
+    save_file({k: v.contiguous() for k, v in mtcnn_state_dicts["onet"].items()}, src)
+    out = tmp_path / "onet.nuq.safetensors"
+    assert main(["quantize", str(src), "-o", str(out), "--target-bpw", "3.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "choice" in printed and "proxy" in printed
+    loaded = nuq_rs.load(out).report()
+    assert 3.4 < loaded.bits_per_weight <= 3.5
+    assert main(["quantize", str(src), "--target-bpw", "1"]) == 2
+    assert "below the cheapest choice" in capsys.readouterr().err
+    assert main(["quantize", str(src), "--target-bpw", "4", "--bits", "3"]) == 2
+    assert "cannot be combined with target_bpw" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("target", [4.0, 5.0, 6.0])
 def test_heavy_tailed_tensor_gets_more_bits(rng, target):
     """Same size, one granularity, the paper's codebook: 5% of the weights three times

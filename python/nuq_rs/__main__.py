@@ -49,12 +49,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     quantizable = plan(checkpoint.specs, base, {}, args.exclude)
     overrides = _bits_for(args.bits_for, list(quantizable))
     configs = plan(checkpoint.specs, base, overrides, args.exclude)
+    choices = {}
+    if args.target_bpw is not None:
+        from ._budget import checkpoint_choices
+
+        choices = checkpoint_choices(checkpoint, configs, base, args.target_bpw, set(overrides))
+        configs |= {name: c.config for name, c in choices.items()}
     start = time.perf_counter()
     report = quantize_checkpoint(
         checkpoint, configs, output, overwrite=args.force, progress=not args.quiet
     )
     if not args.quiet:
-        _print_summary(report, time.perf_counter() - start, output)
+        from ._budget import with_choices
+
+        _print_summary(with_choices(report, choices), time.perf_counter() - start, output)
     return 0
 
 
@@ -85,6 +93,7 @@ def _quantize_default(args: argparse.Namespace, base: Any, output: Path | None) 
         family=args.family,
         overrides=_bits_for(args.bits_for, list(_plan(sd, base, {}, args.exclude))),
         exclude=args.exclude,
+        target_bpw=args.target_bpw,
     )
     seconds = time.perf_counter() - start
     if output is not None:
@@ -164,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the embedded Fashion-MNIST CNN)",
     )
     q.add_argument("--bits", type=int, default=4, help="bits per weight, 1..8 (default 4)")
+    q.add_argument(
+        "--target-bpw",
+        type=float,
+        default=None,
+        metavar="BPW",
+        help="mixed precision: each tensor's bits and granularity chosen so that all "
+        "quantized tensors fit in BPW bits per weight, metadata included",
+    )
     q.add_argument("--granularity", choices=GRANULARITIES, default="tensor")
     q.add_argument("--group-size", type=int, default=None, help="weights per group")
     q.add_argument("--family", choices=("auto", "gaussian", "laplace"), default="auto")

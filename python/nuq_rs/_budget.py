@@ -26,7 +26,10 @@ the summed sensitivity proxy is small.
   along each tensor's lower convex hull of (cost, proxy), the best proxy
   decrease per bit first, while they fit (a Lagrangian sweep); then, while
   bits remain, the single switch of one tensor that lowers the summed proxy
-  most and still fits.
+  most and still fits. Then exchanges, up to ``EXCHANGE_ROUNDS`` times: one
+  tensor up to one of its next ``EXCHANGE_STEPS`` hull points, the others
+  down along their hulls until the budget holds, kept when the summed proxy
+  falls (followed by the fill again).
 - **Budget**: ``sum(cost) <= floor(target_bpw * n)`` in integers, over all
   quantized tensors (``n`` weights; overrides count at their fixed cost).
 
@@ -42,13 +45,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from . import _arrays
+from ._report import Report
 from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
 
 #: Candidate widths and granularities (``None``: per tensor/channel).
@@ -59,6 +63,9 @@ LAYOUTS: tuple[tuple[str, int | None], ...] = (
     ("group", 64),
     ("group", 32),
 )
+#: Rounds of exchanges after the sweep, and hull points tried upwards per tensor.
+EXCHANGE_ROUNDS = 8
+EXCHANGE_STEPS = 3
 #: BatchNorm's eps, PyTorch's default (not stored in state dicts).
 BN_EPS = 1e-5
 
@@ -188,8 +195,15 @@ def allocate(
             f"target_bpw={target_bpw} is below the cheapest choice, {cheapest:.4f} bits per "
             f"weight (every tensor at its smallest candidate: {_cheapest_text(chosen)})"
         )
-    spare = _hull_sweep(options, chosen, limit - floor_cost)
+    hulls = {name: _hull(opts) for name, opts in options.items()}
+    spare = _hull_sweep(hulls, chosen, limit - floor_cost)
     _fill(options, chosen, spare)
+    for _ in range(EXCHANGE_ROUNDS):
+        better = _exchange(hulls, chosen, limit)
+        if better is None:
+            break
+        chosen = better
+        _fill(options, chosen, limit - sum(c.cost for c in chosen.values()))
     return chosen
 
 
@@ -256,6 +270,50 @@ def _fill(options: Mapping[str, list[Choice]], chosen: dict[str, Choice], spare:
         chosen[name] = c
 
 
+def _exchange(
+    hulls: Mapping[str, list[Choice]], chosen: dict[str, Choice], limit: int
+) -> dict[str, Choice] | None:
+    """The best of: one tensor up to one of its next hull points, the others down
+    along their hulls (least proxy increase per bit freed first) until the budget
+    holds; None when no such exchange lowers the summed proxy. This is what the
+    sweep misses when a large tensor's next step does not fit in what is left
+    after many small ones took their cheap steps."""
+    best, best_total = None, sum(c.proxy for c in chosen.values())
+    for name, hull in hulls.items():
+        ups = [c for c in hull if c.proxy < chosen[name].proxy][:EXCHANGE_STEPS]
+        for c in ups:
+            trial = _repair(hulls, chosen | {name: c}, limit, name)
+            total = math.inf if trial is None else sum(t.proxy for t in trial.values())
+            if total < best_total * (1 - 1e-12):
+                best, best_total = trial, total
+    return best
+
+
+def _repair(
+    hulls: Mapping[str, list[Choice]], trial: dict[str, Choice], limit: int, keep: str
+) -> dict[str, Choice] | None:
+    """``trial`` with tensors other than ``keep`` stepped down their hulls until its
+    cost fits ``limit``; None if it cannot."""
+    excess = sum(c.cost for c in trial.values()) - limit
+    while excess > 0:
+        best = None
+        for name, hull in hulls.items():
+            current = trial[name]
+            down = [c for c in hull if c.cost < current.cost]
+            if name == keep or not down:
+                continue
+            c = down[-1]
+            rate = (c.proxy - current.proxy) / (current.cost - c.cost)
+            if best is None or rate < best[0]:
+                best = (rate, name, c)
+        if best is None:
+            return None
+        _, name, c = best
+        excess -= trial[name].cost - c.cost
+        trial[name] = c
+    return trial
+
+
 def plan_to_budget(
     shapes: Mapping[str, tuple[int, ...]],
     plan: Mapping[str, QuantConfig],
@@ -265,12 +323,14 @@ def plan_to_budget(
     restrict: bool,
     quantize: Callable[[str, QuantConfig], QuantizedTensor],
     load: Callable[[str], np.ndarray],
+    release: Callable[[str], None] | None = None,
 ) -> dict[str, Choice]:
     """The budget's choice for every tensor of ``plan`` not in ``fixed``.
 
     ``shapes``: every tensor of the state dict in order (for the BatchNorm
-    pattern); ``quantize(name, config)``; ``load(name)``: float32 NumPy values.
-    Fixed tensors (overrides) are quantized once to count their exact cost."""
+    pattern); ``quantize(name, config)``; ``load(name)``: float32 NumPy values;
+    ``release(name)`` once a tensor is done with. Fixed tensors (overrides) are
+    quantized once to count their exact cost."""
     gains = bn_gains(shapes, load)
     fixed_cost = sum(8 * quantize(n, plan[n]).storage_bytes for n in plan if n in fixed)
     numel = sum(math.prod(shapes[n]) for n in plan)
@@ -283,6 +343,8 @@ def plan_to_budget(
         original = load(name).reshape(rows, cols) if g is not None else None
         configs = candidate_configs(base, shapes[name], restrict)
         options[name] = choices_of(name, configs, quantize, original, g)
+        if release is not None:
+            release(name)
     if not options:
         return {}
     return allocate(options, numel, fixed_cost, target_bpw)
@@ -332,3 +394,45 @@ def model_choices(
         model.state_dict(), weights, base, target_bpw, {f"{n}.weight" for n in fixed}
     )
     return {name.removesuffix(".weight"): c for name, c in choices.items()}
+
+
+def checkpoint_choices(
+    checkpoint: Any,
+    configs: Mapping[str, QuantConfig],
+    base: QuantConfig,
+    target_bpw: Any,
+    fixed: set[str],
+) -> dict[str, Choice]:
+    """:func:`plan_to_budget` for a checkpoint on disk (``nuq_rs._checkpoint``):
+    one tensor in memory at a time, its pages released once its candidates are done."""
+    from ._stream import quantize_array
+
+    target = check_target(target_bpw, base.bits)
+    specs = checkpoint.specs
+    return plan_to_budget(
+        {name: shape for name, (_, shape) in specs.items()},
+        configs,
+        fixed,
+        base,
+        target,
+        base.granularity != "tensor",
+        lambda name, config: quantize_array(checkpoint.array(name), specs[name][0], config, name),
+        lambda name: _widen(checkpoint.array(name), specs[name][0]),
+        checkpoint.release,
+    )
+
+
+def _widen(array: np.ndarray, code: str) -> np.ndarray:
+    """A checkpoint array as float32 (BF16 arrives as its uint16 bits)."""
+    if code == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array.astype(np.float32)
+
+
+def with_choices(report: Report, choices: Mapping[str, Choice]) -> Report:
+    """``report`` with each chosen tensor's ``choice`` and ``proxy`` filled in."""
+    rows = []
+    for t in report.tensors:
+        c = choices.get(t.name)
+        rows.append(t if c is None else replace(t, choice=c.label, proxy=c.proxy))
+    return Report(tuple(rows))
