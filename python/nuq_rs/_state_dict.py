@@ -153,6 +153,9 @@ def quantize_state_dict(
     <All keys matched successfully>
     >>> round(q.report().bits_per_weight, 2)
     4.03
+    >>> q = nuq_rs.quantize_state_dict(model.state_dict(), target_bpw=4.5)
+    >>> q.report().bits_per_weight <= 4.5
+    True
     """
     base = QuantConfig(bits, granularity, group_size, family)
     plan = _plan(state_dict, base, overrides or {}, exclude or ())
