@@ -234,8 +234,15 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
 class _Tracer:
     """Expected inputs of the layers of one traced graph."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, input_mean: Tensor | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: fx.Graph,
+        input_mean: Tensor | None,
+        reference: Mapping[str, Tensor] | None = None,
+    ) -> None:
         self.modules = dict(model.named_modules())
+        self.reference = reference or {}
         self.graph = graph
         self.input_mean = input_mean
         self.memo: dict[fx.Node, _Moments | _Skip] = {}
@@ -243,6 +250,11 @@ class _Tracer:
         for node in graph.nodes:
             if node.op == "call_module":
                 self.calls[node.target] = self.calls.get(node.target, 0) + 1
+
+    def tensor(self, name: str, own: Tensor | None) -> Tensor | None:
+        """``reference[name]`` if given, else the model's own tensor."""
+        found = self.reference.get(name)
+        return own.detach() if found is None and own is not None else found
 
     def moments(self, node) -> _Moments:
         if not isinstance(node, fx.Node):
@@ -275,8 +287,10 @@ class _Tracer:
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             n = mod.num_features
             ones = torch.ones(n, dtype=torch.float64)
-            gamma = mod.weight.detach().double().cpu() if mod.weight is not None else ones
-            beta = mod.bias.detach().double().cpu() if mod.bias is not None else 0 * ones
+            gamma = self.tensor(f"{name}.weight", mod.weight)
+            beta = self.tensor(f"{name}.bias", mod.bias)
+            gamma = ones if gamma is None else gamma.double().cpu()
+            beta = 0 * ones if beta is None else beta.double().cpu()
             layout = "vector" if isinstance(mod, nn.BatchNorm1d) else "spatial"
             return _Moments(beta, gamma.abs(), layout, f"BatchNorm {name}")
         if not isinstance(mod, _KNOWN_MODULES):
@@ -480,6 +494,7 @@ def correct_biases(
     quantized: Mapping[str, Tensor],
     *,
     input_mean: Sequence[float] | Tensor | None = None,
+    reference: Mapping[str, Tensor] | None = None,
 ) -> BiasCorrection:
     """Bias corrections for the quantized conv/linear layers of ``model``.
 
@@ -489,7 +504,9 @@ def correct_biases(
     the returned ``updates`` hold its corrected ``bias`` (``b - eps @ E[x]``), or, for
     a layer without bias whose output goes only to a BatchNorm, that BatchNorm's
     ``running_mean + eps @ E[x]``. ``input_mean``: the per-channel mean of the
-    model's input, to correct the first layer too (otherwise it is skipped). The
+    model's input, to correct the first layer too (otherwise it is skipped).
+    ``reference``: float tensors by state-dict name that stand in for the model's
+    own (e.g. :func:`equalize`'s updates applied to its state dict). The
     model is not modified; a model that ``torch.fx`` cannot trace gets every layer
     skipped with the trace error.
 
@@ -510,7 +527,7 @@ def correct_biases(
         result.rows = [(name, SKIPPED, why or reason) for name, why in layers.items()]
         return result
     mean_in = None if input_mean is None else torch.as_tensor(input_mean, dtype=torch.float64)
-    tracer = _Tracer(model, graph, mean_in)
+    tracer = _Tracer(model, graph, mean_in, reference)
     seen = set()
     for node in graph.nodes:
         if node.op == "call_module" and node.target in layers and node.target not in seen:
@@ -549,7 +566,7 @@ def _correct(
         src = tracer.moments(node.args[0])
         mean = _layer_input(layer, src)
         target, value, sign, where = _output_target(tracer, node, layer)
-        weight = layer.weight.detach()
+        weight = tracer.tensor(f"{layer_name}.weight", layer.weight)
         new = torch.as_tensor(quantized[f"{layer_name}.weight"]).detach().cpu().double()
         if new.shape != weight.shape:
             raise _Skip(f"quantized weight has shape {tuple(new.shape)}, not {tuple(weight.shape)}")
@@ -565,7 +582,8 @@ def _correct(
 def _output_target(tracer: _Tracer, node: fx.Node, layer: nn.Module):
     """(state-dict name, current tensor, sign of the shift, description)."""
     if layer.bias is not None:
-        return f"{node.target}.bias", layer.bias, -1.0, "bias"
+        name = f"{node.target}.bias"
+        return name, tracer.tensor(name, layer.bias), -1.0, "bias"
     users = list(node.users)
     bn = tracer.modules.get(users[0].target) if len(users) == 1 else None
     if users and users[0].op != "call_module":
@@ -578,7 +596,7 @@ def _output_target(tracer: _Tracer, node: fx.Node, layer: nn.Module):
         raise _Skip(f"no bias, and BatchNorm {users[0].target} is called more than once")
     return (
         f"{users[0].target}.running_mean",
-        bn.running_mean,
+        tracer.tensor(f"{users[0].target}.running_mean", bn.running_mean),
         1.0,
         f"running_mean of {users[0].target}",
     )
