@@ -71,7 +71,7 @@ def columns(bits: list[int], budgets: list[float]) -> list[Column]:
     return [Column(bits=b) for b in bits] + [Column(target_bpw=t) for t in budgets]
 
 
-def measure(case: Case, method: M.Method, col: Column) -> Cell:
+def measure(case: Case, method: M.Method, col: Column, sqnr: M.WeightSQNR) -> Cell:
     """Quantize the case's weights with one method at one column and evaluate."""
     kwargs = {"bits": col.bits} if col.bits is not None else {"target_bpw": col.target_bpw}
     if method.needs_model:
@@ -82,13 +82,13 @@ def measure(case: Case, method: M.Method, col: Column) -> Cell:
     except Exception as e:  # a failing mode is a finding: report it, run the rest
         traceback.print_exc(file=sys.stderr)
         return Cell({}, math.nan, error=f"{type(e).__name__}: {e}")
-    sqnr, top = M.sqnr_stats(case.state_dict, deq, M.weight_names(case.state_dict))
-    return Cell(metrics, bpw, sqnr, top)
+    return Cell(metrics, bpw, *sqnr(deq))
 
 
 def run_case(case: Case, rows: list[M.Method], cols: list[Column]) -> dict[str, dict]:
     """``{method name: {column label: Cell}}``, fp32 first."""
     fp32 = Cell(case.evaluate(case.state_dict), 32.0)
+    sqnr = M.WeightSQNR(case.state_dict)
     results: dict[str, dict] = {"fp32": {c.label: fp32 for c in cols}}
     for method in rows:
         if method.needs_model and case.model is None:
@@ -98,7 +98,7 @@ def run_case(case: Case, rows: list[M.Method], cols: list[Column]) -> dict[str, 
         for col in cols:
             if col.applies(method):
                 print(f"  {case.name}: {method.name}, {col.label}", file=sys.stderr, flush=True)
-                results[method.name][col.label] = measure(case, method, col)
+                results[method.name][col.label] = measure(case, method, col, sqnr)
     return results
 
 
@@ -232,19 +232,26 @@ def _list(kind: type, text: str) -> list:
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    parser.add_argument("--bits", default="3,4,6,8", help="comma-separated bit widths")
-    parser.add_argument("--budgets", default="4.25,4.5", help="target_bpw columns ('' for none)")
-    parser.add_argument("--quick", action="store_true", help="fewer images, crops and sentences")
+    parser.add_argument("--bits", help="comma-separated bit widths (3,4,6,8; --quick: 4,8)")
+    parser.add_argument(
+        "--budgets", help="target_bpw columns, '' for none (4.25,4.5; --quick: 4.25)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer inputs per case, fewer default columns"
+    )
     parser.add_argument("--limit", type=int, help="at most this many inputs per case")
     parser.add_argument("--out", type=Path, default=OUT, help="folder of the .md and .png")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     names = _list(str, args.cases)
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         parser.error(f"unknown cases {unknown}; expected some of {list(CASES)}")
-    torch.set_num_threads(args.threads)
-    bits, budgets = _list(int, args.bits), _list(float, args.budgets)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bits = _list(int, args.bits or ("4,8" if args.quick else "3,4,6,8"))
+    budgets = args.budgets if args.budgets is not None else ("4.25" if args.quick else "4.25,4.5")
+    budgets = _list(float, budgets)
     return run(names, bits, budgets, args.quick, args.out, args.limit)
 
 

@@ -211,15 +211,31 @@ def methods() -> tuple[list[Method], list[str]]:
     return rows, skipped
 
 
-def sqnr_stats(ref: StateDict, deq: StateDict, names: list[str]) -> tuple[float, float]:
-    """Mean over tensors of the SQNR (dB), and of the SQNR of each tensor's largest
-    1 % of weights by magnitude (at least one weight). Exact tensors count as 150 dB."""
-    all_db, top_db = [], []
-    for k in names:
-        x = ref[k].detach().double().flatten()
-        err = (deq[k].detach().double().flatten() - x) ** 2
-        top = torch.topk(x.abs(), max(1, math.ceil(0.01 * x.numel()))).indices
-        for db, sel in ((all_db, slice(None)), (top_db, top)):
-            signal, noise = float((x[sel] ** 2).sum()), float(err[sel].sum())
-            db.append(min(150.0, 10 * math.log10(signal / noise)) if noise > 0 else 150.0)
-    return float(np.mean(all_db)), float(np.mean(top_db))
+class WeightSQNR:
+    """Mean over the quantized tensors of the SQNR (dB), and of the SQNR of each
+    tensor's largest 1 % of weights by magnitude (at least one weight), against
+    reference weights prepared once. Exact tensors count as 150 dB."""
+
+    def __init__(self, ref: StateDict) -> None:
+        self.tensors = {}
+        for k in weight_names(ref):
+            x = ref[k].detach().float().numpy().ravel()
+            k_top = max(1, math.ceil(0.01 * x.size))
+            top = np.argpartition(np.abs(x), x.size - k_top)[x.size - k_top :]
+            self.tensors[k] = (x, top, _energy(x), _energy(x[top]))
+
+    def __call__(self, deq: StateDict) -> tuple[float, float]:
+        all_db, top_db = [], []
+        for k, (x, top, signal, signal_top) in self.tensors.items():
+            err = deq[k].detach().float().numpy().ravel() - x
+            all_db.append(_db(signal, _energy(err)))
+            top_db.append(_db(signal_top, _energy(err[top])))
+        return float(np.mean(all_db)), float(np.mean(top_db))
+
+
+def _energy(v: np.ndarray) -> float:
+    return float(np.dot(v.astype(np.float64), v.astype(np.float64)))
+
+
+def _db(signal: float, noise: float) -> float:
+    return min(150.0, 10 * math.log10(signal / noise)) if noise > 0 else 150.0
