@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._tensor import GRANULARITIES
+from ._tensor import CODEBOOKS, GRANULARITIES
 
 
 def _bits_for(values: list[str], names: list[str]) -> dict[str, int]:
@@ -36,7 +36,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None:
         check_destination(output, args.force)
-    base = QuantConfig(args.bits, args.granularity, args.group_size, args.family)
+    base = QuantConfig(
+        args.bits, args.granularity, args.group_size, args.family, args.codebook
+    )
     if args.input is None:
         return _quantize_default(args, base, output)
     from ._checkpoint import Checkpoint
@@ -91,6 +93,7 @@ def _quantize_default(args: argparse.Namespace, base: Any, output: Path | None) 
         granularity=args.granularity,
         group_size=args.group_size,
         family=args.family,
+        codebook=args.codebook,
         overrides=_bits_for(args.bits_for, list(_plan(sd, base, {}, args.exclude))),
         exclude=args.exclude,
         target_bpw=args.target_bpw,
@@ -184,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--granularity", choices=GRANULARITIES, default="tensor")
     q.add_argument("--group-size", type=int, default=None, help="weights per group")
     q.add_argument("--family", choices=("auto", "gaussian", "laplace"), default="auto")
+    q.add_argument(
+        "--codebook",
+        choices=CODEBOOKS,
+        default="fitted",
+        help="fitted: fitted to the weights, extremes kept; lloyd-max: the paper's",
+    )
     q.add_argument(
         "--exclude",
         action="append",

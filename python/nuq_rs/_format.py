@@ -35,7 +35,7 @@ from ._report import TensorReport
 from ._tensor import QuantConfig, matrix_shape
 
 FORMAT_NAME = "nuq-rs"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CODEBOOKS = ("stored", "implied")
 #: Larger headers are refused, as the safetensors library does.
 MAX_HEADER_BYTES = 100_000_000
@@ -103,9 +103,14 @@ def kept_report(name: str, slot: Slot) -> TensorReport:
 
 
 def implied_codebook(config: QuantConfig) -> bool:
-    """Whether this writer leaves the codebook out (groups: implied by family,
-    bits and group size)."""
-    return config.granularity == "group"
+    """Whether this writer leaves the codebook out (Lloyd–Max groups: implied
+    by family, bits and group size)."""
+    return config.granularity == "group" and config.codebook == "lloyd-max"
+
+
+def f16_scales(config: QuantConfig) -> bool:
+    """Whether the scales are fp16 values (groups and fitted codebooks)."""
+    return config.granularity == "group" or config.codebook == "fitted"
 
 
 def quantized_slots(
@@ -119,8 +124,10 @@ def quantized_slots(
     elif config.granularity == "channel":
         n_loc = n_scale = rows
     else:
-        n_loc, n_scale = 0, rows * cols // config.group_size
-    scale_dtype = "F16" if config.granularity == "group" else "F32"
+        n_loc, n_scale = 0, rows * -(-cols // config.group_size)
+    if config.codebook == "fitted":
+        n_loc = 0  # absmax scales only (see nuq_core::quantize::fitted)
+    scale_dtype = "F16" if f16_scales(config) else "F32"
     slots = {
         f"{name}.packed": Slot("U8", (rows, -(-cols * config.bits // 8))),
         f"{name}.levels": Slot("F32", (2**config.bits,)),
@@ -144,6 +151,7 @@ def quantized_entry(name: str, shape: tuple[int, ...], dtype: str, config: Quant
         "group_size": config.group_size,
         "family": "gaussian",
         "codebook": "implied" if implied_codebook(config) else "stored",
+        "codebook_kind": config.codebook,
         **dict.fromkeys(STAT_FIELDS, WIDEST_FLOAT),
     }
 

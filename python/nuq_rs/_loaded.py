@@ -110,7 +110,11 @@ def _expected_slots(path: Path, name: str, e: Any) -> dict[str, _format.Slot | N
 
 def _config(e: dict[str, Any]) -> QuantConfig:
     g = e.get("granularity")
-    return QuantConfig(e["bits"], g, e.get("group_size") if g == "group" else None, e["family"])
+    # Versions 1 and 2 wrote Lloyd–Max codebooks only.
+    kind = e.get("codebook_kind", "lloyd-max")
+    return QuantConfig(
+        e["bits"], g, e.get("group_size") if g == "group" else None, e["family"], kind
+    )
 
 
 class LoadedStateDict(Mapping[str, Any]):

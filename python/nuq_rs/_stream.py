@@ -23,7 +23,7 @@ from ._nuq_rs import QuantizationError
 from ._nuq_rs import quantize as _quantize
 from ._progress import Progress
 from ._report import Report
-from ._state_dict import _check_groups, _override, _report_of
+from ._state_dict import _override, _report_of
 from ._tensor import QuantConfig, QuantizedTensor, matrix_shape
 from ._writer import FileWriter, Planned
 
@@ -59,7 +59,6 @@ def plan(
         else:
             continue
         if 0 not in shape:
-            _check_groups(name, shape, config)
             configs[name] = config
     return configs
 
@@ -81,6 +80,7 @@ def quantize_array(array: np.ndarray, code: str, config: QuantConfig, name: str)
             config.group_size,
             config.family,
             code == "BF16",
+            config.codebook,
         )
     except QuantizationError as e:
         raise type(e)(f"tensor {name!r} of shape {list(shape)}: {e}") from None

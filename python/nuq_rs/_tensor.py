@@ -15,19 +15,24 @@ from ._nuq_rs import quantize as _quantize
 
 GRANULARITIES = ("tensor", "channel", "group")
 FAMILIES = ("auto", "gaussian", "laplace")
+CODEBOOKS = ("fitted", "lloyd-max")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """How one tensor is quantized; checked when made.
 
-    ``group_size`` implies ``granularity="group"``.
+    ``group_size`` implies ``granularity="group"``. ``codebook="fitted"``
+    fits the codebook to the tensor's own weights with every span's extremes
+    kept exact; ``"lloyd-max"`` is the paper's Lloyd–Max quantizer of the
+    fitted density (for groups, the family's implied codebook).
     """
 
     bits: int = 4
     granularity: str = "tensor"
     group_size: int | None = None
     family: str = "auto"
+    codebook: str = "fitted"
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
@@ -50,6 +55,8 @@ class QuantConfig:
             raise ValueError("granularity='group' needs a group_size, e.g. group_size=64")
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
+        if self.codebook not in CODEBOOKS:
+            raise ValueError(f"unknown codebook {self.codebook!r}; expected one of {CODEBOOKS}")
 
     def replace(self, **changes: Any) -> QuantConfig:
         """A copy with some fields changed (``group_size`` resets the granularity)."""
@@ -58,6 +65,7 @@ class QuantConfig:
             "granularity": self.granularity,
             "group_size": self.group_size,
             "family": self.family,
+            "codebook": self.codebook,
         }
         if "group_size" in changes and "granularity" not in changes:
             fields["granularity"] = "tensor" if changes["group_size"] is None else "group"
@@ -160,6 +168,7 @@ def quantize_tensor(
     granularity: str = "tensor",
     group_size: int | None = None,
     family: str = "auto",
+    codebook: str = "fitted",
     name: str | None = None,
 ) -> QuantizedTensor:
     """Quantize one floating tensor (torch or NumPy) to ``2**bits`` non-uniform levels.
@@ -178,7 +187,7 @@ def quantize_tensor(
     >>> q.dequantize().shape
     (64, 128)
     """
-    config = QuantConfig(bits, granularity, group_size, family)
+    config = QuantConfig(bits, granularity, group_size, family, codebook)
     return _quantize_with(x, config, name)
 
 
@@ -199,6 +208,7 @@ def _quantize_with(x: Any, config: QuantConfig, name: str | None) -> QuantizedTe
             config.group_size,
             config.family,
             flat.bfloat16,
+            config.codebook,
         )
     except QuantizationError as e:
         raise type(e)(f"{label} of shape {list(flat.shape)}: {e}") from None

@@ -115,8 +115,8 @@ class FileWriter:
         if entry["kind"] != "quantized" or list(q.shape) != entry["shape"]:
             raise ValueError(f"tensor {name!r} does not match its planned layout")
         scale = q.scale
-        if q.config.granularity == "group":
-            scale = scale.astype(np.float16)  # group scales are fp16 values already
+        if _format.f16_scales(q.config):
+            scale = scale.astype(np.float16)  # fp16 values already
         parts = [("packed", q.packed), ("loc", q.loc)]
         if entry["codebook"] == "stored":
             parts.append(("levels", q.levels))

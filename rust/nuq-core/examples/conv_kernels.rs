@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use nuq_core::lut::{conv2d_with, ConvShape, Kernel};
-use nuq_core::{quantize, Config, FamilyChoice, Granularity};
+use nuq_core::{quantize, CodebookChoice, Config, FamilyChoice, Granularity};
 
 fn main() {
     let shape = ConvShape {
@@ -28,6 +28,7 @@ fn main() {
         bits: 4,
         granularity: Granularity::Tensor,
         family: FamilyChoice::Auto,
+        codebook: CodebookChoice::LloydMax,
     };
     let q = quantize(&w, rows, cols, &cfg).unwrap();
     let x: Vec<f32> = (0..512 * 16 * 14 * 14)

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use nuq_core::lut::{linear_int8_with, linear_with, Int8Kernel, Kernel};
-use nuq_core::{quantize, Config, FamilyChoice, Granularity};
+use nuq_core::{quantize, CodebookChoice, Config, FamilyChoice, Granularity};
 
 fn main() {
     let n = std::env::var("LUT_ROWS")
@@ -35,6 +35,7 @@ fn main() {
                 bits: b,
                 granularity: g,
                 family: FamilyChoice::Auto,
+                codebook: CodebookChoice::LloydMax,
             };
             let q = quantize(&w, n, k, &cfg).unwrap();
             for m in ms.iter().copied() {

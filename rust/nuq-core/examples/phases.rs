@@ -12,7 +12,7 @@ use std::time::Instant;
 use nuq_core::encode::Encoder;
 use nuq_core::pack::pack;
 use nuq_core::stats::{fit_rows, fit_tensor, moments, row_fits};
-use nuq_core::{quantize, Config, FamilyChoice, Granularity};
+use nuq_core::{quantize, CodebookChoice, Config, FamilyChoice, Granularity};
 
 const REPEATS: usize = 5;
 
@@ -122,6 +122,7 @@ fn main() {
             bits: 4,
             granularity: g,
             family: FamilyChoice::Auto,
+            codebook: CodebookChoice::LloydMax,
         };
         time(&format!("quantize {g:?}"), base, || {
             quantize(&x, rows, cols, &cfg).unwrap()

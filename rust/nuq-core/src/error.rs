@@ -12,8 +12,8 @@ pub enum NuqError {
     /// The bit width is outside 1..=8.
     #[error("bits must be in 1..=8, got {0}")]
     InvalidBits(u32),
-    /// The group size is zero or does not divide the row length.
-    #[error("group_size {group_size} must be > 0 and divide the row length {row_len}")]
+    /// The group size is zero.
+    #[error("group_size {group_size} must be > 0 (row length {row_len})")]
     InvalidGroupSize { group_size: usize, row_len: usize },
     /// Two lengths that must agree do not.
     #[error("{what}: expected length {expected}, got {actual}")]

@@ -18,5 +18,7 @@ pub mod weights;
 
 pub use error::NuqError;
 pub use family::Family;
-pub use quantize::{dequantize, quantize, Config, FamilyChoice, Granularity, Quantized};
+pub use quantize::{
+    dequantize, quantize, CodebookChoice, Config, FamilyChoice, Granularity, Quantized,
+};
 pub use weights::PackedWeights;

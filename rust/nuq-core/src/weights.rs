@@ -25,9 +25,10 @@ pub struct PackedWeights<'a> {
     /// Offsets: 1 (per tensor), `rows` (per channel) or 0 (none, e.g. groups).
     pub loc: &'a [f32],
     /// Scales: 1 (tensor) or `rows` (channel) without groups;
-    /// `rows * (cols / g)` with `group_size = Some(g)`.
+    /// `rows * ceil(cols / g)` with `group_size = Some(g)`.
     pub scale: &'a [f32],
-    /// `Some(g)`: scale index of `(r, j)` is `r * (cols / g) + j / g`.
+    /// `Some(g)`: scale index of `(r, j)` is `r * ceil(cols / g) + j / g`
+    /// (the last group of a row is short when `g` does not divide `cols`).
     pub group_size: Option<usize>,
 }
 
@@ -57,13 +58,13 @@ impl<'a> PackedWeights<'a> {
         }
         match self.group_size {
             Some(g) => {
-                if g == 0 || !self.cols.is_multiple_of(g) {
+                if g == 0 {
                     return Err(NuqError::InvalidGroupSize {
                         group_size: g,
                         row_len: self.cols,
                     });
                 }
-                let expected = self.rows.checked_mul(self.cols / g);
+                let expected = self.rows.checked_mul(self.cols.div_ceil(g));
                 check_len("scale", expected, self.scale.len())?;
             }
             None if [1, self.rows].contains(&self.scale.len()) => {}
@@ -81,7 +82,7 @@ impl<'a> PackedWeights<'a> {
     pub fn scales_of(&self, r: usize) -> &'a [f32] {
         match self.group_size {
             Some(g) => {
-                let per_row = self.cols / g;
+                let per_row = self.cols.div_ceil(g);
                 &self.scale[r * per_row..(r + 1) * per_row]
             }
             None if self.scale.len() == 1 => &self.scale[..1],
@@ -100,7 +101,7 @@ impl<'a> PackedWeights<'a> {
         let per_row = |len: usize| self.rows > 1 && len == self.rows;
         let scale = match self.group_size {
             Some(g) => {
-                let per = self.cols / g;
+                let per = self.cols.div_ceil(g);
                 &self.scale[r0 * per..r1 * per]
             }
             None if per_row(self.scale.len()) => &self.scale[r0..r1],
@@ -139,7 +140,7 @@ impl<'a> PackedWeights<'a> {
     /// Scale of weight `(r, j)`.
     pub(crate) fn scale_of(&self, r: usize, j: usize) -> f32 {
         match self.group_size {
-            Some(g) => self.scale[r * (self.cols / g) + j / g],
+            Some(g) => self.scale[r * self.cols.div_ceil(g) + j / g],
             None if self.scale.len() == 1 => self.scale[0],
             None => self.scale[r],
         }
@@ -214,13 +215,19 @@ mod tests {
         let w = view(&p, &l, &s);
         let bad_bits = PackedWeights { bits: 9, ..w };
         assert_eq!(bad_bits.validate(), Err(NuqError::InvalidBits(9)));
-        let bad_group = PackedWeights {
+        // Groups of 4 in rows of 6: a short last group, 2 scales a row.
+        let short_group = PackedWeights {
             group_size: Some(4),
+            ..w
+        };
+        assert_eq!(short_group.validate(), Ok(()));
+        let bad_group = PackedWeights {
+            group_size: Some(2),
             ..w
         };
         assert!(matches!(
             bad_group.validate(),
-            Err(NuqError::InvalidGroupSize { .. })
+            Err(NuqError::LengthMismatch { what: "scale", .. })
         ));
         let zero_group = PackedWeights {
             group_size: Some(0),

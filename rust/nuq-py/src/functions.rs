@@ -4,7 +4,7 @@ use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyReadonlyArray4, PyUntypedArrayMethods,
 };
-use nuq_core::{Config, Family, FamilyChoice, Granularity, PackedWeights};
+use nuq_core::{CodebookChoice, Config, Family, FamilyChoice, Granularity, PackedWeights};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -41,10 +41,20 @@ fn parse_family(name: &str) -> PyResult<FamilyChoice> {
     }
 }
 
+fn parse_codebook(name: &str) -> PyResult<CodebookChoice> {
+    match name {
+        "fitted" => Ok(CodebookChoice::Fitted),
+        "lloyd-max" => Ok(CodebookChoice::LloydMax),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown codebook {name:?}; expected 'fitted' or 'lloyd-max'"
+        ))),
+    }
+}
+
 /// Quantizes a flat `rows x cols` array; returns the packed codes, codebook,
 /// locations, scales and fit statistics as a dict.
 #[pyfunction]
-#[pyo3(signature = (data, rows, cols, bits, granularity="tensor", group_size=None, family="auto", bfloat16=false))]
+#[pyo3(signature = (data, rows, cols, bits, granularity="tensor", group_size=None, family="auto", bfloat16=false, codebook="fitted"))]
 #[allow(clippy::too_many_arguments)]
 fn quantize<'py>(
     py: Python<'py>,
@@ -56,11 +66,13 @@ fn quantize<'py>(
     group_size: Option<usize>,
     family: &str,
     bfloat16: bool,
+    codebook: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = Config {
         bits,
         granularity: parse_granularity(granularity, group_size)?,
         family: parse_family(family)?,
+        codebook: parse_codebook(codebook)?,
     };
     let weights = Weights::extract(data, bfloat16)?;
     let slice = weights.slice();

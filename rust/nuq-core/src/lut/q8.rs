@@ -195,7 +195,7 @@ fn products(
         rs: [0.0; ROWS],
         mult: [0.0; TILE_N],
     };
-    let groups = w.group_size.map(|g| (g, w.cols / g));
+    let groups = w.group_size.map(|g| (g, w.cols.div_ceil(g)));
     if groups.is_none() {
         for (t, mult) in flush.mult.iter_mut().enumerate().take(rows) {
             *mult = w.scale_of(r0 + t, 0) * book.sl;

@@ -113,7 +113,7 @@ pub(super) fn prefetch_codes(w: &PackedWeights, rows: std::ops::Range<usize>, k0
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let (stride, bits) = (w.row_bytes(), w.bits as usize);
         let (b0, b1) = (k0 * bits / 8, (k0 + TILE_K).min(w.cols) * bits / 8);
-        let groups = w.group_size.map(|g| (w.cols / g, g));
+        let groups = w.group_size.map(|g| (w.cols.div_ceil(g), g));
         for r in rows {
             let row = w.packed.as_ptr().wrapping_add(r * stride);
             for b in (b0..=b1).step_by(64) {

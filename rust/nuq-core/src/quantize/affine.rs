@@ -55,6 +55,8 @@ pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Res
         packed: enc.packed,
         sse: enc.sse,
         energy: fitted.energy,
+        implied_codebook: false,
+        f16_scales: false,
     })
 }
 

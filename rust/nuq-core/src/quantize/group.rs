@@ -60,6 +60,8 @@ pub(super) fn quantize(
         packed: enc.packed,
         sse: enc.sse,
         energy: energy_of(x.len(), fit.moments.mean, fit.moments.std),
+        implied_codebook: true,
+        f16_scales: true,
     })
 }
 

@@ -14,6 +14,7 @@
 
 mod affine;
 mod decode;
+mod fitted;
 mod group;
 mod rows;
 mod sse;
@@ -45,27 +46,37 @@ pub enum FamilyChoice {
     Fixed(Family),
 }
 
+/// Where the codebook comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CodebookChoice {
+    /// Fitted to the tensor's own weights, extremes kept exact (`fitted.rs`).
+    #[default]
+    Fitted,
+    /// The Lloyd–Max quantizer of the fitted density (the paper's method;
+    /// for groups, the family's implied codebook).
+    LloydMax,
+}
+
 /// Everything that selects a quantizer for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     pub bits: u32,
     pub granularity: Granularity,
     pub family: FamilyChoice,
+    pub codebook: CodebookChoice,
 }
 
 impl Config {
-    /// Checks the options against a `rows x cols` tensor.
+    /// Checks the options (a group size may leave a short last group per row).
     pub fn validate(&self, cols: usize) -> Result<()> {
         if !(1..=8).contains(&self.bits) {
             return Err(NuqError::InvalidBits(self.bits));
         }
-        if let Granularity::Group(g) = self.granularity {
-            if g == 0 || !cols.is_multiple_of(g) {
-                return Err(NuqError::InvalidGroupSize {
-                    group_size: g,
-                    row_len: cols,
-                });
-            }
+        if self.granularity == Granularity::Group(0) {
+            return Err(NuqError::InvalidGroupSize {
+                group_size: 0,
+                row_len: cols,
+            });
         }
         Ok(())
     }
@@ -96,6 +107,10 @@ pub struct Quantized {
     /// Sum of squared errors and of squared weights, over all elements.
     pub sse: f64,
     pub energy: f64,
+    /// The codebook is implied by (family, bits, group size) and not stored.
+    pub implied_codebook: bool,
+    /// The scales are f16 values (stored as f16).
+    pub f16_scales: bool,
 }
 
 impl Quantized {
@@ -158,14 +173,16 @@ impl Quantized {
     }
 
     /// Storage in bytes, as the nuq-rs file holds it: packed codes, the f32
-    /// codebook, f32 locations and f32 scales; for groups only the codes and
-    /// the f16 scales (the codebook is implied by family, bits and group size,
-    /// see [`crate::solve::implied_codebook`]).
+    /// codebook unless it is implied (see [`crate::solve::implied_codebook`]),
+    /// f32 locations, and the scales (f16 or f32).
     pub fn storage_bytes(&self) -> usize {
-        match self.granularity {
-            Granularity::Group(_) => self.packed.len() + 2 * self.scale.len(),
-            _ => self.packed.len() + 4 * (self.levels.len() + self.loc.len() + self.scale.len()),
-        }
+        let book = if self.implied_codebook {
+            0
+        } else {
+            4 * self.levels.len()
+        };
+        let scales = if self.f16_scales { 2 } else { 4 } * self.scale.len();
+        self.packed.len() + book + 4 * self.loc.len() + scales
     }
 
     /// Storage cost per weight in bits, all metadata included.
@@ -181,8 +198,9 @@ impl Quantized {
 /// Quantizes a row-major `rows x cols` tensor.
 ///
 /// Fails on a NaN or infinity (naming its flat index), a bit width outside
-/// 1..=8, or a group size that does not divide `cols`. Nothing is returned
-/// half-done: the result is built only after every check passed.
+/// 1..=8, or a group size of 0. A group size that does not divide `cols`
+/// leaves a short last group in every row. Nothing is returned half-done:
+/// the result is built only after every check passed.
 pub fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Result<Quantized> {
     if x.len() != rows * cols {
         return Err(NuqError::LengthMismatch {
@@ -192,9 +210,15 @@ pub fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Result<Qua
         });
     }
     cfg.validate(cols)?;
-    match cfg.granularity {
-        Granularity::Tensor | Granularity::Channel => affine::quantize(x, rows, cols, cfg),
-        Granularity::Group(g) => group::quantize(x, rows, cols, g, cfg),
+    match (cfg.codebook, cfg.granularity) {
+        (CodebookChoice::Fitted, _) => fitted::quantize(x, rows, cols, cfg, fitted::Levels::Fitted),
+        (CodebookChoice::LloydMax, Granularity::Group(g)) if cols.is_multiple_of(g) => {
+            group::quantize(x, rows, cols, g, cfg)
+        }
+        (CodebookChoice::LloydMax, Granularity::Group(_)) => {
+            fitted::quantize(x, rows, cols, cfg, fitted::Levels::Implied)
+        }
+        (CodebookChoice::LloydMax, _) => affine::quantize(x, rows, cols, cfg),
     }
 }
 

@@ -24,6 +24,7 @@ fn config(bits: u32, granularity: Granularity) -> Config {
         bits,
         granularity,
         family: FamilyChoice::Auto,
+        codebook: CodebookChoice::LloydMax,
     }
 }
 
@@ -141,13 +142,16 @@ fn bad_input_is_rejected_before_any_work() {
         Err(NuqError::InvalidBits(9))
     );
     let bad_group = NuqError::InvalidGroupSize {
-        group_size: 3,
+        group_size: 0,
         row_len: 4,
     };
     assert_eq!(
-        quantize(&x, 3, 4, &config(4, Granularity::Group(3))),
+        quantize(&x, 3, 4, &config(4, Granularity::Group(0))),
         Err(bad_group)
     );
+    // A group size that does not divide the row leaves a short last group.
+    let short = quantize(&x, 3, 4, &config(4, Granularity::Group(3))).unwrap();
+    assert_eq!(short.scale.len(), 3 * 2);
     assert!(matches!(
         quantize(&x, 2, 4, &config(4, Granularity::Tensor)),
         Err(NuqError::LengthMismatch { .. })

@@ -22,8 +22,8 @@ pub(crate) use implied::{bin_centers, BINS};
 pub use lloyd_max::{lloyd_max, solve_uncached};
 pub use moments::{conditional_mean, partial_moments, Moments};
 pub use normal_quantile::inverse_normal_cdf;
-pub use weighted::lloyd_weighted;
 pub(crate) use weighted::weighted_mse;
+pub use weighted::{lloyd_pinned, lloyd_weighted};
 
 use crate::family::Family;
 

@@ -110,6 +110,44 @@ pub fn lloyd_weighted(
     Quantizer::from_levels(levels, mse)
 }
 
+/// [`lloyd_weighted`] with the first and last level held where `init_levels`
+/// puts them: the other levels move to their cells' weighted means, the end
+/// levels stay (a codebook that must reproduce the extremes exactly). The
+/// objective never increases: each sweep is optimal for the free levels
+/// given the cells, and the midpoints are optimal cells given all levels.
+///
+/// # Panics
+/// As [`lloyd_weighted`].
+pub fn lloyd_pinned(
+    points: &[f64],
+    weights: &[f64],
+    init_levels: &[f64],
+    max_iter: usize,
+) -> Vec<f64> {
+    check_inputs(points, weights, init_levels);
+    let prefix = Prefix::new(points, weights);
+    let mut levels = init_levels.to_vec();
+    let n = levels.len();
+    let (first, last) = (levels[0], levels[n - 1]);
+    let mut previous: Option<Vec<usize>> = None;
+    for _ in 0..max_iter {
+        let ends = prefix.cell_ends(&midpoints(&levels));
+        if previous.as_ref() == Some(&ends) {
+            break;
+        }
+        prefix.update_levels(&ends, &mut levels);
+        levels[0] = first;
+        levels[n - 1] = last;
+        // A free level's cell mean lies inside its cell, hence between the
+        // pinned ends; clamping only guards rounding.
+        for y in &mut levels[1..n - 1] {
+            *y = y.clamp(first, last);
+        }
+        previous = Some(ends);
+    }
+    levels
+}
+
 fn check_inputs(points: &[f64], weights: &[f64], levels: &[f64]) {
     assert_eq!(
         points.len(),
