@@ -235,18 +235,23 @@ def test_batchnorm_gains_found_in_state_dict_order():
     np.testing.assert_allclose(gains["0.weight"], np.arange(1.0, 9.0) / np.sqrt(4.0 + 1e-5))
 
 
+@dataclasses.dataclass
 class _Decoded:
     """What :func:`_budget.proxy` reads of a quantized tensor, with a known decoding."""
 
-    torch = False
+    decoded: np.ndarray
+    sse: float
+    energy: float
+    dtype: str = "float32"
+    torch: bool = False
 
-    def __init__(self, original: np.ndarray, decoded: np.ndarray) -> None:
-        self._decoded = decoded
-        self.sse = float(np.sum((original.astype(np.float64) - decoded) ** 2))
-        self.energy = float(np.sum(original.astype(np.float64) ** 2))
+    @classmethod
+    def of(cls, original: np.ndarray, decoded: np.ndarray) -> _Decoded:
+        w = original.astype(np.float64)
+        return cls(decoded, float(np.sum((w - decoded) ** 2)), float(np.sum(w * w)))
 
     def dequantize(self) -> np.ndarray:
-        return self._decoded
+        return self.decoded
 
 
 def test_batchnorm_gains_weigh_the_channels_errors(rng):
@@ -254,7 +259,7 @@ def test_batchnorm_gains_weigh_the_channels_errors(rng):
     w = rng.standard_normal((4, 16)).astype(np.float32)
     w[0] *= 0.01  # a small row...
     noise = np.full(w.shape, 0.05, np.float32)
-    q = _Decoded(w, w + noise)  # ...with the same absolute error as the others
+    q = _Decoded.of(w, w + noise)  # ...with the same absolute error as the others
     assert _budget.proxy(q, w, None) == pytest.approx(q.sse / q.energy)
     assert _budget.proxy(q, w, np.ones(4)) == pytest.approx(q.sse / q.energy)
     gains = np.array([100.0, 1.0, 1.0, 1.0])  # ...that reaches the next layer at full size
@@ -290,3 +295,34 @@ def test_any_feasible_target_is_met(sd, u):
     report = nuq_rs.quantize_state_dict(sd, target_bpw=target).report()
     assert report.bits_per_weight <= target
     assert _used(report) <= _limit(report, target)
+
+
+def test_checkpoint_bfloat16_bits_widen_exactly():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(5, 7).to(torch.bfloat16)
+    bits = x.view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(_budget._widen(bits, "BF16"), x.float().numpy())
+    np.testing.assert_array_equal(_budget._widen(x.half().numpy(), "F16"), x.float().numpy())
+
+
+def test_cli_target_bpw_on_a_bfloat16_checkpoint_with_batchnorm(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from nuq_rs.__main__ import main
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 8, 3)
+    )
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.5, 2.0)
+    src = tmp_path / "net.pt"
+    torch.save(
+        {
+            k: v.to(torch.bfloat16) if v.is_floating_point() else v
+            for k, v in net.state_dict().items()
+        },
+        src,
+    )
+    assert main(["quantize", str(src), "--target-bpw", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "0.weight" in out and "proxy" in out

@@ -153,8 +153,9 @@ def proxy(q: QuantizedTensor, original: np.ndarray | None, gains: np.ndarray | N
 
 
 def _decoded(q: QuantizedTensor) -> np.ndarray:
-    values = q.dequantize()
-    return values.float().numpy() if q.torch else values
+    """The decoded values as float32 NumPy, whatever the original dtype (NumPy has
+    no bfloat16 to restore checkpoint tensors to)."""
+    return replace(q, dtype="float32", torch=False).dequantize()
 
 
 def choices_of(
