@@ -156,32 +156,48 @@ def tables(case: Case, results: dict[str, dict], cols: list[Column]) -> list[str
 
 
 def pareto_png(cases: list[Case], results: dict[str, dict], path: Path) -> None:
-    """Headline metric against bits per weight: one panel per case, one line per method."""
+    """Headline metric against bits per weight: one panel per case, one line per
+    method (baselines dashed), fp32 as a dotted level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4.5), squeeze=False)
-    for ax, case in zip(axes[0], cases, strict=True):
+    ncols = min(2, len(cases))
+    nrows = math.ceil(len(cases) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 5 * nrows), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
+    for ax, case in zip(axes.flat, cases, strict=False):
         res = results[case.name]
-        for name, cells in res.items():
+        for i, (name, cells) in enumerate(res.items()):
             if name == "fp32":
                 fp32 = next(iter(cells.values())).metrics[case.metric]
-                ax.axhline(fp32, color="black", linestyle="--", linewidth=1, label="fp32")
+                ax.axhline(fp32, color="black", linestyle=":", linewidth=1, label="fp32")
                 continue
             points = sorted((c.bpw, c.metrics[case.metric]) for c in cells.values() if not c.error)
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=name)
-        ax.set_title(case.name)
-        ax.set_xlabel("bits per weight (all metadata)")
+                nuq = name.startswith("nuq")
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+                    linestyle="-" if nuq else "--",
+                    marker="o" if nuq else "s",
+                    markersize=4,
+                    linewidth=1.2,
+                    label=name,
+                )
+        ax.set_title(f"{case.name}: {case.metric}")
+        ax.set_xlabel("bits per weight (all metadata counted)")
         ax.set_ylabel(case.metric)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(cases) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
