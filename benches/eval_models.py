@@ -135,7 +135,11 @@ def tables(case: Case, results: dict[str, dict], cols: list[Column]) -> list[str
                 values = " / ".join(_fmt(cell.metrics[m]) for m in case.columns)
                 row.append(f"{values} @{cell.bpw:.2f}")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines += ["", *errors, *(f"- {note}" for note in case.notes)]
+    lines += [
+        "",
+        f"- NFk g{M.BLOCK}: NF4 (QLoRA's levels) at 4 bits, QLoRA's NF-k construction at k.",
+    ]
+    lines += [*errors, *(f"- {note}" for note in case.notes)]
     lines += [
         "",
         "Weights: mean per-tensor SQNR / mean SQNR of each tensor's largest 1 % (dB).",

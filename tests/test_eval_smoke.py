@@ -56,7 +56,7 @@ def test_fp32_and_rtn_reach_what_they_should(fashion_run):
     assert abs(rtn8.metrics["accuracy"] - fp32) <= 0.01
     # All metadata counted: fp16 scales per row on top of the codes.
     assert 8.0 < rtn8.bpw < 8.1
-    assert res["NF g64"]["4 bits"].bpw == pytest.approx(4.25, abs=0.01)
+    assert res["NFk g64"]["4 bits"].bpw == pytest.approx(4.25, abs=0.01)
     assert rtn8.sqnr > res["RTN ch"]["4 bits"].sqnr + 20
 
 

@@ -8,10 +8,10 @@ Every method quantizes the same tensors, the floating ones with 2+ dimensions
 |---|---|---|
 | RTN ch | symmetric absmax per row, 2^b - 1 levels, fp16 scale | b + 16 rows / n |
 | RTN g64 | the same per flat block of 64 (last one zero-padded) | b + 16 / 64 (+ pad) |
-| NF g64 | NormalFloat levels, fp16 absmax per flat block of 64 | b + 16 / 64 (+ pad) |
+| NFk g64 | NormalFloat levels, fp16 absmax per flat block of 64 | b + 16 / 64 (+ pad) |
 | nuq ... | ``nuq_rs.quantize_state_dict`` with the options named | ``q.report()`` bytes |
 
-NF g64 is QLoRA's NF4 at 4 bits and its NF-k construction at other widths (:func:`nf_levels`).
+NFk g64 is QLoRA's NF4 at 4 bits and its NF-k construction at other widths (:func:`nf_levels`).
 
 New options of ``quantize_state_dict`` (``codebook=``, ``target_bpw=``, ``model=``) add
 rows when its signature has them, so the suite runs before they land and picks them
@@ -177,7 +177,7 @@ def methods() -> tuple[list[Method], list[str]]:
     rows = [
         Method("RTN ch", _baseline(lambda x, b: rtn(x, b, None))),
         Method(f"RTN g{BLOCK}", _baseline(lambda x, b: rtn(x, b, BLOCK))),
-        Method(f"NF g{BLOCK}", _baseline(nf)),
+        Method(f"NFk g{BLOCK}", _baseline(nf)),
         Method("nuq tensor (paper)", _nuq({"granularity": "tensor"} | paper)),
         Method("nuq ch", _nuq({"granularity": "channel"} | paper)),
         Method(f"nuq g{BLOCK}", _nuq({"group_size": BLOCK} | paper, groups_fallback=True)),
