@@ -41,6 +41,8 @@ def quantized(sd: dict | None = None) -> nuq_rs.QuantizedStateDict:
     return nuq_rs.quantize_state_dict(
         sd or small_state_dict(),
         bits=3,
+        granularity="tensor",
+        codebook="lloyd-max",
         overrides={"b.weight": {"group_size": 16}, "c.weight": {"granularity": "channel"}},
     )
 
@@ -74,7 +76,7 @@ def test_saved_file_is_plain_safetensors(saved):
     assert {"a.weight.packed", "a.weight.levels", "a.weight.loc", "a.weight.scale"} <= keys
     assert {"a.bias", "n", "mask"} <= keys and "a.weight" not in keys
     assert "b.weight.levels" not in keys  # group codebooks are implied, not stored
-    assert meta["format"] == "nuq-rs" and meta["format_version"] == "2"
+    assert meta["format"] == "nuq-rs" and meta["format_version"] == "3"
     entries = {e["name"]: e for e in json.loads(meta["tensors"])}
     assert entries["b.weight"]["granularity"] == "group" and entries["b.weight"]["group_size"] == 16
     assert entries["b.weight"]["codebook"] == "implied"
@@ -199,6 +201,28 @@ def test_v2_fixture_decodes_to_the_committed_values():
         np.testing.assert_array_equal(decoded[name].float().numpy(), expected[name], err_msg=name)
 
 
+@pytest.mark.parametrize("options", [{}, {"granularity": "channel"}, {"group_size": 20}])
+def test_fitted_codebooks_round_trip(tmp_path, options):
+    # The default codebook: stored levels, f16 absmax scales, no locations;
+    # rows of 64 in groups of 20 leave a short last group per row.
+    sd = small_state_dict()
+    q = nuq_rs.quantize_state_dict(sd, bits=3, **options)
+    path = tmp_path / "f.nuq.safetensors"
+    q.save(path)
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.get_tensor("b.weight.scale").dtype == np.float16
+        assert f.get_tensor("b.weight.levels").shape == (8,)
+        assert f.get_tensor("b.weight.loc").size == 0
+        entries = {e["name"]: e for e in json.loads(f.metadata()["tensors"])}
+    assert entries["b.weight"]["codebook_kind"] == "fitted"
+    loaded = nuq_rs.load(path)
+    assert loaded.report() == q.report()
+    for k, v in q.dequantize().items():
+        assert torch.equal(loaded.dequantize()[k], v), k
+    for name in q.quantized_names:
+        assert nuq_rs.load(path)[name].storage_bytes == q[name].storage_bytes
+
+
 def test_implied_codebook_is_what_the_quantizer_used(saved):
     q = quantized()["b.weight"]
     loaded = nuq_rs.load(saved)["b.weight"]
@@ -293,7 +317,7 @@ def test_plain_safetensors_is_not_a_nuq_file(tmp_path):
 
 def test_newer_version_is_refused(saved):
     header, data = split(saved)
-    header["__metadata__"]["format_version"] = "3"
+    header["__metadata__"]["format_version"] = "4"
     rewrite(saved, header, data)
     assert "upgrade nuq-rs" in load_error(saved)
 

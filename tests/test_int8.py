@@ -27,7 +27,8 @@ def int8_bound(q: qnn.NuqLinear, x: torch.Tensor) -> torch.Tensor:
     dev = (w - loc).abs()  # scale * |level| per weight
     g = q.group_size
     if g:
-        scale = q.scale.double().reshape(n, k // g).repeat_interleave(g, 1)
+        per_row = -(-k // g)  # a short last group when g does not divide k
+        scale = q.scale.double().reshape(n, per_row).repeat_interleave(g, 1)[:, :k]
     else:
         scale = q.scale.double().reshape(-1, 1).expand(n, k)
     sl = q.levels.abs().max().double() / 127

@@ -42,7 +42,7 @@ def _groups_where_they_fit(net: nn.Module, bits: int = 4) -> dict:
 
 
 CONFIGS = {
-    "4bit-tensor": lambda net: {"bits": 4},
+    "4bit-tensor": lambda net: {"bits": 4, "granularity": "tensor", "codebook": "lloyd-max"},
     f"4bit-group{GROUP}": _groups_where_they_fit,
 }
 

@@ -36,9 +36,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None:
         check_destination(output, args.force)
-    base = QuantConfig(
-        args.bits, args.granularity, args.group_size, args.family, args.codebook
-    )
+    base = QuantConfig(args.bits, args.granularity, args.group_size, args.family, args.codebook)
     if args.input is None:
         return _quantize_default(args, base, output)
     from ._checkpoint import Checkpoint
@@ -184,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixed precision: each tensor's bits and granularity chosen so that all "
         "quantized tensors fit in BPW bits per weight, metadata included",
     )
-    q.add_argument("--granularity", choices=GRANULARITIES, default="tensor")
-    q.add_argument("--group-size", type=int, default=None, help="weights per group")
+    q.add_argument("--granularity", choices=GRANULARITIES, default="group")
+    q.add_argument("--group-size", type=int, default=None, help="weights per group (default 64)")
     q.add_argument("--family", choices=("auto", "gaussian", "laplace"), default="auto")
     q.add_argument(
         "--codebook",

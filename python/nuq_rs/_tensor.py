@@ -16,20 +16,23 @@ from ._nuq_rs import quantize as _quantize
 GRANULARITIES = ("tensor", "channel", "group")
 FAMILIES = ("auto", "gaussian", "laplace")
 CODEBOOKS = ("fitted", "lloyd-max")
+#: The group size of ``granularity="group"`` when none is given.
+DEFAULT_GROUP_SIZE = 64
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """How one tensor is quantized; checked when made.
 
-    ``group_size`` implies ``granularity="group"``. ``codebook="fitted"``
+    ``group_size`` implies ``granularity="group"``; ``granularity="group"``
+    without one takes groups of ``DEFAULT_GROUP_SIZE`` (64). ``codebook="fitted"``
     fits the codebook to the tensor's own weights with every span's extremes
     kept exact; ``"lloyd-max"`` is the paper's Lloyd–Max quantizer of the
     fitted density (for groups, the family's implied codebook).
     """
 
     bits: int = 4
-    granularity: str = "tensor"
+    granularity: str = "group"
     group_size: int | None = None
     family: str = "auto"
     codebook: str = "fitted"
@@ -52,7 +55,7 @@ class QuantConfig:
                 raise ValueError("group_size cannot be combined with granularity='channel'")
             object.__setattr__(self, "granularity", "group")
         elif self.granularity == "group":
-            raise ValueError("granularity='group' needs a group_size, e.g. group_size=64")
+            object.__setattr__(self, "group_size", DEFAULT_GROUP_SIZE)
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
         if self.codebook not in CODEBOOKS:
@@ -165,7 +168,7 @@ def quantize_tensor(
     x: Any,
     bits: int = 4,
     *,
-    granularity: str = "tensor",
+    granularity: str = "group",
     group_size: int | None = None,
     family: str = "auto",
     codebook: str = "fitted",
@@ -174,16 +177,18 @@ def quantize_tensor(
     """Quantize one floating tensor (torch or NumPy) to ``2**bits`` non-uniform levels.
 
     Rows are the first dimension (output channels), columns the product of the
-    others; a 1-D tensor is one row. ``granularity`` is ``"tensor"`` (one
-    Gaussian/Laplace fit), ``"channel"`` (a location and scale per row) or
-    groups of ``group_size`` consecutive weights of a row (``group_size`` must
-    divide the row length). ``name`` only labels error messages.
+    others; a 1-D tensor is one row. ``granularity`` is ``"group"`` (groups of
+    ``group_size`` consecutive weights of a row, 64 unless given; a row that it
+    does not divide ends in a shorter group), ``"channel"`` (a scale per row)
+    or ``"tensor"``; ``codebook`` is ``"fitted"`` or the paper's
+    ``"lloyd-max"`` (see :class:`QuantConfig`). ``name`` only labels error
+    messages.
 
     >>> import numpy as np, nuq_rs
     >>> w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
     >>> q = nuq_rs.quantize_tensor(w, bits=4)
     >>> q.family, round(q.sqnr_db, 1)
-    ('gaussian', 20.4)
+    ('gaussian', 20.0)
     >>> q.dequantize().shape
     (64, 128)
     """

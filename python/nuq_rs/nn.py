@@ -34,7 +34,7 @@ from ._nuq_rs import conv2d as _conv2d
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
 from ._report import Report
-from ._state_dict import _check_groups, _override, _report_of
+from ._state_dict import _override, _report_of
 from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
 
 __all__ = ["NuqConv2d", "NuqLinear", "quantize_model"]
@@ -250,9 +250,10 @@ def quantize_model(
     model: nn.Module,
     bits: int = 4,
     *,
-    granularity: str = "tensor",
+    granularity: str = "group",
     group_size: int | None = None,
     family: str = "auto",
+    codebook: str = "fitted",
     overrides: Mapping[str, Any] | None = None,
     exclude: list[str] | tuple[str, ...] | None = None,
     inplace: bool = False,
@@ -275,7 +276,7 @@ def quantize_model(
     ['NuqLinear', 'ReLU', 'Linear']
     """
     _check_activations(activations)
-    base = QuantConfig(bits, granularity, group_size, family)
+    base = QuantConfig(bits, granularity, group_size, family, codebook)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
     plan = _plan_layers(layers, base, overrides or {}, exclude or ())
     choices = {}
@@ -311,14 +312,13 @@ def _plan_layers(
     if unmatched:
         raise ValueError(f"exclude patterns match no Linear/Conv2d module: {unmatched}")
     plan = {}
-    for name, layer in layers.items():
+    for name in layers:
         if name in overrides:
             config = _override(base, name, overrides[name])
         elif any(p.search(name) for p in patterns):
             continue
         else:
             config = base
-        _check_groups(f"{name}.weight", tuple(layer.weight.shape), config)
         plan[name] = config
     return plan
 

@@ -145,7 +145,7 @@ impl Spans {
             Granularity::Channel => (cols.max(1), 1),
             Granularity::Group(g) => (g, cols.div_ceil(g)),
         };
-        if per_row == 0 {
+        if granularity == Granularity::Tensor {
             let m = x.par_chunks(1 << 14).map(absmax).reduce(|| 0.0, f32::max);
             return Spans {
                 scale: vec![to_f16(m / q)],
