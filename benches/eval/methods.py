@@ -138,7 +138,7 @@ def _rows_not_divisible(sd: StateDict, size: int) -> list[str]:
 def _nuq(options: dict[str, Any], groups_fallback: bool = False) -> Runner:
     """``quantize_state_dict`` with ``options``. With ``groups_fallback``, a
     version that refuses groups which do not divide a row gets those tensors
-    per channel instead (noted in :data:`FALLBACKS`)."""
+    per channel instead (noted in :data:`NOTES`)."""
 
     def run(sd: StateDict, bits: int | None = None, **extra: Any) -> tuple[StateDict, float]:
         kwargs = options | {k: v for k, v in extra.items() if v is not None}
