@@ -53,7 +53,7 @@ import numpy as np
 
 from . import _arrays
 from ._report import Report
-from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
+from ._tensor import DEFAULT_GROUP_SIZE, QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
 
 #: Candidate widths and granularities (``None``: per tensor/channel).
 BITS = tuple(range(2, 9))
@@ -99,6 +99,12 @@ def check_target(target_bpw: Any, bits: int) -> float:
             "tensor's bits; fix a tensor's bits with overrides instead"
         )
     return value
+
+
+def restricts(base: QuantConfig) -> bool:
+    """Whether the user's granularity restricts the candidates: anything but the
+    default, groups of ``DEFAULT_GROUP_SIZE``."""
+    return (base.granularity, base.group_size) != ("group", DEFAULT_GROUP_SIZE)
 
 
 def candidate_configs(
@@ -368,7 +374,7 @@ def state_dict_choices(
         fixed,
         base,
         target,
-        base.granularity != "tensor",
+        restricts(base),
         lambda name, config: _quantize_with(state_dict[name], config, name),
         lambda name: to_float32(state_dict[name]),
     )
@@ -416,7 +422,7 @@ def checkpoint_choices(
         fixed,
         base,
         target,
-        base.granularity != "tensor",
+        restricts(base),
         lambda name, config: quantize_array(checkpoint.array(name), specs[name][0], config, name),
         lambda name: _widen(checkpoint.array(name), specs[name][0]),
         checkpoint.release,
