@@ -8,7 +8,9 @@ the summed sensitivity proxy is small.
 - **Candidates**: bits 2..8 x granularity ``tensor``, ``channel``, groups of 64
   and of 32 (groups only if shorter than the row and accepted by the core for the shape);
   with ``granularity=`` or ``group_size=`` given, that granularity only. The
-  family (and every other option of the base config) is kept. Each candidate is
+  family, the codebook and every other option of the base config are kept: the
+  codebook is not a candidate because the proxy below is a squared error, which
+  would favour the Lloyd-Max codebook that measurably serves models worse. Each candidate is
   quantized once (at most 28 quantizations of a tensor), the chosen one again
   at the end.
 - **Cost**: ``8 * storage_bytes`` of the candidate: packed codes, codebook,
@@ -21,8 +23,8 @@ the summed sensitivity proxy is small.
   in the state dict, each output channel's error and energy are weighed by the
   square of its gain ``|gamma| / sqrt(running_var + 1e-5)`` (PyTorch's default
   eps, which state dicts do not hold): the scale at which that channel reaches
-  the next layer. Measured on MobileNetV2 (``benches/eval_models.py``), this
-  beat the same without BatchNorm weighing, the last layer weighed 2x or 4x,
+  the next layer. Measured on MobileNetV2 (``benches/eval_models.py``), this did
+  at least as well as the same without BatchNorm weighing, the last layer weighed 2x or 4x,
   tensors weighed by the square root of their size, and input channels weighed
   by the BatchNorm before the layer (figures in the README).
 - **Allocation**: start from each tensor's cheapest candidate; take upgrades
