@@ -7,7 +7,7 @@ the summed sensitivity proxy is small.
 
 - **Candidates**: bits 2..8 x granularity ``tensor``, ``channel``, groups of 64
   and of 32 (groups only if shorter than the row and accepted by the core for the shape);
-  with ``granularity=`` or ``group_size=`` given, that granularity only. The
+  with a granularity other than the default (groups of 64), that one only. The
   family, the codebook and every other option of the base config are kept: the
   codebook is not a candidate because the proxy below is a squared error, which
   would favour the Lloyd-Max codebook that measurably serves models worse. Each candidate is

@@ -144,8 +144,8 @@ def quantize_state_dict(
     quantized tensors, metadata included, within ``target_bpw`` per weight while
     keeping the summed relative error small (see ``nuq_rs._budget``; the report
     shows each tensor's ``choice`` and ``proxy``). ``bits`` must then stay at its
-    default; ``granularity`` or ``group_size``, if given, restrict every tensor
-    to that granularity; overrides stay as given and count in the budget.
+    default; a granularity other than the default (groups of 64) restricts every
+    tensor to it; overrides stay as given and count in the budget.
 
     ``model`` (the ``nn.Module`` whose ``state_dict()`` this is) turns on
     data-free bias correction (Nagel et al. 2019): for every quantized conv or
