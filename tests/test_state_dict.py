@@ -55,7 +55,9 @@ def test_report_rows_and_totals(net):
     conv = rep["conv.weight"]
     assert conv.quantized and conv.bits == 4 and conv.family in ("gaussian", "laplace")
     assert conv.bytes_before == 8 * 27 * 4
-    assert conv.bytes_after == 8 * 14 + (16 + 2) * 4  # rows start on a byte
+    # Rows start on a byte; one short group of 27 per row (an fp16 scale each)
+    # and the fitted codebook of 16 f32 levels.
+    assert conv.bytes_after == 8 * 14 + 8 * 2 + 16 * 4
     assert 0 <= conv.d_gaussian <= 1 and 0 <= conv.d_laplace <= 1
     assert conv.clip > 0 and conv.mse > 0 and conv.sqnr_db > 10
     assert not rep["fc.bias"].quantized and rep["fc.bias"].bytes_after == 40
@@ -84,13 +86,17 @@ def test_overrides_and_exclude(net):
     assert q2.quantized_names == ["conv.weight"]
 
 
-def test_group_size_applies_to_all_and_overrides_fix_misfits(net):
-    with pytest.raises(ValueError, match=r"'conv.weight'.*row length 27"):
-        nuq_rs.quantize_state_dict(net.state_dict(), group_size=32)
+def test_group_size_applies_to_all_and_rows_it_does_not_divide_get_a_short_group(net):
+    q = nuq_rs.quantize_state_dict(net.state_dict(), group_size=32)
+    assert q["fc.weight"].config.group_size == 32
+    conv = q["conv.weight"]  # rows of 27 weights: one group of 27 each
+    assert conv.config.group_size == 32 and conv.scale.shape == (8,)
+    err = (conv.dequantize() - net.state_dict()["conv.weight"]).double().pow(2).sum()
+    assert err.item() == pytest.approx(conv.sse, rel=1e-6)
+    assert conv.sqnr_db > 15  # 4 bits on bell-shaped weights: about 20 dB
     q = nuq_rs.quantize_state_dict(
         net.state_dict(), group_size=32, overrides={"conv.weight": {"granularity": "channel"}}
     )
-    assert q["fc.weight"].config.group_size == 32
     assert q["conv.weight"].config.granularity == "channel"
 
 
