@@ -16,16 +16,19 @@
 //!
 //! The codebook is fitted on the normalised values `u = w / (q·scale)` in
 //! [−1, 1], each weighing `scale²` (so errors are those of the real weights),
-//! binned on a sample of whole rows ([`Binned`]), and stored times `q`.
+//! binned on a sample of whole rows and judged on other rows
+//! ([`Binned::fit_and_judge`]), and stored times `q`.
 //! Candidates:
 //! - the grid of round-to-nearest (`k / q`, `|k| <= q`) plus one level in its
 //!   heaviest gap: it contains every level of round-to-nearest on the same
 //!   scales, so no weight decodes worse;
-//! - for every `λ` of [`EMPHASIS`], the pinned Lloyd fixed point
-//!   ([`lloyd_pinned`]) of the values weighted by `1 + λ u²`, started from the
-//!   companding init (levels at equal steps of the cube root of the weighted
-//!   density, the asymptotically optimal spacing). A larger `λ` spends more
-//!   levels on large magnitudes.
+//! - the pinned Lloyd fixed points ([`lloyd_pinned`]) of the values, each
+//!   started from the companding init (levels at equal steps of the cube root
+//!   of the weighted density, the asymptotically optimal spacing), with the
+//!   largest 1% of the weights counted `1 + μ` times for every `μ` of
+//!   [`TOP_WEIGHT`] (a Lagrangian sweep of the two errors), and weighted by
+//!   `1 + λ u²` for every `λ` of [`EMPHASIS`]. Both spend more levels on
+//!   large magnitudes as `μ` or `λ` grows.
 //!
 //! The codebook kept is the first candidate unless another has an error over
 //! all the values below [`CLEAR_GAIN`] times its error and an error on the
@@ -43,8 +46,12 @@ use crate::error::Result;
 use crate::solve::lloyd_pinned;
 use crate::stats::fit_tensor;
 
-/// Weights of `1 + λ u²` for the candidate codebooks (0: plain MSE).
-const EMPHASIS: [f64; 6] = [0.0, 4.0, 16.0, 64.0, 256.0, 1024.0];
+/// Extra weight `μ` of the largest 1% of the weights in the candidates' fits
+/// (0: plain MSE): Lagrangian trade-offs between the two errors.
+const TOP_WEIGHT: [f64; 7] = [0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0];
+
+/// Weights of `1 + λ u²` for more candidate codebooks.
+const EMPHASIS: [f64; 3] = [4.0, 64.0, 1024.0];
 
 /// Largest ratio of a candidate's error on the largest 1% of the weights to
 /// the round-to-nearest grid's: 10^(0.5 / 10), half a decibel.
@@ -94,8 +101,8 @@ pub(super) fn quantize(
             crate::solve::implied_codebook(family, cfg.bits, g)?
         }
         _ => {
-            let binned = Binned::sample(x, rows, cols, &spans, q);
-            let levels = fit_codebook(&binned, cfg.bits);
+            let (fit, judge) = Binned::fit_and_judge(x, rows, cols, &spans, q);
+            let levels = fit_codebook(&fit, judge.as_ref().unwrap_or(&fit), cfg.bits);
             levels.iter().map(|&v| (v * q) as f32).collect()
         }
     };
@@ -194,24 +201,53 @@ fn to_f16(m: f32) -> f32 {
 struct Binned {
     all: (Vec<f64>, Vec<f64>),
     top: (Vec<f64>, Vec<f64>),
+    /// The weight of the largest 1% in each bin of `all`, aligned with it.
+    top_on_all: Vec<f64>,
 }
 
 impl Binned {
     const BINS: usize = 1 << 14;
 
-    /// Bins the values of every `stride`-th row, `stride` keeping at least
-    /// [`SAMPLE_VALUES`] values (every row of a smaller tensor).
-    fn sample(x: &[f32], rows: usize, cols: usize, spans: &Spans, q: f64) -> Binned {
+    /// The rows binned to fit the codebook, and those binned to choose among
+    /// the candidates: every `stride`-th row, `stride` keeping at least
+    /// [`SAMPLE_VALUES`] values, from row 0 and from row `stride / 2`. A
+    /// tensor with fewer values is binned whole, once, for both; a larger one
+    /// is judged on other rows than those fitted, so that a codebook fitted to
+    /// a sample's few largest weights does not look better than it is.
+    fn fit_and_judge(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        spans: &Spans,
+        q: f64,
+    ) -> (Binned, Option<Binned>) {
         let stride = (rows * cols / SAMPLE_VALUES).max(1).min(rows.max(1));
-        let picked: Vec<usize> = (0..rows).step_by(stride).collect();
-        let mut magnitudes: Vec<f32> = picked
+        let fit_rows: Vec<usize> = (0..rows).step_by(stride).collect();
+        let mut magnitudes: Vec<f32> = fit_rows
             .iter()
             .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().map(|v| v.abs()))
             .collect();
         let threshold = top_threshold(&mut magnitudes);
+        let fit = Self::of_rows(x, cols, &fit_rows, spans, q, threshold);
+        let judge = (stride > 1).then(|| {
+            let judge_rows: Vec<usize> = (stride / 2..rows).step_by(stride).collect();
+            Self::of_rows(x, cols, &judge_rows, spans, q, threshold)
+        });
+        (fit, judge)
+    }
+
+    /// Bins the values of `rows`; those with |w| >= `threshold` also in `top`.
+    fn of_rows(
+        x: &[f32],
+        cols: usize,
+        rows: &[usize],
+        spans: &Spans,
+        q: f64,
+        threshold: f32,
+    ) -> Binned {
         let mut all = Hist::new(Self::BINS);
         let mut top = Hist::new(Self::BINS);
-        for &r in &picked {
+        for &r in rows {
             for (s, chunk) in x[r * cols..(r + 1) * cols].chunks(spans.span).enumerate() {
                 let (loc, scale) = spans.at(r, s);
                 if scale == 0.0 || !scale.is_finite() {
@@ -228,9 +264,17 @@ impl Binned {
                 }
             }
         }
+        let top_on_all = all
+            .w
+            .iter()
+            .zip(&top.w)
+            .filter(|(&w, _)| w > 0.0)
+            .map(|(_, &t)| t)
+            .collect();
         Binned {
             all: all.points(),
             top: top.points(),
+            top_on_all,
         }
     }
 }
@@ -268,7 +312,7 @@ impl Hist {
     }
 
     /// Centroids and weights of the non-empty bins, ascending.
-    fn points(self) -> (Vec<f64>, Vec<f64>) {
+    fn points(&self) -> (Vec<f64>, Vec<f64>) {
         self.w
             .iter()
             .zip(&self.wu)
@@ -279,7 +323,7 @@ impl Hist {
 }
 
 /// The kept codebook of `2^bits` ascending levels from −1 to 1 (module doc).
-fn fit_codebook(binned: &Binned, bits: u32) -> Vec<f64> {
+fn fit_codebook(binned: &Binned, judge: &Binned, bits: u32) -> Vec<f64> {
     let n = 1usize << bits;
     let (points, weights) = (&binned.all.0, &binned.all.1);
     if n <= 2 {
@@ -287,8 +331,8 @@ fn fit_codebook(binned: &Binned, bits: u32) -> Vec<f64> {
     }
     let rtn = rtn_plus_one(points, weights, n);
     let error = |levels: &[f64], (p, w): &(Vec<f64>, Vec<f64>)| sq_error(p, w, levels);
-    let top_limit = error(&rtn, &binned.top) * TOP_SLACK;
-    let rtn_error = error(&rtn, &binned.all);
+    let top_limit = error(&rtn, &judge.top) * TOP_SLACK;
+    let rtn_error = error(&rtn, &judge.all);
     if points.is_empty() {
         return rtn;
     }
@@ -296,16 +340,27 @@ fn fit_codebook(binned: &Binned, bits: u32) -> Vec<f64> {
     let uniform: Vec<f64> = (0..n)
         .map(|k| -1.0 + 2.0 * k as f64 / (n - 1) as f64)
         .collect();
-    for lambda in EMPHASIS {
-        let emphasized: Vec<f64> = points
+    let lagrangian = TOP_WEIGHT.iter().map(|&mu| {
+        let w: Vec<f64> = weights
+            .iter()
+            .zip(&binned.top_on_all)
+            .map(|(w, t)| w + mu * t)
+            .collect();
+        w
+    });
+    let emphasis = EMPHASIS.iter().map(|&lambda| {
+        let w: Vec<f64> = points
             .iter()
             .zip(weights)
             .map(|(u, w)| w * (1.0 + lambda * u * u))
             .collect();
-        let init = companding(points, &emphasized, &uniform);
-        let levels = lloyd_pinned(points, &emphasized, &init, SWEEPS);
-        let total = error(&levels, &binned.all);
-        if total < best.0 && error(&levels, &binned.top) <= top_limit {
+        w
+    });
+    for weighted in lagrangian.chain(emphasis) {
+        let init = companding(points, &weighted, &uniform);
+        let levels = lloyd_pinned(points, &weighted, &init, SWEEPS);
+        let total = error(&levels, &judge.all);
+        if total < best.0 && error(&levels, &judge.top) <= top_limit {
             best = (total, levels);
         }
     }
