@@ -169,3 +169,50 @@ def _dequantized(qmodel: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, module.dequantize())
     return model
+
+
+def _conv_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 1, bias=False),
+        nn.BatchNorm2d(32),
+    )
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-1.0, 1.0)
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_quantize_model_corrects_biases_into_the_batchnorm_after():
+    net = _conv_bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    qnet, _ = qnn.quantize_model(net, bits=2)
+    plain, _ = qnn.quantize_model(net, bits=2, bias_correction=False)
+    for k, v in net.state_dict().items():  # the float model is left alone
+        assert torch.equal(v, before[k]), k
+    rows = {layer: status for layer, status, _ in qnet.nuq_bias_correction.rows}
+    # The second conv's input mean follows from BN + ReLU; the first sees the image.
+    assert rows == {"0": "skipped", "3": "corrected"}
+    want = qnet.nuq_bias_correction.updates["4.running_mean"]
+    assert torch.equal(qnet[4].running_mean, want)
+    assert not torch.equal(want, net[4].running_mean)
+    assert torch.equal(plain[4].running_mean, net[4].running_mean)
+    # Inputs whose statistics match the first BatchNorm's: the corrected model's
+    # mean output per channel is closer to fp32's than the uncorrected one's.
+    torch.manual_seed(1)
+    x = torch.randn(256, 3, 8, 8)
+    with torch.no_grad():
+        h = net[2](net[1](net[0](x)))
+        ref = net[4](net[3](h)).mean((0, 2, 3))
+
+        def second_half(m: nn.Module) -> torch.Tensor:
+            return m[4](m[3](h)).mean((0, 2, 3))
+
+        fixed, unfixed = second_half(qnet) - ref, second_half(plain) - ref
+    assert fixed.abs().mean() < 0.5 * unfixed.abs().mean()

@@ -259,6 +259,7 @@ def quantize_model(
     inplace: bool = False,
     activations: str = "fp32",
     target_bpw: float | None = None,
+    bias_correction: bool = True,
 ) -> tuple[nn.Module, Report]:
     """Replace every ``nn.Linear`` / ``nn.Conv2d`` (subclasses included) by its
     packed LUT twin. ``overrides`` and ``exclude`` use module names
@@ -267,6 +268,12 @@ def quantize_model(
     quantization report. ``target_bpw`` chooses each layer's bits and granularity
     to that size budget, as :func:`nuq_rs.quantize_state_dict` does (BatchNorm
     gains from the model's state dict; ``overrides`` stay fixed and count).
+
+    ``bias_correction`` (on by default): data-free bias correction from the
+    BatchNorm statistics, where a ``torch.fx`` trace shows each layer's input
+    mean (see :func:`nuq_rs.quantize_state_dict`'s ``model``); the returned
+    model's ``nuq_bias_correction.rows`` says per layer what was corrected or
+    why not. An untraceable model is left uncorrected, with the reason there.
 
     >>> import torch, nuq_rs.nn
     >>> net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(),
@@ -283,11 +290,20 @@ def quantize_model(
     if target_bpw is not None:
         choices = model_choices(model, plan, base, target_bpw, set(overrides or {}))
         plan |= {name: c.config for name, c in choices.items()}
+    quantized = {
+        name: _quantize_with(model.get_submodule(name).weight, config, f"{name}.weight")
+        for name, config in plan.items()
+    }
+    correction = None
+    if bias_correction:
+        from ._bias import correct_biases
+
+        decoded = {f"{n}.weight": torch.as_tensor(q.dequantize()) for n, q in quantized.items()}
+        correction = correct_biases(model, decoded)  # before any swap: the float model
     target = model if inplace else copy.deepcopy(model)
     reports = []
-    for name, config in plan.items():
+    for name, q in quantized.items():
         layer = target.get_submodule(name)
-        q = _quantize_with(layer.weight, config, f"{name}.weight")
         new = (
             NuqLinear(q, layer.bias, activations)
             if isinstance(layer, nn.Linear)
@@ -295,6 +311,12 @@ def quantize_model(
         )
         _set_submodule(target, name, new)
         reports.append(_report_of(f"{name}.weight", q, choices.get(name)))
+    if correction is not None:
+        with torch.no_grad():
+            for key, value in correction.updates.items():
+                owner, _, attr = key.rpartition(".")
+                getattr(target.get_submodule(owner), attr).copy_(value)
+        target.nuq_bias_correction = correction
     return target, Report(tuple(reports))
 
 
