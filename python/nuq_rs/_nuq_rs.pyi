@@ -36,6 +36,7 @@ def quantize(
     group_size: int | None = None,
     family: str = "auto",
     bfloat16: bool = False,
+    codebook: str = "fitted",
 ) -> dict[str, Any]: ...
 def dequantize(
     packed: npt.NDArray[np.uint8],
