@@ -6,7 +6,8 @@ c_fc/c_proj; 124M). Values: seeded Gaussian/Laplace mixtures in float32 with
 a per-tensor mixing weight and 1/sqrt(fan_in) scale. Reported, all measured in
 this run (medians of --repeats):
 
-- nuq params/s for 4 bits at tensor, channel and group-128 granularity;
+- nuq params/s for 4 bits at tensor, channel and group-128 granularity, with the
+  paper's Lloyd–Max codebook and with the fitted one, and at the default;
 - ratio vs (a), the NumPy/SciPy reference of the same algorithm
   (benches/reference_numpy.py), timed on the same subset of tensors;
 - ratio vs (b), the memory-read floor ``np.sum`` over the same tensors, timed
@@ -42,10 +43,16 @@ import reference_numpy  # noqa: E402
 BITS = 4
 GROUP = 128
 SEED = 1234
+PAPER = {"codebook": "lloyd-max"}
 CONFIGS = {
-    "tensor": {"granularity": "tensor"},
-    "channel": {"granularity": "channel"},
-    f"group {GROUP}": {"group_size": GROUP},
+    "tensor": {"granularity": "tensor"} | PAPER,
+    "channel": {"granularity": "channel"} | PAPER,
+    f"group {GROUP}": {"group_size": GROUP} | PAPER,
+    # The fitted codebook (the default since issue 19), at the same layouts.
+    "tensor fitted": {"granularity": "tensor"},
+    "channel fitted": {"granularity": "channel"},
+    f"group {GROUP} fitted": {"group_size": GROUP},
+    "default (group 64 fitted)": {},
 }
 
 
@@ -117,7 +124,7 @@ def channel_overrides(sd: dict[str, torch.Tensor]) -> dict[str, dict]:
 
 def nuq_call(sd, label: str) -> Callable[[], object]:
     kwargs = dict(CONFIGS[label])
-    if "group_size" in kwargs:
+    if "group_size" in kwargs and kwargs.get("codebook") == "lloyd-max":
         kwargs["overrides"] = channel_overrides(sd)
     return lambda: nuq_rs.quantize_state_dict(sd, BITS, **kwargs)
 

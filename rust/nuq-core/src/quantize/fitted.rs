@@ -90,21 +90,25 @@ pub(super) fn quantize(
         Levels::Fitted => rtn_steps(cfg.bits),
         Levels::Implied => 1.0,
     };
-    let (fit, spans) = rayon::join(
-        || fit_tensor(x),
-        || Spans::of(x, rows, cols, cfg.granularity, q as f32),
-    );
-    let fit = fit?;
-    let family = super::affine::choose(cfg.family, fit.best());
-    let levels: Vec<f32> = match (source, cfg.granularity) {
-        (Levels::Implied, Granularity::Group(g)) => {
-            crate::solve::implied_codebook(family, cfg.bits, g)?
-        }
-        _ => {
-            let (fit, judge) = Binned::fit_and_judge(x, rows, cols, &spans, q);
+    // The codebook is built beside the fit, which only the report and an
+    // implied codebook's family need: it fills the fit's serial steps.
+    let codebook = || -> (Spans, Option<Vec<f32>>) {
+        let spans = Spans::of(x, rows, cols, cfg.granularity, q as f32);
+        let levels = (source == Levels::Fitted).then(|| {
+            let bins = Binned::bins(cfg.bits);
+            let (fit, judge) = Binned::fit_and_judge(x, (rows, cols), &spans, q, bins);
             let levels = fit_codebook(&fit, judge.as_ref().unwrap_or(&fit), cfg.bits);
             levels.iter().map(|&v| (v * q) as f32).collect()
-        }
+        });
+        (spans, levels)
+    };
+    let (fit, (spans, fitted)) = rayon::join(|| fit_tensor(x), codebook);
+    let fit = fit?;
+    let family = super::affine::choose(cfg.family, fit.best());
+    let levels: Vec<f32> = match (fitted, cfg.granularity) {
+        (Some(levels), _) => levels,
+        (None, Granularity::Group(g)) => crate::solve::implied_codebook(family, cfg.bits, g)?,
+        (None, _) => unreachable!("implied codebooks are for groups only"),
     };
     let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
     let book = Codebook {
@@ -206,7 +210,13 @@ struct Binned {
 }
 
 impl Binned {
-    const BINS: usize = 1 << 14;
+    /// Bins of [−1, 1] for a `bits`-wide codebook: about 128 per level of
+    /// round-to-nearest, so that binning moves no error by more than a
+    /// fraction of a percent, and few enough that the candidates' fits (which
+    /// cost a pass over the bins each) stay cheap next to encoding.
+    fn bins(bits: u32) -> usize {
+        (64usize << bits).clamp(1 << 10, 1 << 15)
+    }
 
     /// The rows binned to fit the codebook, and those binned to choose among
     /// the candidates: every `stride`-th row, `stride` keeping at least
@@ -216,10 +226,10 @@ impl Binned {
     /// a sample's few largest weights does not look better than it is.
     fn fit_and_judge(
         x: &[f32],
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
         spans: &Spans,
         q: f64,
+        bins: usize,
     ) -> (Binned, Option<Binned>) {
         let stride = (rows * cols / SAMPLE_VALUES).max(1).min(rows.max(1));
         let fit_rows: Vec<usize> = (0..rows).step_by(stride).collect();
@@ -228,12 +238,9 @@ impl Binned {
             .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().map(|v| v.abs()))
             .collect();
         let threshold = top_threshold(&mut magnitudes);
-        let fit = Self::of_rows(x, cols, &fit_rows, spans, q, threshold);
-        let judge = (stride > 1).then(|| {
-            let judge_rows: Vec<usize> = (stride / 2..rows).step_by(stride).collect();
-            Self::of_rows(x, cols, &judge_rows, spans, q, threshold)
-        });
-        (fit, judge)
+        let judge_rows: Vec<usize> = (stride / 2..rows).step_by(stride).collect();
+        let of = |rows: &[usize]| Self::of_rows(x, cols, rows, spans, (q, threshold), bins);
+        rayon::join(|| of(&fit_rows), || (stride > 1).then(|| of(&judge_rows)))
     }
 
     /// Bins the values of `rows`; those with |w| >= `threshold` also in `top`.
@@ -242,11 +249,11 @@ impl Binned {
         cols: usize,
         rows: &[usize],
         spans: &Spans,
-        q: f64,
-        threshold: f32,
+        (q, threshold): (f64, f32),
+        bins: usize,
     ) -> Binned {
-        let mut all = Hist::new(Self::BINS);
-        let mut top = Hist::new(Self::BINS);
+        let mut all = Hist::new(bins);
+        let mut top = Hist::new(bins);
         for &r in rows {
             for (s, chunk) in x[r * cols..(r + 1) * cols].chunks(spans.span).enumerate() {
                 let (loc, scale) = spans.at(r, s);
@@ -255,7 +262,9 @@ impl Binned {
                 }
                 let unit = q * f64::from(scale);
                 let (inv, w) = (1.0 / unit, unit * unit);
-                for &v in chunk {
+                // Non-finite values are the fit's error to report (it runs
+                // beside this); here they are only kept out of the bins.
+                for &v in chunk.iter().filter(|v| v.is_finite()) {
                     let u = ((f64::from(v) - f64::from(loc)) * inv).clamp(-1.0, 1.0);
                     all.add(u, w);
                     if v.abs() >= threshold {
@@ -356,11 +365,21 @@ fn fit_codebook(binned: &Binned, judge: &Binned, bits: u32) -> Vec<f64> {
             .collect();
         w
     });
-    for weighted in lagrangian.chain(emphasis) {
-        let init = companding(points, &weighted, &uniform);
-        let levels = lloyd_pinned(points, &weighted, &init, SWEEPS);
-        let total = error(&levels, &judge.all);
-        if total < best.0 && error(&levels, &judge.top) <= top_limit {
+    let weightings: Vec<Vec<f64>> = lagrangian.chain(emphasis).collect();
+    let fits: Vec<(f64, f64, Vec<f64>)> = weightings
+        .par_iter()
+        .map(|weighted| {
+            let init = companding(points, weighted, &uniform);
+            let levels = lloyd_pinned(points, weighted, &init, SWEEPS);
+            (
+                error(&levels, &judge.all),
+                error(&levels, &judge.top),
+                levels,
+            )
+        })
+        .collect();
+    for (total, top, levels) in fits {
+        if total < best.0 && top <= top_limit {
             best = (total, levels);
         }
     }
@@ -625,6 +644,21 @@ mod tests {
         assert_eq!(q.scale.len(), 8 * 4);
         let e = sq_err(&x, &decoded(&q), |_| true);
         assert!((e - q.sse).abs() <= 1e-9 * q.energy);
+    }
+
+    #[test]
+    fn non_finite_values_are_the_fits_error_not_a_panic() {
+        for (rows, cols, g) in CASES {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = heavy(rows * cols, 6);
+                x[77] = bad;
+                let err = quantize(&x, rows, cols, &config(4, g)).unwrap_err();
+                assert!(
+                    matches!(err, crate::error::NuqError::NonFinite { index: 77, .. }),
+                    "{g:?} {bad}: {err:?}"
+                );
+            }
+        }
     }
 
     proptest! {
