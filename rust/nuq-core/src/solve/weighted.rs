@@ -94,18 +94,7 @@ pub fn lloyd_weighted(
     init_levels: &[f64],
     max_iter: usize,
 ) -> Quantizer {
-    check_inputs(points, weights, init_levels);
-    let prefix = Prefix::new(points, weights);
-    let mut levels = init_levels.to_vec();
-    let mut previous: Option<Vec<usize>> = None;
-    for _ in 0..max_iter {
-        let ends = prefix.cell_ends(&midpoints(&levels));
-        if previous.as_ref() == Some(&ends) {
-            break;
-        }
-        prefix.update_levels(&ends, &mut levels);
-        previous = Some(ends);
-    }
+    let levels = sweeps(points, weights, init_levels, max_iter, false);
     let mse = weighted_mse(points, weights, &levels);
     Quantizer::from_levels(levels, mse)
 }
@@ -124,6 +113,19 @@ pub fn lloyd_pinned(
     init_levels: &[f64],
     max_iter: usize,
 ) -> Vec<f64> {
+    sweeps(points, weights, init_levels, max_iter, true)
+}
+
+/// Lloyd sweeps until no point changes cell or `max_iter`; with `pin`, the
+/// end levels stay where `init_levels` puts them (a free level's cell mean
+/// lies between them; the clamp only guards rounding).
+fn sweeps(
+    points: &[f64],
+    weights: &[f64],
+    init_levels: &[f64],
+    max_iter: usize,
+    pin: bool,
+) -> Vec<f64> {
     check_inputs(points, weights, init_levels);
     let prefix = Prefix::new(points, weights);
     let mut levels = init_levels.to_vec();
@@ -136,12 +138,12 @@ pub fn lloyd_pinned(
             break;
         }
         prefix.update_levels(&ends, &mut levels);
-        levels[0] = first;
-        levels[n - 1] = last;
-        // A free level's cell mean lies inside its cell, hence between the
-        // pinned ends; clamping only guards rounding.
-        for y in &mut levels[1..n - 1] {
-            *y = y.clamp(first, last);
+        if pin {
+            levels[0] = first;
+            levels[n - 1] = last;
+            for y in &mut levels[1..n - 1] {
+                *y = y.clamp(first, last);
+            }
         }
         previous = Some(ends);
     }
@@ -216,6 +218,20 @@ mod tests {
         assert_eq!(q.levels[0], -5.0);
         assert_eq!(q.levels[3], 7.0);
         assert!(q.levels.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn pinned_ends_stay_and_the_error_does_not_grow() {
+        let points: Vec<f64> = (0..200).map(|i| -0.9 + 0.009 * i as f64).collect();
+        let weights: Vec<f64> = points.iter().map(|p| (-8.0 * p * p).exp()).collect();
+        let init = [-1.0, -0.5, 0.0, 0.5, 1.0];
+        let pinned = lloyd_pinned(&points, &weights, &init, 100);
+        assert_eq!((pinned[0], pinned[4]), (-1.0, 1.0));
+        let free = lloyd_weighted(&points, &weights, &init, 100).levels;
+        assert!(free[0] > -0.9 && free[4] < 0.9, "{free:?}");
+        let mse = |l: &[f64]| weighted_mse(&points, &weights, l);
+        assert!(mse(&pinned) < mse(&init), "{pinned:?}");
+        assert!(pinned.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
