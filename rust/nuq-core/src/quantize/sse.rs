@@ -3,8 +3,8 @@
 //! in `LANES` interleaved f64 partial sums (independent add chains):
 //! element `i` goes to lane `i % LANES`, in order, except a last partial
 //! chunk, which gets its own sum; the lanes are added last. The AVX-512
-//! kernel keeps exactly that order and the same IEEE operations, so every
-//! kernel returns the scalar result bit for bit. (The weights' energy `Σ
+//! and AVX2 kernels keep exactly that order and the same IEEE operations, so
+//! every kernel returns the scalar result bit for bit. (The weights' energy `Σ
 //! v²` comes from the fit's moments, see `energy_of`.)
 
 use crate::pack::Kernel;
@@ -29,6 +29,9 @@ pub(super) fn span_error(
         // SAFETY: the caller passes a kernel this CPU runs.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { span_error_avx512(xs, cs, &book, levels) },
+        // SAFETY: the caller passes a kernel this CPU runs.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { span_error_avx2(xs, cs, &book, levels) },
         _ => Sums::default().add(xs, cs, &book).total(),
     }
 }
@@ -122,6 +125,62 @@ unsafe fn span_error_avx512(xs: &[f32], cs: &[u8], book: &Book, levels: usize) -
     sums.add(&xs[n..], &cs[n..], book).total()
 }
 
+/// 8 values per step: codes decoded by one permute (up to 8 levels), two and
+/// a blend (up to 16) or a gather, the low and high halves of the f32
+/// differences widened to f64 and added to lanes 0–3 and 4–7.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn span_error_avx2(xs: &[f32], cs: &[u8], book: &Book, levels: usize) -> f64 {
+    use std::arch::x86_64::*;
+    const STEP: usize = 8;
+    let table = book.table.as_ptr();
+    // SAFETY: `table` holds 256 floats.
+    let (lo, hi) = unsafe { (_mm256_loadu_ps(table), _mm256_loadu_ps(table.add(8))) };
+    let (loc, scale) = (_mm256_set1_ps(book.loc), _mm256_set1_ps(book.scale));
+    let seven = _mm256_set1_epi32(7);
+    let (mut sse_lo, mut sse_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let n = xs.len().min(cs.len()) / STEP * STEP;
+    for s in (0..n).step_by(STEP) {
+        // SAFETY: s + 8 <= n, within both slices.
+        let (v, c) = unsafe {
+            (
+                _mm256_loadu_ps(xs.as_ptr().add(s)),
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(cs.as_ptr().add(s).cast())),
+            )
+        };
+        let level = if levels <= 8 {
+            _mm256_permutevar8x32_ps(lo, c)
+        } else if levels <= 16 {
+            let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven));
+            _mm256_blendv_ps(
+                _mm256_permutevar8x32_ps(lo, c),
+                _mm256_permutevar8x32_ps(hi, c),
+                upper,
+            )
+        } else {
+            // SAFETY: codes are u8, and `table` holds 256 floats.
+            unsafe { _mm256_i32gather_ps::<4>(table, c) }
+        };
+        let d = _mm256_sub_ps(v, _mm256_add_ps(loc, _mm256_mul_ps(scale, level)));
+        let (d_lo, d_hi) = (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(d)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(d)),
+        );
+        sse_lo = _mm256_add_pd(sse_lo, _mm256_mul_pd(d_lo, d_lo));
+        sse_hi = _mm256_add_pd(sse_hi, _mm256_mul_pd(d_hi, d_hi));
+    }
+    let mut sums = Sums::default();
+    // SAFETY: the array holds 8 f64.
+    unsafe {
+        _mm256_storeu_pd(sums.sse.as_mut_ptr(), sse_lo);
+        _mm256_storeu_pd(sums.sse.as_mut_ptr().add(4), sse_hi);
+    }
+    sums.add(&xs[n..], &cs[n..], book).total()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +189,7 @@ mod tests {
     /// spans of every length mod 16 and tables of 2..=256 levels.
     #[test]
     fn kernels_agree_with_the_scalar_sums() {
-        for levels in [2usize, 16, 32, 33, 256] {
+        for levels in [2usize, 8, 9, 16, 17, 32, 33, 256] {
             let mut table = [0.0f32; 256];
             for (k, t) in table.iter_mut().take(levels).enumerate() {
                 *t = (k as f32 - levels as f32 / 2.0) * 0.37 + (k as f32).sin() * 0.01;
