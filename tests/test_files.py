@@ -201,6 +201,17 @@ def test_v2_fixture_decodes_to_the_committed_values():
         np.testing.assert_array_equal(decoded[name].float().numpy(), expected[name], err_msg=name)
 
 
+def test_v3_fixture_decodes_to_the_committed_values():
+    """Version 3 (fitted codebooks, no checksums) keeps decoding the same."""
+    loaded = nuq_rs.load(FIXTURES / "v3_small.nuq.safetensors")
+    expected = np.load(FIXTURES / "v3_small_expected.npz")
+    assert loaded["emb.weight"].config.codebook == "fitted"
+    decoded = loaded.dequantize()
+    assert sorted(expected.files) == sorted(k for k in decoded if k != "steps")
+    for name in expected.files:
+        np.testing.assert_array_equal(decoded[name].float().numpy(), expected[name], err_msg=name)
+
+
 @pytest.mark.parametrize("options", [{}, {"granularity": "channel"}, {"group_size": 20}])
 def test_fitted_codebooks_round_trip(tmp_path, options):
     # The default codebook: stored levels, f16 absmax scales, no locations;
