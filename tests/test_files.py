@@ -8,6 +8,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -494,3 +496,15 @@ def test_version_4_needs_a_checksum_for_every_tensor(saved, edit, message):
     header["__metadata__"]["format_version"] = "3"
     rewrite(saved, header, data)
     nuq_rs.load(saved).dequantize()
+
+
+def test_load_gives_torch_tensors_before_torch_is_imported(saved):
+    # restore() looked torch up in sys.modules only: in a fresh process that had not
+    # imported torch, decoding a loaded quantized tensor raised AttributeError.
+    code = (
+        "import sys, nuq_rs; assert 'torch' not in sys.modules; "
+        f"sd = nuq_rs.load({str(saved)!r}).dequantize(); "
+        "print(type(sd['a.weight']).__name__, sd['b.weight'].dtype)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Tensor", "torch.bfloat16"]

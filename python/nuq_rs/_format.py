@@ -52,6 +52,8 @@ CHECKSUM_KEY = "crc32c"
 CODEBOOKS = ("stored", "implied")
 #: Larger headers are refused, as the safetensors library does.
 MAX_HEADER_BYTES = 100_000_000
+#: Dimensions, element counts and sizes must fit in int64 (torch's and NumPy's index type).
+MAX_SIZE = 2**63 - 1
 
 #: safetensors dtype code -> (dtype name as torch spells it, bytes per element).
 DTYPES: dict[str, tuple[str, int]] = {
@@ -226,8 +228,8 @@ def read_header(path: Path | str) -> Header:
         f.seek(8)
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = parse_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
         raise FormatError(f"{path}: corrupted safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: corrupted safetensors header (not a JSON object)")
@@ -239,15 +241,39 @@ def read_header(path: Path | str) -> Header:
     return Header(path, slots, metadata, 8 + n)
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads``, with nesting too deep for the parser a ``ValueError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def shape_error(shape: Any) -> str | None:
+    """Why ``shape`` is not a list of dimensions whose sizes fit in int64 (None: it is).
+
+    Checked before anything is allocated for it."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        return f"bad shape {shape!r}"
+    if max(shape, default=0) > MAX_SIZE or math.prod(d for d in shape if d) > MAX_SIZE:
+        return f"shape {shape} overflows int64"
+    return None
+
+
 def _slot(path: Path, name: str, info: Any) -> Slot:
     try:
         dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        ok = dtype in DTYPES and all(isinstance(d, int) and d >= 0 for d in shape)
-        ok = ok and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+        ok = dtype in DTYPES and isinstance(begin, int) and isinstance(end, int)
+        ok = ok and 0 <= begin <= end
     except (TypeError, KeyError, ValueError):
         ok = False
     if not ok:
         raise FormatError(f"{path}: corrupted safetensors header entry for tensor {name!r}")
+    bad = shape_error(shape)
+    if bad:
+        raise FormatError(f"{path}: tensor {name!r}: {bad}")
     slot = Slot(dtype, tuple(shape), begin, end)
     if end - begin != slot.nbytes:
         raise FormatError(

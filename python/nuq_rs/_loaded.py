@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from string import hexdigits as HEXDIGITS
@@ -85,7 +84,7 @@ def _checksums(f: SafetensorsFile) -> dict[str, str] | None:
     if _version(f) < CHECKSUMS_SINCE:
         return None
     try:
-        sums = json.loads(f.header.metadata[CHECKSUM_KEY])
+        sums = _format.parse_json(f.header.metadata[CHECKSUM_KEY])
         ok = isinstance(sums, dict) and all(
             isinstance(v, str) and len(v) == 8 and all(c in HEXDIGITS for c in v)
             for v in sums.values()
@@ -109,10 +108,16 @@ def _entries(f: SafetensorsFile) -> dict[str, dict[str, Any]]:
     meta = f.header.metadata
     _version(f)
     try:
-        listed = json.loads(meta["tensors"])
+        listed = _format.parse_json(meta["tensors"])
         entries = {e["name"]: e for e in listed}
+        if not all(isinstance(name, str) for name in entries):
+            raise TypeError("tensor names must be strings")
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{f.path}: missing or corrupted 'tensors' metadata ({e!r})") from None
+    if len(entries) != len(listed):
+        names = [e["name"] for e in listed]
+        twice = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise FormatError(f"{f.path}: the metadata lists tensors more than once: {twice}")
     expected: dict[str, _format.Slot | None] = {}
     for name, e in entries.items():
         expected.update(_expected_slots(f.path, name, e))
@@ -142,8 +147,11 @@ def _expected_slots(path: Path, name: str, e: Any) -> dict[str, _format.Slot | N
         raise FormatError(f"{path}: metadata of tensor {name!r} lacks or mistypes {missing}")
     try:
         config = _config(e)
-        if not all(isinstance(d, int) and d >= 0 for d in e["shape"]):
-            raise ValueError(f"bad shape {e['shape']}")
+        bad = _format.shape_error(e["shape"])
+        if bad:
+            raise ValueError(bad)
+        if config.group_size is not None and config.group_size > _format.MAX_SIZE:
+            raise ValueError(f"group_size {config.group_size} overflows int64")
         if e["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"bad dtype {e['dtype']!r}")
         codebook = e.get("codebook", "stored")  # version 1 stored every codebook
