@@ -12,12 +12,18 @@ cache):
   (the original checkpoint); target: within 2x. ``load_file`` only maps the file
   (its tensors are backed by the page cache), so the same load followed by a
   ``clone()`` of every tensor (bytes actually materialized, as decoding must)
-  is printed as a second baseline.
+  is printed as a second baseline;
+- the cost of the checksums: ``nuq_rs.load(OUT).dequantize()`` (every tensor's
+  CRC32C checked) against ``nuq_rs.load(OUT, verify=False).dequantize()``, and
+  ``nuq_rs.load(OUT).verify()`` alone, as ratios to the unverified load +
+  dequantize (target: at most 10 %). The two loads alternate, repeat after repeat.
 
 Timings only mean something on an idle machine: the 1-minute load average is
 printed, and the run refuses to start above --max-load unless --force.
 
-    python benches/bench_files.py [--repeats 3] [--blocks 12] [--force]
+The CPU (``lscpu``'s model name) is printed first: every figure is for it.
+
+    python benches/bench_files.py [--repeats 3] [--blocks 12] [--force] [--checksums-only]
 """
 
 from __future__ import annotations
@@ -73,6 +79,48 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
+    return names[0] if names else "unknown CPU"
+
+
+def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turn repeat after repeat (so that a
+    change of machine load hits them alike)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_checksums(out: Path, repeats: int) -> None:
+    t = alternating_medians(
+        {
+            "plain": lambda: nuq_rs.load(out, verify=False).dequantize(),
+            "verified": lambda: nuq_rs.load(out).dequantize(),
+            "verify": lambda: nuq_rs.load(out).verify(),
+        },
+        repeats,
+    )
+    mb = out.stat().st_size / 1e6
+    print(f"checksums (CRC32C of {mb:,.0f} MB of tensors), medians of {repeats}:")
+    print(f"nuq_rs.load(OUT, verify=False).dequantize()  {t['plain']:8.3f} s  (baseline)")
+    print(
+        f"nuq_rs.load(OUT).dequantize()                {t['verified']:8.3f} s  "
+        f"{t['verified'] / t['plain']:6.3f}x the baseline"
+    )
+    print(
+        f"nuq_rs.load(OUT).verify() alone              {t['verify']:8.3f} s  "
+        f"{t['verify'] / t['plain']:6.1%} of the baseline ({mb / t['verify']:,.0f} MB/s)"
+    )
+
+
 def run_cli(src: Path, out: Path) -> None:
     """``nuq-rs quantize SRC -o OUT --quiet`` in a fresh process (start-up included)."""
     env = dict(os.environ, PYTHONPATH=str(Path(nuq_rs.__file__).parent.parent))
@@ -91,13 +139,23 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--max-load", type=float, default=0.5)
     parser.add_argument("--force", action="store_true", help="run even on a busy machine")
+    parser.add_argument(
+        "--checksums-only",
+        action="store_true",
+        help="only the checksum cost (OUT written in-process, no command line runs)",
+    )
     args = parser.parse_args()
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs)")
     load = os.getloadavg()[0]
     print(f"load average (1 min): {load:.2f}; threads: {nuq_rs.get_num_threads()}")
     if load > args.max_load and not args.force:
         sys.exit(f"machine busy (load {load:.2f} > {args.max_load}); rerun idle or with --force")
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "gpt2.safetensors", Path(tmp) / "gpt2.nuq.safetensors"
+        if args.checksums_only:
+            nuq_rs.quantize_state_dict(gpt2_state_dict(args.blocks), bits=4).save(out)
+            bench_checksums(out, max(args.repeats, 5))
+            return
         save_file(gpt2_state_dict(args.blocks), str(src))
         mb = src.stat().st_size / 1e6
         cat = median_seconds(
@@ -127,6 +185,7 @@ def main() -> None:
             f"nuq_rs.load(OUT).dequantize()       {ours:8.3f} s  "
             f"{ours / baseline:6.2f}x load_file, {ours / copied:.2f}x load_file + clone"
         )
+        bench_checksums(out, max(args.repeats, 5))
 
 
 if __name__ == "__main__":

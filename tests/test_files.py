@@ -6,7 +6,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +79,8 @@ def test_saved_file_is_plain_safetensors(saved):
     assert {"a.weight.packed", "a.weight.levels", "a.weight.loc", "a.weight.scale"} <= keys
     assert {"a.bias", "n", "mask"} <= keys and "a.weight" not in keys
     assert "b.weight.levels" not in keys  # group codebooks are implied, not stored
-    assert meta["format"] == "nuq-rs" and meta["format_version"] == "3"
+    assert meta["format"] == "nuq-rs" and meta["format_version"] == "4"
+    assert set(json.loads(meta["crc32c"])) == keys  # a checksum for every stored tensor
     entries = {e["name"]: e for e in json.loads(meta["tensors"])}
     assert entries["b.weight"]["granularity"] == "group" and entries["b.weight"]["group_size"] == 16
     assert entries["b.weight"]["codebook"] == "implied"
@@ -201,6 +205,17 @@ def test_v2_fixture_decodes_to_the_committed_values():
         np.testing.assert_array_equal(decoded[name].float().numpy(), expected[name], err_msg=name)
 
 
+def test_v3_fixture_decodes_to_the_committed_values():
+    """Version 3 (fitted codebooks, no checksums) keeps decoding the same."""
+    loaded = nuq_rs.load(FIXTURES / "v3_small.nuq.safetensors")
+    expected = np.load(FIXTURES / "v3_small_expected.npz")
+    assert loaded["emb.weight"].config.codebook == "fitted"
+    decoded = loaded.dequantize()
+    assert sorted(expected.files) == sorted(k for k in decoded if k != "steps")
+    for name in expected.files:
+        np.testing.assert_array_equal(decoded[name].float().numpy(), expected[name], err_msg=name)
+
+
 @pytest.mark.parametrize("options", [{}, {"granularity": "channel"}, {"group_size": 20}])
 def test_fitted_codebooks_round_trip(tmp_path, options):
     # The default codebook: stored levels, f16 absmax scales, no locations;
@@ -317,7 +332,7 @@ def test_plain_safetensors_is_not_a_nuq_file(tmp_path):
 
 def test_newer_version_is_refused(saved):
     header, data = split(saved)
-    header["__metadata__"]["format_version"] = "4"
+    header["__metadata__"]["format_version"] = "5"
     rewrite(saved, header, data)
     assert "upgrade nuq-rs" in load_error(saved)
 
@@ -388,3 +403,108 @@ def test_name_collisions_are_refused(tmp_path):
     with pytest.raises(ValueError, match="collide"):
         nuq_rs.quantize_state_dict(sd).save(tmp_path / "c.nuq.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+# -- checksums -------------------------------------------------------------------------------
+
+
+def flip(path: Path, key: str | None = None, count: int = 1) -> None:
+    """Invert ``count`` bytes at the start of tensor ``key``'s data (of all the data
+    when None), leaving the header intact."""
+    header, _ = split(path)
+    start = 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+    if key is not None:
+        start += header[key]["data_offsets"][0]
+    raw = bytearray(path.read_bytes())
+    raw[start : start + count] = bytes(255 - b for b in raw[start : start + count])
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_first_4k_of_data_is_refused(tmp_path):
+    # The issue's opening case: this file used to load silently into wrong weights.
+    g = torch.Generator().manual_seed(9)
+    sd = {"fc.weight": torch.randn(64, 256, generator=g), "fc.bias": torch.randn(64, generator=g)}
+    path = tmp_path / "m.nuq.safetensors"
+    nuq_rs.quantize_state_dict(sd, bits=4).save(path)
+    good = nuq_rs.load(path).dequantize()
+    assert len(split(path)[1]) > 4096
+    flip(path, count=4096)
+    loaded = nuq_rs.load(path)  # the header is intact: tensors are checked when decoded
+    assert loaded.report() == nuq_rs.load(path, verify=False).report()
+    with pytest.raises(FormatError) as e:
+        loaded.dequantize()
+    assert str(path) in str(e.value) and "'fc.weight' is damaged" in str(e.value)
+    # the documented opt-out reads the damaged data as it is
+    bad = nuq_rs.load(path, verify=False).dequantize()
+    assert not torch.equal(bad["fc.weight"], good["fc.weight"])
+
+
+def test_every_stored_tensor_is_checked(tmp_path):
+    path = tmp_path / "m.nuq.safetensors"
+    quantized().save(path)
+    header, _ = split(path)
+    offsets = {k: v["data_offsets"] for k, v in header.items() if k != "__metadata__"}
+    stored = [k for k, (begin, end) in offsets.items() if end > begin]  # not empty
+    assert {"a.weight.levels", "a.weight.loc", "a.weight.scale", "b.weight.scale"} <= set(stored)
+    for key in stored:
+        damaged = tmp_path / "d.nuq.safetensors"
+        damaged.write_bytes(path.read_bytes())
+        flip(damaged, key)
+        name = next(n for n in nuq_rs.load(damaged) if key == n or key.startswith(n + "."))
+        loaded = nuq_rs.load(damaged)
+        with pytest.raises(FormatError, match=f"tensor '{name}' is damaged.*'{key}'"):
+            loaded[name]
+        for other in loaded:  # the others are intact and still read
+            if other != name:
+                loaded[other]
+        with pytest.raises(FormatError, match=f"tensor '{name}' is damaged"):
+            nuq_rs.load(damaged).verify()
+
+
+def test_verify_checks_untouched_tensors_and_passes_on_a_good_file(saved):
+    nuq_rs.load(saved).verify()
+    flip(saved, "n", count=8)
+    loaded = nuq_rs.load(saved)
+    loaded["a.weight"]
+    with pytest.raises(FormatError, match="tensor 'n' is damaged"):
+        loaded.verify()
+    nuq_rs.load(saved, verify=False).verify()  # opted out: nothing is checked
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda meta, sums: meta.pop("crc32c"), "missing or corrupted 'crc32c'"),
+        (lambda meta, sums: meta.update(crc32c="[1, 2]"), "missing or corrupted 'crc32c'"),
+        (lambda meta, sums: sums.update({"a.bias": "xyz"}), "missing or corrupted 'crc32c'"),
+        (lambda meta, sums: sums.pop("a.weight.scale"), "no checksum for \\['a.weight.scale'\\]"),
+        (lambda meta, sums: sums.update({"ghost": "00000000"}), "absent tensors \\['ghost'\\]"),
+    ],
+)
+def test_version_4_needs_a_checksum_for_every_tensor(saved, edit, message):
+    # Damage that removes the checksums must not turn verification off.
+    header, data = split(saved)
+    meta = header["__metadata__"]
+    sums = json.loads(meta["crc32c"])
+    edit(meta, sums)
+    if "crc32c" in meta and meta["crc32c"].startswith("{"):
+        meta["crc32c"] = json.dumps(sums)
+    rewrite(saved, header, data)
+    assert re.search(message, load_error(saved))
+    # a version-3 file never had checksums and loads unverified
+    header, data = split(saved)
+    header["__metadata__"]["format_version"] = "3"
+    rewrite(saved, header, data)
+    nuq_rs.load(saved).dequantize()
+
+
+def test_load_gives_torch_tensors_before_torch_is_imported(saved):
+    # restore() looked torch up in sys.modules only: in a fresh process that had not
+    # imported torch, decoding a loaded quantized tensor raised AttributeError.
+    code = (
+        "import sys, nuq_rs; assert 'torch' not in sys.modules; "
+        f"sd = nuq_rs.load({str(saved)!r}).dequantize(); "
+        "print(type(sd['a.weight']).__name__, sd['b.weight'].dtype)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Tensor", "torch.bfloat16"]

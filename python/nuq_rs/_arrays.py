@@ -86,7 +86,8 @@ def restore(values: np.ndarray, shape: tuple[int, ...], dtype: str, as_torch: bo
     """float32 values back in the original shape, dtype and kind (torch or NumPy)."""
     values = values.reshape(shape)
     if as_torch:
-        torch = _torch()
+        import torch  # asked for torch tensors (a loaded file): import it if not yet
+
         return torch.from_numpy(values).to(getattr(torch, dtype))
     return values.astype(np.dtype(dtype), copy=False)
 

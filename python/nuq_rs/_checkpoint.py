@@ -11,16 +11,15 @@ problem, and every tensor's pages are dropped from the process once used
 
 from __future__ import annotations
 
-import json
 import mmap
 import pickle
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from ._format import CODES, FormatError, Header, Slot, read_header
+from ._format import CODES, FormatError, Header, Slot, parse_json, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
 #: Suffixes read with torch.load; anything else is read as safetensors.
@@ -122,14 +121,29 @@ class Checkpoint:
                 return
             raise FileNotFoundError(f"{self.path}: no {INDEX_FILE} or model.safetensors")
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = parse_json(index.read_text())["weight_map"]
             shards: dict[str, list[str]] = {}
             for name, shard in weight_map.items():
+                if not isinstance(shard, str):
+                    raise TypeError(f"shard {shard!r} of tensor {name!r} is not a file name")
                 shards.setdefault(shard, []).append(name)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{index}: not a valid index ({e!r})") from None
         for shard, names in shards.items():
-            self._add_file(SafetensorsFile(self.path / shard), names)
+            self._add_file(SafetensorsFile(self._shard_path(index, shard)), names)
+
+    def _shard_path(self, index: Path, shard: str) -> Path:
+        """A shard named by the index: a file inside the folder, never outside it.
+
+        Checked by name, not by resolving links, so that folders whose shards are
+        links to elsewhere (the Hugging Face cache) still read."""
+        name = PurePosixPath(shard)
+        if not shard or name.is_absolute() or ".." in name.parts or "\\" in shard:
+            raise FormatError(f"{index}: shard {shard!r} is outside the folder {self.path}")
+        path = self.path / name
+        if not path.is_file():
+            raise FormatError(f"{index}: shard {shard!r} is missing from {self.path}")
+        return path
 
     def _open_torch(self) -> None:
         self._tensors = load_torch(self.path)

@@ -1,11 +1,11 @@
 """The nuq-rs file format: a plain safetensors file plus JSON metadata.
 
-Layout (format version 2). A quantized tensor ``NAME`` is stored as the
+Layout (format version 4). A quantized tensor ``NAME`` is stored as the
 safetensors tensors ``NAME.packed`` (U8, ``rows x ceil(cols * bits / 8)``),
 ``NAME.levels`` (F32, ``2**bits``), ``NAME.loc`` (F32) and ``NAME.scale``
 (F32, or F16 for groups, whose scales are fp16 values already). A kept tensor is
 stored under its own name, as it was. The header's ``__metadata__`` holds
-``format = "nuq-rs"``, ``format_version = "2"`` and ``tensors``: a JSON list,
+``format = "nuq-rs"``, ``format_version = "4"``, ``crc32c`` and ``tensors``: a JSON list,
 in state-dict order, of ``{"name", "kind": "kept"}`` or of the quantized
 tensor's shape, original dtype, bits, granularity, group size, family, fit
 statistics and ``codebook``. Everything needed to decode is in the file;
@@ -17,6 +17,13 @@ function of (family, bits, group size) that the reader recomputes
 (``implied_codebook`` of the extension). Version 1 had no ``codebook`` field
 and stored every codebook, groups' included; such files still read as
 ``"stored"``.
+
+``crc32c`` (since version 4) is a JSON object giving, for every safetensors tensor
+of the file, the CRC32C of its bytes as 8 hex digits; readers verify a tensor
+before decoding it, so that damaged data fails instead of loading as wrong
+weights. The version was raised for it so that a version-4 file without the
+field is itself refused as damaged; versions 1 to 3 have no checksums and load
+unverified. Version 3 added fitted codebooks (``codebook_kind``).
 
 This module parses and checks safetensors headers (ours and any other), so that
 a damaged file fails with a message naming the file and the problem.
@@ -31,14 +38,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crc32c
+
 from ._report import TensorReport
 from ._tensor import QuantConfig, matrix_shape
 
 FORMAT_NAME = "nuq-rs"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: The first format version whose files carry (and must carry) checksums.
+CHECKSUMS_SINCE = 4
+#: Metadata key of the per-tensor checksums.
+CHECKSUM_KEY = "crc32c"
 CODEBOOKS = ("stored", "implied")
 #: Larger headers are refused, as the safetensors library does.
 MAX_HEADER_BYTES = 100_000_000
+#: Dimensions, element counts and sizes must fit in int64 (torch's and NumPy's index type).
+MAX_SIZE = 2**63 - 1
 
 #: safetensors dtype code -> (dtype name as torch spells it, bytes per element).
 DTYPES: dict[str, tuple[str, int]] = {
@@ -156,12 +171,21 @@ def quantized_entry(name: str, shape: tuple[int, ...], dtype: str, config: Quant
     }
 
 
-def encode_header(slots: dict[str, Slot], entries: list[dict], width: int = 0) -> bytes:
+def checksum(data: Any) -> str:
+    """CRC32C of a buffer's bytes as 8 hex digits (the same width for every value,
+    so that the header's size is known before the data is written)."""
+    return f"{crc32c.crc32c(data):08x}"
+
+
+def encode_header(
+    slots: dict[str, Slot], entries: list[dict], checksums: dict[str, str], width: int = 0
+) -> bytes:
     """The 8-byte length and the JSON header, padded with spaces to ``width`` bytes
     at least and to a multiple of 8 (so that the data starts aligned)."""
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
+        CHECKSUM_KEY: json.dumps(checksums, separators=(",", ":")),
         "tensors": json.dumps(entries, separators=(",", ":")),
     }
     header: dict[str, Any] = {"__metadata__": metadata}
@@ -204,8 +228,8 @@ def read_header(path: Path | str) -> Header:
         f.seek(8)
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = parse_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
         raise FormatError(f"{path}: corrupted safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: corrupted safetensors header (not a JSON object)")
@@ -217,15 +241,39 @@ def read_header(path: Path | str) -> Header:
     return Header(path, slots, metadata, 8 + n)
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads``, with nesting too deep for the parser a ``ValueError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def shape_error(shape: Any) -> str | None:
+    """Why ``shape`` is not a list of dimensions whose sizes fit in int64 (None: it is).
+
+    Checked before anything is allocated for it."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        return f"bad shape {shape!r}"
+    if max(shape, default=0) > MAX_SIZE or math.prod(d for d in shape if d) > MAX_SIZE:
+        return f"shape {shape} overflows int64"
+    return None
+
+
 def _slot(path: Path, name: str, info: Any) -> Slot:
     try:
         dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        ok = dtype in DTYPES and all(isinstance(d, int) and d >= 0 for d in shape)
-        ok = ok and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+        ok = dtype in DTYPES and isinstance(begin, int) and isinstance(end, int)
+        ok = ok and 0 <= begin <= end
     except (TypeError, KeyError, ValueError):
         ok = False
     if not ok:
         raise FormatError(f"{path}: corrupted safetensors header entry for tensor {name!r}")
+    bad = shape_error(shape)
+    if bad:
+        raise FormatError(f"{path}: tensor {name!r}: {bad}")
     slot = Slot(dtype, tuple(shape), begin, end)
     if end - begin != slot.nbytes:
         raise FormatError(

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from string import hexdigits as HEXDIGITS
 from typing import Any
 
 import numpy as np
 
 from . import _format
 from ._checkpoint import SafetensorsFile
-from ._format import CODEBOOKS, DTYPES, FORMAT_NAME, FORMAT_VERSION, FormatError
+from ._format import (
+    CHECKSUM_KEY,
+    CHECKSUMS_SINCE,
+    CODEBOOKS,
+    DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FormatError,
+)
 from ._nuq_rs import implied_codebook
 from ._report import Report
 from ._state_dict import _report_of
@@ -28,9 +36,15 @@ _QUANTIZED_FIELDS = {
 }
 
 
-def load(path: Path | str) -> LoadedStateDict:
+def load(path: Path | str, *, verify: bool = True) -> LoadedStateDict:
     """Open a file written by :meth:`QuantizedStateDict.save` (memory-mapped;
     tensors are read and decoded only when asked for).
+
+    Each tensor's bytes are checked against the CRC32C that the file stores for
+    them the first time the tensor is accessed (``loaded[name]``, ``items()``,
+    ``dequantize()``), and damaged data raises :class:`FormatError` naming the
+    file and the tensor. ``verify=False`` skips the check (files of format
+    versions 1 to 3 have no checksums and are never verified).
 
     >>> import torch, nuq_rs, tempfile, os
     >>> model = torch.nn.Linear(64, 32)
@@ -43,11 +57,11 @@ def load(path: Path | str) -> LoadedStateDict:
     <All keys matched successfully>
     """
     f = SafetensorsFile(path)
-    return LoadedStateDict(f, _entries(f))
+    entries = _entries(f)
+    return LoadedStateDict(f, entries, _checksums(f) if verify else None)
 
 
-def _entries(f: SafetensorsFile) -> dict[str, dict[str, Any]]:
-    """The checked per-tensor metadata, in state-dict order."""
+def _version(f: SafetensorsFile) -> int:
     meta = f.header.metadata
     if meta.get("format") != FORMAT_NAME:
         raise FormatError(
@@ -55,18 +69,55 @@ def _entries(f: SafetensorsFile) -> dict[str, dict[str, Any]]:
             "metadata); quantize it with `nuq-rs quantize`"
         )
     version = meta.get("format_version", "")
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):
         raise FormatError(f"{f.path}: bad format_version {version!r}")
     if int(version) > FORMAT_VERSION:
         raise FormatError(
             f"{f.path}: written in nuq-rs file format version {version}; this nuq-rs reads "
             f"versions up to {FORMAT_VERSION}: upgrade nuq-rs"
         )
+    return int(version)
+
+
+def _checksums(f: SafetensorsFile) -> dict[str, str] | None:
+    """The stored CRC32C of every tensor (None for versions without them)."""
+    if _version(f) < CHECKSUMS_SINCE:
+        return None
     try:
-        listed = json.loads(meta["tensors"])
+        sums = _format.parse_json(f.header.metadata[CHECKSUM_KEY])
+        ok = isinstance(sums, dict) and all(
+            isinstance(v, str) and len(v) == 8 and all(c in HEXDIGITS for c in v)
+            for v in sums.values()
+        )
+    except (KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise FormatError(f"{f.path}: missing or corrupted {CHECKSUM_KEY!r} checksums metadata")
+    if set(sums) != set(f.slots):
+        missing = sorted(set(f.slots) - set(sums))[:5]
+        extra = sorted(set(sums) - set(f.slots))[:5]
+        raise FormatError(
+            f"{f.path}: the checksums do not match the tensors (no checksum for {missing}, "
+            f"checksums of absent tensors {extra})"
+        )
+    return sums
+
+
+def _entries(f: SafetensorsFile) -> dict[str, dict[str, Any]]:
+    """The checked per-tensor metadata, in state-dict order."""
+    meta = f.header.metadata
+    _version(f)
+    try:
+        listed = _format.parse_json(meta["tensors"])
         entries = {e["name"]: e for e in listed}
+        if not all(isinstance(name, str) for name in entries):
+            raise TypeError("tensor names must be strings")
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{f.path}: missing or corrupted 'tensors' metadata ({e!r})") from None
+    if len(entries) != len(listed):
+        names = [e["name"] for e in listed]
+        twice = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise FormatError(f"{f.path}: the metadata lists tensors more than once: {twice}")
     expected: dict[str, _format.Slot | None] = {}
     for name, e in entries.items():
         expected.update(_expected_slots(f.path, name, e))
@@ -96,8 +147,11 @@ def _expected_slots(path: Path, name: str, e: Any) -> dict[str, _format.Slot | N
         raise FormatError(f"{path}: metadata of tensor {name!r} lacks or mistypes {missing}")
     try:
         config = _config(e)
-        if not all(isinstance(d, int) and d >= 0 for d in e["shape"]):
-            raise ValueError(f"bad shape {e['shape']}")
+        bad = _format.shape_error(e["shape"])
+        if bad:
+            raise ValueError(bad)
+        if config.group_size is not None and config.group_size > _format.MAX_SIZE:
+            raise ValueError(f"group_size {config.group_size} overflows int64")
         if e["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"bad dtype {e['dtype']!r}")
         codebook = e.get("codebook", "stored")  # version 1 stored every codebook
@@ -122,10 +176,18 @@ class LoadedStateDict(Mapping[str, Any]):
     file, in the saved order. Tensors are views of the memory-mapped file, built
     when accessed."""
 
-    def __init__(self, file: SafetensorsFile, entries: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        file: SafetensorsFile,
+        entries: dict[str, dict[str, Any]],
+        checksums: dict[str, str] | None = None,
+    ) -> None:
         self._file = file
         self._entries = entries
         self._torch = importlib.util.find_spec("torch") is not None
+        self._checksums = checksums
+        # names whose bytes are still to be checked against their checksums
+        self._unverified = set(entries) if checksums is not None else set()
 
     @property
     def path(self) -> Path:
@@ -143,7 +205,34 @@ class LoadedStateDict(Mapping[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         e = self._entries[name]
+        if name in self._unverified:
+            self._verify(name)
         return self._quantized(e) if e["kind"] == "quantized" else self._kept(name)
+
+    def _stored(self, name: str) -> list[str]:
+        """The safetensors tensors that hold ``name``."""
+        if self._entries[name]["kind"] == "kept":
+            return [name]
+        parts = (f"{name}.{p}" for p in ("packed", "levels", "loc", "scale"))
+        return [k for k in parts if k in self._file.slots]
+
+    def _verify(self, name: str) -> None:
+        assert self._checksums is not None
+        for key in self._stored(name):
+            got, want = _format.checksum(self._file.raw(key)), self._checksums[key]
+            if got != want.lower():
+                raise FormatError(
+                    f"{self.path}: tensor {name!r} is damaged: the CRC32C of {key!r} is {got}, "
+                    f"the file says {want} (load(..., verify=False) reads it anyway)"
+                )
+        self._unverified.discard(name)
+
+    def verify(self) -> None:
+        """Check every tensor not yet checked against its checksum now (a no-op for
+        files without checksums, or loaded with ``verify=False``)."""
+        for name in list(self._entries):
+            if name in self._unverified:
+                self._verify(name)
 
     def _quantized(self, e: dict[str, Any]) -> QuantizedTensor:
         name, f = e["name"], self._file

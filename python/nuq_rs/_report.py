@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,21 @@ def _cells(t: TensorReport, budget: bool) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Report:
-    """Reports of every tensor of a state dict, in order, with totals."""
+class Report(Sequence[TensorReport]):
+    """Reports of every tensor of a state dict, in order, with totals.
+
+    A read-only sequence of :class:`TensorReport` in state-dict order: ``len``,
+    iteration, ``report[0]``, ``report[-1]``, ``report[1:3]`` (a ``Report``), and
+    ``report["fc.weight"]`` by name.
+
+    >>> import torch, nuq_rs
+    >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 4))
+    >>> report = nuq_rs.quantize_state_dict(model.state_dict(), bits=4).report()
+    >>> len(report), [t.name for t in report if t.quantized]
+    (4, ['0.weight', '1.weight'])
+    >>> report[-1].name, report["0.weight"].bits, [t.name for t in report[1:3]]
+    ('1.bias', 4, ['0.bias', '1.weight'])
+    """
 
     tensors: tuple[TensorReport, ...]
 
@@ -115,11 +129,32 @@ class Report:
         numel = sum(t.numel for t in quantized)
         return 8 * sum(t.bytes_after for t in quantized) / numel if numel else 0.0
 
-    def __getitem__(self, name: str) -> TensorReport:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __iter__(self) -> Iterator[TensorReport]:
+        return iter(self.tensors)
+
+    @overload
+    def __getitem__(self, key: int | str) -> TensorReport: ...
+    @overload
+    def __getitem__(self, key: slice) -> Report: ...
+    def __getitem__(self, key: int | str | slice) -> TensorReport | Report:
+        """By position (negative counts from the end), by slice, or by tensor name."""
+        if isinstance(key, str):
+            for t in self.tensors:
+                if t.name == key:
+                    return t
+            raise KeyError(key)
+        if isinstance(key, slice):
+            return Report(self.tensors[key])
+        return self.tensors[key]
+
+    def __contains__(self, item: object) -> bool:
+        """A tensor name, or a :class:`TensorReport`."""
+        if isinstance(item, str):
+            return any(t.name == item for t in self.tensors)
+        return item in self.tensors
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """One plain dict per tensor (JSON-friendly apart from ``inf`` SQNR)."""

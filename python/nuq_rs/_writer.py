@@ -62,6 +62,8 @@ class FileWriter:
                 raise ValueError(f"tensor names collide in the file: {sorted(clash)}")
             slots.update(new)
         self._slots, self._data_bytes = _format.assign_offsets(slots)
+        # placeholders as wide as any checksum, replaced as each tensor is written
+        self._checksums = dict.fromkeys(self._slots, "0" * 8)
         self._pending = set(self._entries)
         self._width = 0
         self._width = len(self._header()) - 8  # placeholders are as wide as any value
@@ -82,7 +84,8 @@ class FileWriter:
         return _format.quantized_slots(p.name, p.shape, p.config, implied)
 
     def _header(self) -> bytes:
-        return _format.encode_header(self._slots, list(self._entries.values()), self._width)
+        entries = list(self._entries.values())
+        return _format.encode_header(self._slots, entries, self._checksums, self._width)
 
     def __enter__(self) -> FileWriter:
         return self
@@ -102,6 +105,7 @@ class FileWriter:
         data = memoryview(np.ascontiguousarray(array)).cast("B")
         if len(data) != slot.nbytes:
             raise ValueError(f"tensor {key!r}: {len(data)} bytes, the layout expects {slot.nbytes}")
+        self._checksums[key] = _format.checksum(data)
         self._write_at(8 + self._width + slot.begin, data)
 
     def _take(self, name: str) -> dict[str, Any]:
