@@ -123,6 +123,33 @@ def _baseline(fn: Callable[[np.ndarray, int], tuple[np.ndarray, float]]) -> Runn
     return run
 
 
+def _budget_bits(sd: StateDict, target_bpw: float) -> dict[str, int]:
+    """The bit width that nuq's ``target_bpw`` rule gives each weight tensor
+    (32: kept as it is)."""
+    report = nuq_rs.quantize_state_dict(sd, target_bpw=target_bpw).report()
+    choices = {k: report[k].choice for k in weight_names(sd)}
+    return {k: 32 if c is None else int(c.split("b")[0]) for k, c in choices.items()}
+
+
+def _budgeted(fn: Callable[[np.ndarray, int], tuple[np.ndarray, float]]) -> Runner:
+    """A baseline under the same budget rule: each tensor at the width that
+    nuq's ``target_bpw`` gives it, in the baseline's own layout (its bits per
+    weight, all metadata counted, are reported as measured)."""
+
+    def run(sd: StateDict, target_bpw: float, **_: Any) -> tuple[StateDict, float]:
+        widths = _budget_bits(sd, target_bpw)
+        out, stored, numel = dict(sd), 0.0, 0
+        for k, bits in widths.items():
+            x = sd[k].detach().float().numpy()
+            deq, bits_stored = (x, 32 * x.size) if bits == 32 else fn(x, bits)
+            out[k] = torch.from_numpy(np.ascontiguousarray(deq, np.float32)).to(sd[k].dtype)
+            stored += bits_stored
+            numel += x.size
+        return out, stored / numel
+
+    return run
+
+
 def nuq_bits_per_weight(q: Any, names: list[str]) -> float:
     """Stored bits over ``names`` from the report (a tensor left unquantized
     counts at its own size, so a budget cannot hide one)."""
@@ -199,7 +226,11 @@ def methods() -> tuple[list[Method], list[str]]:
     else:
         skipped.append("model= (nuq default + bias corr): not in quantize_state_dict")
     if "target_bpw" in params:
-        rows.append(Method("nuq budget", _nuq({}), bits=False, budget=True))
+        rows += [
+            Method(f"RTN g{BLOCK} budget", _budgeted(lambda x, b: rtn(x, b, BLOCK)), False, True),
+            Method(f"NFk g{BLOCK} budget", _budgeted(nf), bits=False, budget=True),
+            Method("nuq budget", _nuq({}), bits=False, budget=True),
+        ]
         if "model" in params:
             rows.append(
                 Method(
