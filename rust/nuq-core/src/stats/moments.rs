@@ -86,6 +86,11 @@ fn part(x: &[f32], start: usize) -> std::result::Result<Part, usize> {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::part(x, start) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { x86_avx2::part(x, start) };
+    }
     part_with(x, start, sum, sq_dev_sum, lane_min_max)
 }
 
@@ -125,6 +130,11 @@ pub(crate) fn sum(x: &[f32]) -> f64 {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::sum(x) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { x86_avx2::sum(x) };
+    }
     lane_sum(x, |v| v)
 }
 
@@ -134,6 +144,11 @@ pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::sq_dev_sum(x, center) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { x86_avx2::sq_dev_sum(x, center) };
     }
     lane_sum(x, |v| (v - center) * (v - center))
 }
@@ -145,7 +160,46 @@ pub(crate) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::abs_dev_sum(x, center) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { x86_avx2::abs_dev_sum(x, center) };
+    }
     lane_sum(x, |v| (v - center).abs())
+}
+
+/// The portable lane loops compiled for AVX2 (the baseline x86-64 build
+/// only has 128-bit vectors): the same code, so the same adds in the same
+/// order, bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2 {
+    use super::{lane_min_max, lane_sum, part_with, Part};
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn part(x: &[f32], start: usize) -> Result<Part, usize> {
+        part_with(
+            x,
+            start,
+            |x| lane_sum(x, |v| v),
+            |x, m| lane_sum(x, |v| (v - m) * (v - m)),
+            lane_min_max,
+        )
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sum(x: &[f32]) -> f64 {
+        lane_sum(x, |v| v)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
+        lane_sum(x, |v| (v - center) * (v - center))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
+        lane_sum(x, |v| (v - center).abs())
+    }
 }
 
 /// The lane loops with explicit AVX-512 (LLVM splits the portable ones into
@@ -357,6 +411,25 @@ mod tests {
                 (want.mean, want.m2, want.min, want.max)
             );
             assert_eq!(abs_dev_sum(&x, 0.3), lane_sum(&x, |v| (v - 0.3).abs()));
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                let (p, s, q, a) = unsafe {
+                    (
+                        x86_avx2::part(&x, 0).unwrap(),
+                        x86_avx2::sum(&x),
+                        x86_avx2::sq_dev_sum(&x, 0.3),
+                        x86_avx2::abs_dev_sum(&x, 0.3),
+                    )
+                };
+                assert_eq!(
+                    (p.mean, p.m2, p.min, p.max),
+                    (want.mean, want.m2, want.min, want.max)
+                );
+                assert_eq!(s, lane_sum(&x, |v| v));
+                assert_eq!(q, lane_sum(&x, |v| (v - 0.3) * (v - 0.3)));
+                assert_eq!(a, lane_sum(&x, |v| (v - 0.3).abs()));
+            }
         }
     }
 
