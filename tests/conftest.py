@@ -58,13 +58,17 @@ def real_weight_matrices(mtcnn_state_dicts) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def fashion_cnn():
     """The embedded Fashion-MNIST CNN (eval mode) and the first 2000 real test
-    images and labels; skips when the Debian dataset is not installed."""
+    images and labels; skips when the Debian dataset is not installed, and
+    fails in CI (``CI`` set), where .ci/setup installs it."""
     pytest.importorskip("torch")
     from nuq_rs import _default_model as default
 
     try:
         images, labels = default.load_fashion_mnist("test")
     except FileNotFoundError as e:
+        if os.environ.get("CI"):
+            msg = f"dataset-fashion-mnist must be installed in CI (see .ci/setup): {e}"
+            raise RuntimeError(msg) from e
         pytest.skip(str(e))
     model = default.FashionCNN().eval()
     model.load_state_dict(default.load_default_state_dict())

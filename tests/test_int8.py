@@ -1,6 +1,16 @@
-"""The opt-in int8-activation path of ``NuqLinear`` against its stated bound."""
+"""The opt-in int8-activation path of ``NuqLinear`` against its stated bound.
+
+The int8 kernels run on AVX512-VNNI, or as their scalar reference under
+``NUQ_ISA=scalar`` on any CPU. Where neither is selected in this process the
+tests that need them skip, and ``test_int8_under_the_scalar_reference`` runs
+this file again under ``NUQ_ISA=scalar``, so the int8 path is tested on every
+CPU."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -10,8 +20,15 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+import nuq_rs  # noqa: E402
 import nuq_rs.nn as qnn  # noqa: E402
 
+INT8 = nuq_rs.kernels()["int8"]
+needs_int8 = pytest.mark.skipif(
+    INT8 is None,
+    reason="no int8 kernel in this process (the CPU lacks AVX512-VNNI and NUQ_ISA is not "
+    "'scalar'): test_int8_under_the_scalar_reference runs these under NUQ_ISA=scalar",
+)
 BLOCK = 128  # columns per activation scale without groups (nuq_core INT8_BLOCK)
 
 
@@ -40,6 +57,7 @@ def int8_bound(q: qnn.NuqLinear, x: torch.Tensor) -> torch.Tensor:
     return bound * (1 + 1e-6) + 1e-5 * (xd.abs() @ w.abs().T)
 
 
+@needs_int8
 @settings(max_examples=40, deadline=None)
 @given(
     m=st.integers(1, 150),
@@ -79,12 +97,47 @@ def test_activations_option_is_checked_and_shown():
         qnet[0](torch.ones(1, 32))
 
 
+@needs_int8
+def test_the_int8_kernel_runs_above_16_rows():
+    """Up to 16 rows run the exact fp32 kernels, more rows the int8 one: its
+    rounding shows (a quiet fallback to fp32 would fail here)."""
+    lin = nn.Linear(256, 24)
+    exact = qnn.NuqLinear.from_float(lin, bits=4)
+    fast = qnn.NuqLinear.from_float(lin, bits=4, activations="int8")
+    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.equal(fast(x[:16]), exact(x[:16]))
+        diff = (fast(x[:17]) - exact(x[:17])).abs()
+    assert diff.max() > 1e-4
+    assert (diff <= int8_bound(fast, x[:17]).float()).all()
+
+
+@needs_int8
 def test_fashion_cnn_keeps_its_predictions_with_int8_activations(fashion_cnn):
     model, images, labels = fashion_cnn
     exact, _ = qnn.quantize_model(model, bits=4)
     fast, _ = qnn.quantize_model(model, bits=4, activations="int8")
     with torch.inference_mode():
-        want = exact(images).argmax(1)
-        got = fast(images).argmax(1)
-    assert (got == want).float().mean() > 0.99
-    assert (got == labels).float().mean() > 0.85
+        want = exact(images)
+        got = fast(images)
+    assert not torch.equal(got, want)  # the int8 kernel ran
+    assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.99
+    assert (got.argmax(1) == labels).float().mean() > 0.85
+
+
+def test_int8_under_the_scalar_reference():
+    """This file again under ``NUQ_ISA=scalar`` (the int8 reference kernel), in
+    a subprocess; nothing may skip there."""
+    if INT8 == "scalar":
+        pytest.skip("this process already runs the scalar int8 reference")
+    env = {k: v for k, v in os.environ.items() if k != "NUQ_FORCE_SCALAR"}
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__]
+        + ["-k", "not under_the_scalar_reference"],
+        env=env | {"NUQ_ISA": "scalar"},
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "passed" in p.stdout.strip().splitlines()[-1], p.stdout
+    assert "no int8 kernel" not in p.stdout, p.stdout

@@ -66,13 +66,12 @@ def test_decode_matches_nearest_cell_oracle(rng, bits, granularity, group_size):
     )
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("bits", range(1, 8))
 def test_more_bits_less_error(rng, bits):
+    # One more bit divides the Lloyd–Max error by 3 to 4 on a Gaussian (Max
+    # 1960: 0.3634, 0.1175, 0.03454, 0.009497, then about 4x per bit).
     x = rng.standard_normal((128, 128)).astype(np.float32)
-    assert (
-        paper_quantize_tensor(x, bits + 1 if bits < 8 else 8).mse
-        <= paper_quantize_tensor(x, bits).mse
-    )
+    assert paper_quantize_tensor(x, bits + 1).mse < 0.4 * paper_quantize_tensor(x, bits).mse
 
 
 def test_packed_size_and_bits_per_weight(rng):

@@ -19,6 +19,7 @@ from ._nuq_rs import (
     QuantizationError,
     __version__,
     get_num_threads,
+    kernels,
     lloyd_max,
     set_num_threads,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "__version__",
     "dequantize",
     "get_num_threads",
+    "kernels",
     "lloyd_max",
     "load",
     "quantize_state_dict",

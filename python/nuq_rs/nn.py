@@ -13,8 +13,9 @@ block of columns (the weight group, else 128) and the codebook to 255 steps,
 and the products run as integer dot products (1.4x to 2.7x faster than the
 fp32 kernel at 64 rows on this project's 2-core machine). It is an
 approximation: the error bound per output is stated in
-``nuq_core::lut::linear_int8`` and tested; elsewhere, and
-for group sizes that are not a multiple of 4, the exact fp32 kernel runs.
+``nuq_core::lut::linear_int8`` and tested (under ``NUQ_ISA=scalar`` its scalar
+reference runs on any CPU); elsewhere, and for group sizes that are not a
+multiple of 4, the exact fp32 kernel runs.
 Convolutions always run in fp32.
 """
 

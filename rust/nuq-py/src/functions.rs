@@ -301,7 +301,31 @@ fn get_num_threads() -> usize {
     pool::threads()
 }
 
+/// The kernels in use: `isa` (the selected instruction set), `requested`
+/// (what `NUQ_ISA` asked for, or None), `available` (what this CPU runs,
+/// slowest first) and `int8` (the int8-activation kernel, or None where
+/// `activations="int8"` runs the fp32 kernels).
+///
+/// >>> k = nuq_rs.kernels(); k["isa"] in k["available"]
+/// True
+#[pyfunction]
+fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    use nuq_core::pack::{available_kernels, Kernel};
+    let requested = Kernel::requested().map_err(PyValueError::new_err)?;
+    let d = PyDict::new(py);
+    d.set_item("isa", Kernel::selected().name())?;
+    d.set_item("requested", requested.map(Kernel::name))?;
+    let available: Vec<&str> = available_kernels().into_iter().map(Kernel::name).collect();
+    d.set_item("available", available)?;
+    let int8 = nuq_core::lut::Int8Kernel::selected().map(|k| k.name());
+    d.set_item("int8", int8)?;
+    Ok(d)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // An unknown `NUQ_ISA` refuses the import rather than panic in a kernel.
+    nuq_core::pack::Kernel::requested().map_err(PyValueError::new_err)?;
+    m.add_function(wrap_pyfunction!(kernels, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(lloyd_max, m)?)?;

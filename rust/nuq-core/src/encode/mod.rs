@@ -5,7 +5,7 @@
 //! is the number of quantizer boundaries strictly below `z`: a `z` equal to a
 //! boundary belongs to the lower cell, and NaN maps to 0. Every kernel gives
 //! bit-for-bit the scalar result. Kernels are chosen as for `pack` (same
-//! `Kernel`, same `NUQ_FORCE_SCALAR` override).
+//! `Kernel`, same `NUQ_ISA` override).
 
 mod scalar;
 mod tree;

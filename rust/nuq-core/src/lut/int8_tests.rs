@@ -105,6 +105,7 @@ fn the_bound_is_not_loose_by_orders_of_magnitude() {
 #[test]
 fn vnni_equals_the_scalar_kernel_bit_for_bit() {
     let Some(vnni) = Int8Kernel::vnni() else {
+        eprintln!("SKIPPED vnni_equals_the_scalar_kernel_bit_for_bit: this CPU lacks AVX512-VNNI");
         return;
     };
     for (bits, gran, k) in [
@@ -129,8 +130,11 @@ fn vnni_equals_the_scalar_kernel_bit_for_bit() {
 
 #[test]
 fn int8_falls_back_to_the_exact_kernels() {
-    // Groups of 6 cannot be cut into quads: the explicit call refuses, the
-    // automatic one runs `linear`. So does a small batch.
+    // With the scalar int8 kernel selected (as `NUQ_ISA=scalar` does), so on
+    // any CPU: groups of 6 cannot be cut into quads, so the explicit call
+    // refuses and the automatic one runs `linear`; so does a small batch, or
+    // no int8 kernel. A batch of 20 in groups of 12 runs int8 and differs.
+    let int8 = Some(Int8Kernel::scalar());
     let case = Case::new(9, 36, 4, Gran::Group(6), 1);
     let w = case.view();
     let x = Rng(3).vec(20 * 36, -1.0, 1.0);
@@ -139,14 +143,31 @@ fn int8_falls_back_to_the_exact_kernels() {
         linear_int8_with(Int8Kernel::scalar(), &x, 20, &w, None, &mut a),
         Err(NuqError::Int8GroupSize(6))
     );
-    linear_int8(&x, 20, &w, None, &mut a).unwrap();
+    assert_eq!(int8_plan(int8, 20, &w), None);
+    linear_int8_auto(int8, &x, 20, &w, None, &mut a).unwrap();
     linear(&x, 20, &w, None, &mut b).unwrap();
     assert_eq!(a, b);
     let grouped = Case::new(9, 36, 4, Gran::Group(12), 1);
-    let (mut a, mut b) = (vec![0.0f32; 4 * 9], vec![0.0f32; 4 * 9]);
-    linear_int8(&x[..4 * 36], 4, &grouped.view(), None, &mut a).unwrap();
-    linear(&x[..4 * 36], 4, &grouped.view(), None, &mut b).unwrap();
-    assert_eq!(a, b);
+    let g = grouped.view();
+    for (m, kernel, want) in [
+        (4, int8, None),
+        (16, int8, None),
+        (17, None, None),
+        (17, int8, int8),
+    ] {
+        assert_eq!(int8_plan(kernel, m, &g), want, "m {m}, {kernel:?}");
+    }
+    let run = |m: usize, kernel| {
+        let mut y = vec![0.0f32; m * 9];
+        linear_int8_auto(kernel, &x[..m * 36], m, &g, None, &mut y).unwrap();
+        let mut exact = vec![0.0f32; m * 9];
+        linear(&x[..m * 36], m, &g, None, &mut exact).unwrap();
+        (y, exact)
+    };
+    let (y, exact) = run(16, int8);
+    assert_eq!(y, exact);
+    let (y, exact) = run(20, int8);
+    assert_ne!(y, exact, "the int8 kernel did not run");
 }
 
 #[test]

@@ -75,19 +75,22 @@ impl Kernel {
             .collect()
     }
 
-    /// The fastest available kernel, or scalar when the environment sets
-    /// `NUQ_FORCE_SCALAR=1` (read once, at the first call).
+    /// The kernel of the instruction set selected for the whole crate
+    /// (`crate::pack::Kernel::selected`: the fastest, or the one `NUQ_ISA`
+    /// names).
     pub fn detect() -> Self {
         static BEST: OnceLock<Kernel> = OnceLock::new();
-        *BEST.get_or_init(|| Self::pick(std::env::var("NUQ_FORCE_SCALAR").ok().as_deref()))
+        *BEST.get_or_init(|| Self::for_isa(crate::pack::Kernel::selected()))
     }
 
-    /// The choice of [`Kernel::detect`] for a given `NUQ_FORCE_SCALAR` value.
-    fn pick(force_scalar: Option<&str>) -> Self {
-        match force_scalar {
-            Some("1") => Self::scalar(),
-            _ => *Self::available().last().unwrap_or(&Self::scalar()),
-        }
+    /// The LUT kernel of the instruction set `isa`, or the best one below it
+    /// that this CPU runs (AVX2 also needs FMA here).
+    pub fn for_isa(isa: crate::pack::Kernel) -> Self {
+        Self::available()
+            .into_iter()
+            .rev()
+            .find(|k| crate::pack::Kernel::from_name(k.name()).is_some_and(|p| p <= isa))
+            .unwrap_or(Self::scalar())
     }
 
     pub(crate) fn isa(self) -> Isa {
@@ -233,11 +236,13 @@ mod tests {
     }
 
     #[test]
-    fn force_scalar_env_value_selects_scalar() {
-        assert_eq!(Kernel::pick(Some("1")), Kernel::scalar());
-        let best = *Kernel::available().last().unwrap();
-        assert_eq!(Kernel::pick(Some("0")), best);
-        assert_eq!(Kernel::pick(None), best);
+    fn each_instruction_set_maps_to_its_kernel() {
+        use crate::pack::Kernel as Isa;
+        assert_eq!(Kernel::for_isa(Isa::Scalar), Kernel::scalar());
+        for k in Kernel::available() {
+            assert_eq!(Kernel::for_isa(Isa::from_name(k.name()).unwrap()), k);
+        }
+        assert_eq!(Kernel::detect().name(), Isa::selected().name());
     }
 
     #[test]

@@ -117,12 +117,14 @@ pub fn linear_with(
 /// for CPUs with AVX512-VNNI, opt-in because it is not within 1e-5 of fp32.
 ///
 /// For `m > 16` (prefill; below that the call is memory-bound and runs the
-/// fp32 kernels), on a CPU with AVX-512 F, BW and VNNI, and a group size (if
-/// any) that is a multiple of 4, the codebook is rounded to 255 steps of
-/// `sl = max|levels| / 127` and each row of `x` to 255 steps of
-/// `sx = max|x| / 127` per block of columns (the group, else
-/// [`INT8_BLOCK`]), and the products run as exact integer sums. Everything
-/// else runs [`linear`], so the result is always within the bound below.
+/// fp32 kernels), with an int8 kernel selected ([`Int8Kernel::selected`]: on
+/// a CPU with AVX-512 F, BW and VNNI, or the scalar reference under
+/// `NUQ_ISA=scalar`), and a group size (if any) that is a multiple of 4, the
+/// codebook is rounded to 255 steps of `sl = max|levels| / 127` and each row
+/// of `x` to 255 steps of `sx = max|x| / 127` per block of columns (the group,
+/// else [`INT8_BLOCK`]), and the products run as exact integer sums. Everything
+/// else runs [`linear`] ([`int8_plan`] says which), so the result is always
+/// within the bound below.
 ///
 /// Error against [`linear_reference`], per output `(i, r)`, beyond f32
 /// rounding: at most `Σ_j scale_rj · (sx_ij / 2 · |levels[c_rj]| + (|x_ij| +
@@ -136,12 +138,29 @@ pub fn linear_int8(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
-    match Int8Kernel::vnni() {
-        Some(kernel) if m > SMALL_M && q8::check(w).is_ok() => {
-            linear_int8_with(kernel, x, m, w, bias, y)
-        }
-        _ => linear(x, m, w, bias, y),
+    linear_int8_auto(Int8Kernel::selected(), x, m, w, bias, y)
+}
+
+/// [`linear_int8`] choosing among `kernel` and the fp32 kernels.
+pub(crate) fn linear_int8_auto(
+    kernel: Option<Int8Kernel>,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    match int8_plan(kernel, m, w) {
+        Some(kernel) => linear_int8_with(kernel, x, m, w, bias, y),
+        None => linear(x, m, w, bias, y),
     }
+}
+
+/// The int8 kernel that [`linear_int8`] runs for `m` rows of `x` against `w`
+/// when `kernel` is the selected one, or `None` where it runs the exact fp32
+/// kernels (`m <= 16`, a group size not a multiple of 4, no int8 kernel).
+pub fn int8_plan(kernel: Option<Int8Kernel>, m: usize, w: &PackedWeights) -> Option<Int8Kernel> {
+    kernel.filter(|_| m > SMALL_M && q8::check(w).is_ok())
 }
 
 /// An int8-activation kernel that this CPU can run (see [`linear_int8`]).
@@ -157,6 +176,29 @@ impl Int8Kernel {
     /// The AVX512-VNNI kernel, if this CPU has AVX-512 F, BW and VNNI.
     pub fn vnni() -> Option<Self> {
         q8::Q8::vnni().map(Int8Kernel)
+    }
+
+    /// The kernel of [`linear_int8`]: VNNI when the selected instruction set
+    /// (`crate::pack::Kernel::selected`) is AVX-512 and the CPU has VNNI; the
+    /// scalar reference when `NUQ_ISA=scalar` (or `NUQ_FORCE_SCALAR=1`) asks
+    /// for the references, so that the int8 path runs, and is tested, on any
+    /// CPU; otherwise none (the fp32 kernels are faster than scalar int8).
+    pub fn selected() -> Option<Self> {
+        use crate::pack::Kernel as Isa;
+        match Isa::selected() {
+            Isa::Avx512 => Self::vnni(),
+            Isa::Scalar if Isa::requested() == Ok(Some(Isa::Scalar)) => Some(Self::scalar()),
+            _ => None,
+        }
+    }
+
+    /// `"scalar"` or `"vnni"`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            q8::Q8::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            q8::Q8::Vnni => "vnni",
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! weight matrix is packed row by row, each row starting on a byte boundary.
 //!
 //! `pack`/`unpack` pick the fastest kernel the CPU supports at run time
-//! (`Kernel::selected`; `NUQ_FORCE_SCALAR=1` forces the reference); the
+//! (`Kernel::selected`; `NUQ_ISA=scalar|avx2|avx512` forces one); the
 //! `*_with` variants name the kernel, so tests compare every path.
 
 mod dispatch;
@@ -21,7 +21,7 @@ mod x86_avx2;
 mod x86_avx512;
 
 pub use dispatch::{pack, pack_with, unpack, unpack_with};
-pub use kernel::{available_kernels, Kernel};
+pub use kernel::{available_kernels, Kernel, ISA_VAR};
 
 /// Bytes needed for `n` codes of `bits` bits.
 pub fn packed_len(n: usize, bits: u32) -> usize {

@@ -213,11 +213,11 @@ fn scan_groups(
 fn scan_task(data: &[f32], g: usize, at: RowSample, scale: &mut [f32], hist: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if crate::pack::Kernel::Avx512.is_allowed() {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { scan_task_avx512(data, g, at, scale, hist) };
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::pack::Kernel::Avx2.is_allowed() {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { scan_task_avx2(data, g, at, scale, hist) };
         }

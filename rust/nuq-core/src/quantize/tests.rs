@@ -99,6 +99,9 @@ fn finer_granularity_never_hurts_much_and_groups_cost_only_fp16_scales() {
         .map(|&g| quantize(&x, 64, 256, &config(4, g)).unwrap().mse())
         .collect();
     assert!(errs[1] <= errs[0] * 1.05, "{errs:?}");
+    // Groups of 32, each scaled by its absmax, fit this light-tailed sample
+    // better than one scale: 0.72 of the tensor's error when written.
+    assert!(errs[2] <= errs[0] * 0.85, "{errs:?}");
     let q = quantize(&x, 64, 256, &config(4, Granularity::Group(32))).unwrap();
     // Codes and one f16 scale per group: the codebook is implied, not stored.
     assert_eq!(q.bits_per_weight(), 4.0 + 16.0 / 32.0);

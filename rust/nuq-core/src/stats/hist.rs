@@ -76,11 +76,11 @@ impl Grid {
     pub(crate) fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") {
+            if crate::pack::Kernel::Avx512.is_allowed() {
                 // SAFETY: the CPU supports AVX-512F (checked just above).
                 return unsafe { self.index_block_avx512(vals, out) };
             }
-            if std::is_x86_feature_detected!("avx2") {
+            if crate::pack::Kernel::Avx2.is_allowed() {
                 // SAFETY: the CPU supports AVX2 (checked just above).
                 return unsafe { self.index_block_avx2(vals, out) };
             }
@@ -503,7 +503,7 @@ fn recycle_table(table: Vec<u32>) {
 /// tensor quantized 11% faster at tensor and 15% at channel granularity).
 fn count_range<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::pack::Kernel::Avx2.is_allowed() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { count_range_avx2(src, range, grid, h) };
     }

@@ -101,7 +101,7 @@ impl Side {
 /// operations in the same order either way.
 fn split(x: &[f32], lo: f64, hi: f64, centre: f64) -> Split {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if crate::pack::Kernel::Avx512.is_allowed() {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::split(x, lo, hi, centre) };
     }

@@ -82,7 +82,7 @@ pub(crate) fn lane_min_max(x: &[f32]) -> (f32, f32) {
 /// `Err(first offending index)` if the part holds a NaN or infinity.
 fn part(x: &[f32], start: usize) -> std::result::Result<Part, usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if crate::pack::Kernel::Avx512.is_allowed() {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::part(x, start) };
     }
@@ -126,7 +126,7 @@ fn part_with(
 /// `Σ v` in f64 (the lanes of `lane_sum`; AVX-512 where present).
 pub(crate) fn sum(x: &[f32]) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if crate::pack::Kernel::Avx512.is_allowed() {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::sum(x) };
     }
@@ -141,7 +141,7 @@ pub(crate) fn sum(x: &[f32]) -> f64 {
 /// `Σ (v - center)²` in f64, as `sum`.
 pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if crate::pack::Kernel::Avx512.is_allowed() {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::sq_dev_sum(x, center) };
     }
@@ -156,7 +156,7 @@ pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
 /// `Σ |v - center|` in f64, as `sum`.
 pub(crate) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if crate::pack::Kernel::Avx512.is_allowed() {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::abs_dev_sum(x, center) };
     }

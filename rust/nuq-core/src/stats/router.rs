@@ -273,11 +273,11 @@ pub(crate) fn f32_at_least(v: f64) -> f32 {
 pub(crate) fn in_spans<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if crate::pack::Kernel::Avx512.is_allowed() {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { V::in_spans_avx512(spans, vals) };
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::pack::Kernel::Avx2.is_allowed() {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { in_spans_avx2(spans, vals) };
         }
@@ -318,7 +318,7 @@ fn span_masks(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
         "one mask per chunk"
     );
     #[cfg(target_arch = "x86_64")]
-    if spans.len() <= x86_avx512::REG_SPANS && std::is_x86_feature_detected!("avx512f") {
+    if spans.len() <= x86_avx512::REG_SPANS && crate::pack::Kernel::Avx512.is_allowed() {
         // SAFETY: the CPU supports AVX-512F (checked just above).
         return unsafe { x86_avx512::span_masks_f32(spans, vals, masks) };
     }

@@ -126,11 +126,11 @@ fn middle_bracket<const P: usize>(
 fn count_below<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if crate::pack::Kernel::Avx512.is_allowed() {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { count_below_avx512(x, pivots) };
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::pack::Kernel::Avx2.is_allowed() {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { count_below_avx2(x, pivots) };
         }
@@ -265,7 +265,7 @@ impl Bins {
     /// Adds each value's bucket to `counts`.
     fn count(&self, x: &[f32], counts: &mut [u32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
+        if crate::pack::Kernel::Avx512.is_allowed() {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { self.count_avx512(x, counts) };
         }
