@@ -106,7 +106,7 @@ fn split(x: &[f32], lo: f64, hi: f64, centre: f64) -> Split {
         return unsafe { x86_avx512::split(x, lo, hi, centre) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::pack::Kernel::Avx2.is_allowed() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { split_avx2(x, lo, hi, centre) };
     }

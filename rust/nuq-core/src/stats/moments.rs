@@ -87,7 +87,7 @@ fn part(x: &[f32], start: usize) -> std::result::Result<Part, usize> {
         return unsafe { x86_avx512::part(x, start) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::pack::Kernel::Avx2.is_allowed() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { x86_avx2::part(x, start) };
     }
@@ -131,7 +131,7 @@ pub(crate) fn sum(x: &[f32]) -> f64 {
         return unsafe { x86_avx512::sum(x) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::pack::Kernel::Avx2.is_allowed() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { x86_avx2::sum(x) };
     }
@@ -146,7 +146,7 @@ pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
         return unsafe { x86_avx512::sq_dev_sum(x, center) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::pack::Kernel::Avx2.is_allowed() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { x86_avx2::sq_dev_sum(x, center) };
     }
@@ -161,7 +161,7 @@ pub(crate) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
         return unsafe { x86_avx512::abs_dev_sum(x, center) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::pack::Kernel::Avx2.is_allowed() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { x86_avx2::abs_dev_sum(x, center) };
     }
