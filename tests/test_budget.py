@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 import nuq_rs
 from nuq_rs import _budget
-from nuq_rs._tensor import _quantize_with
 
 _FIELDS = {f.name for f in dataclasses.fields(nuq_rs.QuantConfig)}
 
@@ -35,7 +34,7 @@ def _options(sd, names) -> dict[str, list[_budget.Choice]]:
     for name in names:
         shape = tuple(sd[name].shape)
         configs = _budget.candidate_configs(nuq_rs.QuantConfig(), shape, restrict=False)
-        quantize = lambda n, c: _quantize_with(sd[n], c, n)  # noqa: E731
+        quantize = lambda n, c: nuq_rs.quantize_tensor(sd[n], **dataclasses.asdict(c), name=n)  # noqa: E731
         out[name] = _budget.choices_of(name, configs, quantize, None, None)
     return out
 

@@ -84,7 +84,7 @@ def test_int8_linear_is_within_its_stated_bound(m, quads, n, bits, gran, seed):
 
 def test_activations_option_is_checked_and_shown():
     lin = nn.Linear(32, 8)
-    with pytest.raises(ValueError, match="activations must be one of"):
+    with pytest.raises(ValueError, match="unknown activations 'int4'; expected 'fp32' or 'int8'"):
         qnn.NuqLinear.from_float(lin, activations="int4")
     net = nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Conv2d(1, 2, 3))
     qnet, _ = qnn.quantize_model(net, bits=4, activations="int8")

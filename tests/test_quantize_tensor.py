@@ -191,9 +191,12 @@ def test_non_finite_values_name_tensor_and_index(bad):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"bits": 0}, "bits must be in 1..8"),
-        ({"bits": 9}, "bits must be in 1..8"),
-        ({"granularity": "row"}, "unknown granularity"),
+        ({"bits": 0}, r"bits must be in 1\.\.=8, got 0"),
+        ({"bits": 9}, r"bits must be in 1\.\.=8, got 9"),
+        (
+            {"granularity": "row"},
+            "unknown granularity 'row'; expected 'tensor', 'channel' or 'group'",
+        ),
         ({"group_size": 0}, "group_size must be > 0"),
         ({"group_size": -4}, "group_size must be > 0"),
         ({"codebook": "nf4"}, "unknown codebook"),

@@ -103,12 +103,21 @@ def test_group_size_applies_to_all_and_rows_it_does_not_divide_get_a_short_group
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"overrides": {"nope.weight": 8}}, r"not in the state dict: \['nope.weight'\]"),
+        (
+            {"overrides": {"nope.weight": 8}},
+            r"overrides name no tensor of the state dict: \['nope.weight'\]",
+        ),
         ({"exclude": ["^decoder"]}, r"match no tensor.*\^decoder"),
-        ({"overrides": {"fc.weight": 12}}, r"overrides\['fc.weight'\]: bits must be in 1..8"),
+        (
+            {"overrides": {"fc.weight": 12}},
+            r"overrides\['fc.weight'\]: bits must be in 1\.\.=8, got 12",
+        ),
         ({"overrides": {"fc.weight": {"bitz": 3}}}, r"unknown options \['bitz'\]"),
-        ({"overrides": {"bn.num_batches_tracked": 4}}, "not a floating tensor"),
-        ({"bits": 0}, "bits must be in 1..8"),
+        (
+            {"overrides": {"bn.num_batches_tracked": 4}},
+            r"\['bn.num_batches_tracked'\]: not a floating",
+        ),
+        ({"bits": 0}, r"bits must be in 1\.\.=8, got 0"),
         ({"granularity": "block"}, "unknown granularity"),
     ],
 )
@@ -140,3 +149,57 @@ def test_input_is_not_modified(net):
     nuq_rs.quantize_state_dict(sd, bits=2).dequantize()
     for k, v in net.state_dict().items():
         assert torch.equal(sd[k], v)
+
+
+def test_empty_tensors_are_kept_on_every_path(tmp_path):
+    """One planner, one rule: a tensor without elements is kept by the state-dict
+    path, the command line on files and the module path alike (quantizing it would
+    store a codebook for no weight, and the budget would count that)."""
+    import warnings
+
+    from safetensors.torch import save_file
+
+    import nuq_rs.nn
+    from nuq_rs.__main__ import main
+
+    torch.manual_seed(0)
+    sd = {"empty": torch.zeros(0, 8), "w": torch.randn(16, 64)}
+    for options in ({}, {"overrides": {"empty": 8}}, {"target_bpw": 4.5}):
+        q = nuq_rs.quantize_state_dict(sd, **options)
+        assert q.quantized_names == ["w"]
+        assert q.report()["empty"].bytes_after == 0
+        assert q.report().bits_per_weight <= 8.0
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.nuq.safetensors"
+    save_file(sd, src)
+    assert main(["quantize", str(src), "-o", str(out), "--quiet", "--target-bpw", "4.5"]) == 0
+    assert [t.name for t in nuq_rs.load(out).report() if t.quantized] == ["w"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: zero-element init is a no-op
+        net = torch.nn.Sequential(torch.nn.Linear(0, 4), torch.nn.Linear(4, 4))
+    qnet, report = nuq_rs.nn.quantize_model(net, bias_correction=False)
+    assert [type(m).__name__ for m in qnet] == ["Linear", "NuqLinear"]
+    assert [t.name for t in report] == ["1.weight"]
+
+
+def test_the_three_paths_plan_alike(net, tmp_path):
+    """quantize_state_dict, nuq-rs quantize on a file and nn.quantize_model decide
+    the same options and produce the same codes for the same weights."""
+    from safetensors.torch import save_file
+
+    import nuq_rs.nn
+    from nuq_rs.__main__ import main
+
+    sd = net.state_dict()
+    q = nuq_rs.quantize_state_dict(sd, overrides={"conv.weight": 3})
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.nuq.safetensors"
+    save_file(sd, src)
+    assert main(["quantize", str(src), "-o", str(out), "--quiet", "--bits-for", "conv=3"]) == 0
+    loaded = nuq_rs.load(out)
+    qnet, _ = nuq_rs.nn.quantize_model(net, overrides={"conv": 3}, bias_correction=False)
+    assert q.quantized_names == ["conv.weight", "fc.weight"]
+    for name in q.quantized_names:
+        layer = qnet.get_submodule(name.removesuffix(".weight"))
+        assert loaded[name].config == q[name].config.replace(family=q[name].family)
+        np.testing.assert_array_equal(loaded[name].packed, q[name].packed)
+        np.testing.assert_array_equal(layer.packed.numpy(), q[name].packed)
+        assert layer.bits == q[name].bits and layer.group_size == q[name].config.group_size

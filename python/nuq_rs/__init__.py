@@ -23,9 +23,10 @@ from ._nuq_rs import (
     lloyd_max,
     set_num_threads,
 )
+from ._options import QuantConfig
 from ._report import Report, TensorReport
 from ._state_dict import QuantizedStateDict, quantize_state_dict
-from ._tensor import QuantConfig, QuantizedTensor, quantize_tensor
+from ._tensor import QuantizedTensor, quantize_tensor
 
 
 def dequantize(q: QuantizedTensor):

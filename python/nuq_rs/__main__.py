@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._tensor import CODEBOOKS, GRANULARITIES
+from ._options import CODEBOOKS, GRANULARITIES
 
 
 def _bits_for(values: list[str], names: list[str]) -> dict[str, int]:
@@ -30,7 +30,7 @@ def _bits_for(values: list[str], names: list[str]) -> dict[str, int]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from ._tensor import QuantConfig
+    from ._options import QuantConfig
     from ._writer import check_destination
 
     output = Path(args.output) if args.output else None
@@ -39,30 +39,34 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     base = QuantConfig(args.bits, args.granularity, args.group_size, args.family, args.codebook)
     if args.input is None:
         return _quantize_default(args, base, output)
+    from ._budget import checkpoint_source, with_choices
     from ._checkpoint import Checkpoint
-    from ._stream import plan, quantize_checkpoint
+    from ._plan import CHECKPOINT, plan
+    from ._stream import quantize_checkpoint, specs
 
     source = Path(args.input)
     if output is not None and output.resolve() == source.resolve():
         raise ValueError(f"{output}: is the input; choose another output")
     checkpoint = Checkpoint(source)
-    quantizable = plan(checkpoint.specs, base, {}, args.exclude)
+    tensors = specs(checkpoint)
+    quantizable = plan(tensors, base, exclude=args.exclude, scope=CHECKPOINT).configs
     overrides = _bits_for(args.bits_for, list(quantizable))
-    configs = plan(checkpoint.specs, base, overrides, args.exclude)
-    choices = {}
-    if args.target_bpw is not None:
-        from ._budget import checkpoint_choices
-
-        choices = checkpoint_choices(checkpoint, configs, base, args.target_bpw, set(overrides))
-        configs |= {name: c.config for name, c in choices.items()}
+    decided = plan(
+        tensors,
+        base,
+        overrides,
+        args.exclude,
+        target_bpw=args.target_bpw,
+        source=checkpoint_source(checkpoint),
+        scope=CHECKPOINT,
+    )
     start = time.perf_counter()
     report = quantize_checkpoint(
-        checkpoint, configs, output, overwrite=args.force, progress=not args.quiet
+        checkpoint, decided.configs, output, overwrite=args.force, progress=not args.quiet
     )
     if not args.quiet:
-        from ._budget import with_choices
-
-        _print_summary(with_choices(report, choices), time.perf_counter() - start, output)
+        report = with_choices(report, decided.choices)
+        _print_summary(report, time.perf_counter() - start, output)
     return 0
 
 
@@ -79,7 +83,8 @@ def _quantize_default(args: argparse.Namespace, base: Any, output: Path | None) 
     import nuq_rs
 
     from . import _default_model as default
-    from ._state_dict import _plan
+    from ._plan import plan
+    from ._state_dict import specs
 
     sd = default.load_default_state_dict()
     if not args.quiet:
@@ -92,7 +97,9 @@ def _quantize_default(args: argparse.Namespace, base: Any, output: Path | None) 
         group_size=args.group_size,
         family=args.family,
         codebook=args.codebook,
-        overrides=_bits_for(args.bits_for, list(_plan(sd, base, {}, args.exclude))),
+        overrides=_bits_for(
+            args.bits_for, list(plan(specs(sd), base, exclude=args.exclude).configs)
+        ),
         exclude=args.exclude,
         target_bpw=args.target_bpw,
     )

@@ -58,6 +58,15 @@ def flatten(x: Any) -> Flat:
     raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
+def flatten_stored(array: np.ndarray, dtype: str) -> Flat:
+    """A NumPy array read from a checkpoint file, stored as ``dtype`` (torch's
+    name): bfloat16 arrives as its uint16 bits, float64 is narrowed to float32."""
+    data = array.reshape(-1)
+    if dtype == "float64":
+        data = data.astype(np.float32)
+    return Flat(data, dtype == "bfloat16", tuple(array.shape), dtype, torch=False)
+
+
 def _flatten_numpy(x: np.ndarray) -> Flat:
     if x.dtype.kind != "f":
         raise TypeError(f"only floating arrays can be quantized, got dtype {x.dtype}")

@@ -57,8 +57,10 @@ from typing import Any
 import numpy as np
 
 from . import _arrays
+from ._format import DTYPES
+from ._options import DEFAULT_GROUP_SIZE, QuantConfig
 from ._report import Report
-from ._tensor import DEFAULT_GROUP_SIZE, QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
+from ._tensor import QuantizedTensor, matrix_shape, quantize_with
 
 #: Candidate widths and granularities (``None``: per tensor/channel).
 BITS = tuple(range(2, 9))
@@ -89,21 +91,6 @@ class Choice:
         c = self.config
         layout = f"g{c.group_size}" if c.group_size else c.granularity
         return f"{c.bits}b {layout}"
-
-
-def check_target(target_bpw: Any, bits: int) -> float:
-    """``target_bpw`` as a float, or a clear error."""
-    if isinstance(target_bpw, bool) or not isinstance(target_bpw, int | float | np.floating):
-        raise TypeError(f"target_bpw must be a number, got {type(target_bpw).__name__}")
-    value = float(target_bpw)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"target_bpw must be a finite number > 0, got {target_bpw}")
-    if bits != 4:
-        raise ValueError(
-            f"bits={bits} cannot be combined with target_bpw: the budget chooses each "
-            "tensor's bits; fix a tensor's bits with overrides instead"
-        )
-    return value
 
 
 def restricts(base: QuantConfig) -> bool:
@@ -362,27 +349,77 @@ def plan_to_budget(
     return allocate(options, numel, fixed_cost, target_bpw)
 
 
-def state_dict_choices(
-    state_dict: Mapping[str, Any],
-    plan: Mapping[str, QuantConfig],
-    base: QuantConfig,
-    target_bpw: Any,
-    fixed: set[str],
-) -> dict[str, Choice]:
-    """:func:`plan_to_budget` for an in-memory state dict (torch or NumPy values);
-    ``granularity`` / ``group_size`` other than the defaults restrict the candidates."""
-    target = check_target(target_bpw, base.bits)
-    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
-    return plan_to_budget(
-        shapes,
-        plan,
-        fixed,
-        base,
-        target,
-        restricts(base),
-        lambda name, config: _quantize_with(state_dict[name], config, name),
+@dataclass(frozen=True)
+class Source:
+    """Where the budget reads tensors: ``shapes`` of every tensor in state-dict
+    order (for the BatchNorm pattern), ``quantize(name, config)``, ``load(name)``
+    (float32 NumPy), ``release(name)`` once a tensor is done with, and the
+    ``suffix`` that turns a planned name into a tensor name (``".weight"`` for
+    modules)."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    quantize: Callable[[str, QuantConfig], QuantizedTensor]
+    load: Callable[[str], np.ndarray]
+    release: Callable[[str], None] | None = None
+    suffix: str = ""
+
+
+def state_dict_source(state_dict: Mapping[str, Any]) -> Source:
+    """An in-memory state dict (torch or NumPy values)."""
+    return Source(
+        {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()},
+        lambda name, config: quantize_with(state_dict[name], config, name),
         lambda name: to_float32(state_dict[name]),
     )
+
+
+def model_source(model: Any) -> Source:
+    """The weights of a torch model's modules, read from its state dict (where
+    the BatchNorms are found); planned names are module names."""
+    return replace(state_dict_source(model.state_dict()), suffix=".weight")
+
+
+def checkpoint_source(checkpoint: Any) -> Source:
+    """A checkpoint on disk (``nuq_rs._checkpoint``): one tensor in memory at a
+    time, its pages released once its candidates are done. The streaming path
+    quantizes through it too."""
+    specs = checkpoint.specs
+    return Source(
+        {name: shape for name, (_, shape) in specs.items()},
+        lambda name, config: quantize_with(_stored(checkpoint, name), config, name),
+        lambda name: _widen(checkpoint.array(name), specs[name][0]),
+        checkpoint.release,
+    )
+
+
+def _stored(checkpoint: Any, name: str) -> _arrays.Flat:
+    """A floating tensor of a checkpoint, flat and ready for the core."""
+    code = checkpoint.specs[name][0]
+    return _arrays.flatten_stored(checkpoint.array(name), DTYPES[code][0])
+
+
+def choose(
+    source: Source,
+    plan: Mapping[str, QuantConfig],
+    fixed: set[str],
+    base: QuantConfig,
+    target_bpw: float,
+) -> dict[str, Choice]:
+    """:func:`plan_to_budget` over ``source``, by the planner's names; a
+    granularity other than the default restricts the candidates."""
+    suffix = source.suffix
+    choices = plan_to_budget(
+        source.shapes,
+        {name + suffix: config for name, config in plan.items()},
+        {name + suffix for name in fixed},
+        base,
+        target_bpw,
+        restricts(base),
+        source.quantize,
+        source.load,
+        source.release,
+    )
+    return {name.removesuffix(suffix): c for name, c in choices.items()}
 
 
 def to_float32(x: Any) -> np.ndarray:
@@ -390,48 +427,6 @@ def to_float32(x: Any) -> np.ndarray:
     if _arrays.is_torch_tensor(x):
         return x.detach().float().cpu().numpy()
     return np.asarray(x, dtype=np.float32)
-
-
-def model_choices(
-    model: Any,
-    plan: Mapping[str, QuantConfig],
-    base: QuantConfig,
-    target_bpw: Any,
-    fixed: set[str],
-) -> dict[str, Choice]:
-    """:func:`state_dict_choices` for the layers of ``plan`` (module names) of a
-    torch model, read from its state dict (where BatchNorms are found)."""
-    weights = {f"{name}.weight": config for name, config in plan.items()}
-    choices = state_dict_choices(
-        model.state_dict(), weights, base, target_bpw, {f"{n}.weight" for n in fixed}
-    )
-    return {name.removesuffix(".weight"): c for name, c in choices.items()}
-
-
-def checkpoint_choices(
-    checkpoint: Any,
-    configs: Mapping[str, QuantConfig],
-    base: QuantConfig,
-    target_bpw: Any,
-    fixed: set[str],
-) -> dict[str, Choice]:
-    """:func:`plan_to_budget` for a checkpoint on disk (``nuq_rs._checkpoint``):
-    one tensor in memory at a time, its pages released once its candidates are done."""
-    from ._stream import quantize_array
-
-    target = check_target(target_bpw, base.bits)
-    specs = checkpoint.specs
-    return plan_to_budget(
-        {name: shape for name, (_, shape) in specs.items()},
-        configs,
-        fixed,
-        base,
-        target,
-        restricts(base),
-        lambda name, config: quantize_array(checkpoint.array(name), specs[name][0], config, name),
-        lambda name: _widen(checkpoint.array(name), specs[name][0]),
-        checkpoint.release,
-    )
 
 
 def _widen(array: np.ndarray, code: str) -> np.ndarray:

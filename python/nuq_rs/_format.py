@@ -40,8 +40,9 @@ from typing import Any
 
 import crc32c
 
+from ._options import QuantConfig
 from ._report import TensorReport
-from ._tensor import QuantConfig, matrix_shape
+from ._tensor import matrix_shape
 
 FORMAT_NAME = "nuq-rs"
 FORMAT_VERSION = 4

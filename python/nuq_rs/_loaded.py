@@ -22,9 +22,9 @@ from ._format import (
     FormatError,
 )
 from ._nuq_rs import implied_codebook
-from ._report import Report
-from ._state_dict import _report_of
-from ._tensor import QuantConfig, QuantizedTensor
+from ._options import QuantConfig
+from ._report import Report, report_row
+from ._tensor import QuantizedTensor
 
 _QUANTIZED_FIELDS = {
     "shape": list,
@@ -280,7 +280,7 @@ class LoadedStateDict(Mapping[str, Any]):
         rows = []
         for name, e in self._entries.items():
             if e["kind"] == "quantized":
-                rows.append(_report_of(name, self._quantized(e)))
+                rows.append(report_row(name, self._quantized(e)))
             else:
                 rows.append(_format.kept_report(name, self._file.slots[name]))
         return Report(tuple(rows))

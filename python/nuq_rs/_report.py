@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
+
+from . import _arrays
+from ._tensor import QuantizedTensor
+
+if TYPE_CHECKING:
+    from ._budget import Choice
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,35 @@ class TensorReport:
     def bits_per_weight(self) -> float:
         """Stored bits per element, metadata included."""
         return 8 * self.bytes_after / self.numel if self.numel else 0.0
+
+
+def report_row(name: str, value: Any, choice: Choice | None = None) -> TensorReport:
+    """The row of ``value``: a :class:`QuantizedTensor` (with the budget's
+    ``choice`` if any) or a tensor kept as it is."""
+    if isinstance(value, QuantizedTensor):
+        budget = {} if choice is None else {"choice": choice.label, "proxy": choice.proxy}
+        return TensorReport(
+            name,
+            value.shape,
+            value.dtype,
+            value.bits,
+            value.config.granularity,
+            value.family,
+            value.d_gaussian,
+            value.d_laplace,
+            value.fit_loc,
+            value.fit_scale,
+            value.clip,
+            value.mse,
+            value.sqnr_db,
+            value.bytes_before,
+            value.storage_bytes,
+            **budget,
+        )
+    size = _arrays.nbytes(value)
+    shape = tuple(getattr(value, "shape", ()))
+    dtype = str(getattr(value, "dtype", type(value).__name__)).removeprefix("torch.")
+    return TensorReport(name, shape, dtype, *([None] * 10), size, size)
 
 
 _COLUMNS = (

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import _arrays
-from ._budget import Choice, state_dict_choices
+from ._budget import Choice, state_dict_source
+from ._options import QuantConfig
 from ._overlap import run_in_order
-from ._report import Report, TensorReport
-from ._tensor import QuantConfig, QuantizedTensor, _quantize_with
-
-Override = int | Mapping[str, Any]
+from ._plan import Override, Spec, plan
+from ._report import Report, report_row
+from ._tensor import QuantizedTensor, quantize_with
 
 
 class QuantizedStateDict(Mapping[str, Any]):
@@ -53,7 +52,7 @@ class QuantizedStateDict(Mapping[str, Any]):
     def report(self) -> Report:
         """Per-tensor statistics and totals; ``print()`` it for a table."""
         return Report(
-            tuple(_report_of(k, v, self._choices.get(k)) for k, v in self._entries.items())
+            tuple(report_row(k, v, self._choices.get(k)) for k, v in self._entries.items())
         )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -87,33 +86,6 @@ class QuantizedStateDict(Mapping[str, Any]):
             for name, data in kept.items():
                 writer.write_kept(name, data)
             writer.commit()
-
-
-def _report_of(name: str, v: Any, choice: Choice | None = None) -> TensorReport:
-    if isinstance(v, QuantizedTensor):
-        budget = {} if choice is None else {"choice": choice.label, "proxy": choice.proxy}
-        return TensorReport(
-            name,
-            v.shape,
-            v.dtype,
-            v.bits,
-            v.config.granularity,
-            v.family,
-            v.d_gaussian,
-            v.d_laplace,
-            v.fit_loc,
-            v.fit_scale,
-            v.clip,
-            v.mse,
-            v.sqnr_db,
-            v.bytes_before,
-            v.storage_bytes,
-            **budget,
-        )
-    size = _arrays.nbytes(v)
-    shape = tuple(getattr(v, "shape", ()))
-    dtype = str(getattr(v, "dtype", type(v).__name__)).removeprefix("torch.")
-    return TensorReport(name, shape, dtype, *([None] * 10), size, size)
 
 
 def quantize_state_dict(
@@ -170,18 +142,21 @@ def quantize_state_dict(
     True
     """
     base = QuantConfig(bits, granularity, group_size, family, codebook)
-    plan = _plan(state_dict, base, overrides or {}, exclude or ())
-    choices = {}
-    if target_bpw is not None:
-        choices = state_dict_choices(state_dict, plan, base, target_bpw, set(overrides or {}))
-        plan |= {name: c.config for name, c in choices.items()}
+    decided = plan(
+        specs(state_dict),
+        base,
+        overrides,
+        exclude,
+        target_bpw=target_bpw,
+        source=state_dict_source(state_dict),
+    )
     quantized = run_in_order(
-        [(name, (state_dict[name], config)) for name, config in plan.items()],
-        lambda name, job: _quantize_with(job[0], job[1], name),
+        [(name, (state_dict[name], config)) for name, config in decided.configs.items()],
+        lambda name, job: quantize_with(job[0], job[1], name),
         lambda job: 4 * math.prod(job[0].shape),
     )
     entries = {k: quantized.get(k, v) for k, v in state_dict.items()}
-    result = QuantizedStateDict(entries, choices)
+    result = QuantizedStateDict(entries, decided.choices)
     if model is not None:
         result.bias_correction = _correct_biases(model, entries)
     return result
@@ -208,45 +183,9 @@ def _correct_biases(model: Any, entries: dict[str, Any]) -> Any:
     return correction
 
 
-def _plan(
-    state_dict: Mapping[str, Any],
-    base: QuantConfig,
-    overrides: Mapping[str, Override],
-    exclude: list[str] | tuple[str, ...],
-) -> dict[str, QuantConfig]:
-    """The config of every tensor to quantize, all checked up front."""
-    unknown = [k for k in overrides if k not in state_dict]
-    if unknown:
-        raise ValueError(f"overrides name tensors not in the state dict: {unknown}")
-    patterns = [re.compile(p) for p in exclude]
-    unmatched = [p.pattern for p in patterns if not any(p.search(k) for k in state_dict)]
-    if unmatched:
-        raise ValueError(f"exclude patterns match no tensor of the state dict: {unmatched}")
-    plan = {}
-    for name, tensor in state_dict.items():
-        if name in overrides:
-            config = _override(base, name, overrides[name])
-            if not _arrays.is_floating(tensor):
-                raise ValueError(f"overrides: tensor {name!r} is not a floating tensor")
-        elif _eligible(tensor) and not any(p.search(name) for p in patterns):
-            config = base
-        else:
-            continue
-        plan[name] = config
-    return plan
-
-
-def _eligible(tensor: Any) -> bool:
-    return _arrays.is_floating(tensor) and len(tensor.shape) >= 2
-
-
-def _override(base: QuantConfig, name: str, value: Override) -> QuantConfig:
-    try:
-        if isinstance(value, Mapping):
-            extra = set(value) - {"bits", "granularity", "group_size", "family", "codebook"}
-            if extra:
-                raise ValueError(f"unknown options {sorted(extra)}")
-            return base.replace(**value)
-        return base.replace(bits=value)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"overrides[{name!r}]: {e}") from None
+def specs(state_dict: Mapping[str, Any]) -> dict[str, Spec]:
+    """What the planner needs of every tensor of ``state_dict``."""
+    return {
+        k: Spec(tuple(getattr(v, "shape", ())), _arrays.is_floating(v))
+        for k, v in state_dict.items()
+    }

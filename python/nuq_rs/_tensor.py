@@ -12,70 +12,7 @@ from . import _arrays
 from ._nuq_rs import QuantizationError
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import quantize as _quantize
-
-GRANULARITIES = ("tensor", "channel", "group")
-FAMILIES = ("auto", "gaussian", "laplace")
-CODEBOOKS = ("fitted", "lloyd-max")
-#: The group size of ``granularity="group"`` when none is given.
-DEFAULT_GROUP_SIZE = 64
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """How one tensor is quantized; checked when made.
-
-    ``group_size`` implies ``granularity="group"``; ``granularity="group"``
-    without one takes groups of ``DEFAULT_GROUP_SIZE`` (64). ``codebook="fitted"``
-    fits the codebook to the tensor's own weights with every span's extremes
-    kept exact; ``"lloyd-max"`` is the paper's Lloyd–Max quantizer of the
-    fitted density (for groups, the family's implied codebook).
-    """
-
-    bits: int = 4
-    granularity: str = "group"
-    group_size: int | None = None
-    family: str = "auto"
-    codebook: str = "fitted"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int | np.integer):
-            raise TypeError(f"bits must be an int, got {type(self.bits).__name__}")
-        if not 1 <= self.bits <= 8:
-            raise ValueError(f"bits must be in 1..8, got {self.bits}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(
-                f"unknown granularity {self.granularity!r}; expected one of {GRANULARITIES}"
-            )
-        if self.group_size is not None:
-            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
-                raise TypeError(f"group_size must be an int, got {type(self.group_size).__name__}")
-            if self.group_size <= 0:
-                raise ValueError(f"group_size must be > 0, got {self.group_size}")
-            if self.granularity == "channel":
-                raise ValueError("group_size cannot be combined with granularity='channel'")
-            object.__setattr__(self, "granularity", "group")
-        elif self.granularity == "group":
-            object.__setattr__(self, "group_size", DEFAULT_GROUP_SIZE)
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
-        if self.codebook not in CODEBOOKS:
-            raise ValueError(f"unknown codebook {self.codebook!r}; expected one of {CODEBOOKS}")
-
-    def replace(self, **changes: Any) -> QuantConfig:
-        """A copy with some fields changed (``group_size`` resets the granularity)."""
-        fields = {
-            "bits": self.bits,
-            "granularity": self.granularity,
-            "group_size": self.group_size,
-            "family": self.family,
-            "codebook": self.codebook,
-        }
-        if "group_size" in changes and "granularity" not in changes:
-            fields["granularity"] = "tensor" if changes["group_size"] is None else "group"
-        if changes.get("granularity") in ("tensor", "channel") and "group_size" not in changes:
-            fields["group_size"] = None
-        fields.update(changes)
-        return QuantConfig(**fields)
+from ._options import QuantConfig
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -181,7 +118,7 @@ def quantize_tensor(
     ``group_size`` consecutive weights of a row, 64 unless given; a row that it
     does not divide ends in a shorter group), ``"channel"`` (a scale per row)
     or ``"tensor"``; ``codebook`` is ``"fitted"`` or the paper's
-    ``"lloyd-max"`` (see :class:`QuantConfig`). ``name`` only labels error
+    ``"lloyd-max"`` (see :class:`nuq_rs.QuantConfig`). ``name`` only labels error
     messages.
 
     >>> import numpy as np, nuq_rs
@@ -193,13 +130,16 @@ def quantize_tensor(
     (64, 128)
     """
     config = QuantConfig(bits, granularity, group_size, family, codebook)
-    return _quantize_with(x, config, name)
+    return quantize_with(x, config, name)
 
 
-def _quantize_with(x: Any, config: QuantConfig, name: str | None) -> QuantizedTensor:
+def quantize_with(x: Any, config: QuantConfig, name: str | None = None) -> QuantizedTensor:
+    """The one call into the core's quantizer: ``x`` (a torch tensor, a NumPy
+    array, or an :class:`nuq_rs._arrays.Flat` read from a file) with ``config``
+    (checked already); errors name the tensor ``name``."""
     label = f"tensor {name!r}" if name else "tensor"
     try:
-        flat = _arrays.flatten(x)
+        flat = x if isinstance(x, _arrays.Flat) else _arrays.flatten(x)
     except TypeError as e:
         raise TypeError(f"{label}: {e}") from None
     rows, cols = matrix_shape(flat.shape)

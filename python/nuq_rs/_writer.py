@@ -20,7 +20,8 @@ import numpy as np
 
 from . import _arrays, _format
 from ._format import CODES, Slot
-from ._tensor import QuantConfig, QuantizedTensor
+from ._options import QuantConfig
+from ._tensor import QuantizedTensor
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ Convolutions always run in fp32.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,23 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._budget import model_choices
+from ._budget import model_source
 from ._nuq_rs import conv2d as _conv2d
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
-from ._report import Report
-from ._state_dict import _override, _report_of
-from ._tensor import QuantConfig, QuantizedTensor, _quantize_with, matrix_shape
+from ._options import QuantConfig, check_activations
+from ._plan import MODEL, Spec, plan
+from ._report import Report, report_row
+from ._tensor import QuantizedTensor, matrix_shape, quantize_with
 
 __all__ = ["NuqConv2d", "NuqLinear", "quantize_model"]
-
-ACTIVATIONS = ("fp32", "int8")
-
-
-def _check_activations(activations: str) -> str:
-    if activations not in ACTIVATIONS:
-        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
-    return activations
 
 
 class _Packed(nn.Module):
@@ -131,7 +123,7 @@ class NuqLinear(_Packed):
         self, q: QuantizedTensor, bias: torch.Tensor | None, activations: str = "fp32"
     ) -> None:
         super().__init__()
-        self.activations = _check_activations(activations)
+        self.activations = check_activations(activations)
         self.out_features, self.in_features = matrix_shape(q.shape)
         self.scale_rows = self.out_features
         self._store(q)
@@ -142,8 +134,8 @@ class NuqLinear(_Packed):
         cls, module: nn.Linear, bits: int = 4, *, activations: str = "fp32", **options: Any
     ) -> NuqLinear:
         """Quantize ``module``'s weight (``granularity``, ``group_size``, ``family``)."""
-        _check_activations(activations)
-        q = _quantize_with(module.weight, QuantConfig(bits, **options), "weight")
+        check_activations(activations)
+        q = quantize_with(module.weight, QuantConfig(bits, **options), "weight")
         return cls(q, module.bias, activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +146,7 @@ class NuqLinear(_Packed):
             )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        int8 = _check_activations(self.activations) == "int8"
+        int8 = check_activations(self.activations) == "int8"
         y = self._matmul(x2, slice(0, self.out_features), self.in_features, self.bias, int8)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
@@ -190,7 +182,7 @@ class NuqConv2d(_Packed):
     @classmethod
     def from_float(cls, module: nn.Conv2d, bits: int = 4, **options: Any) -> NuqConv2d:
         """Quantize ``module``'s weight (``granularity``, ``group_size``, ``family``)."""
-        q = _quantize_with(module.weight, QuantConfig(bits, **options), "weight")
+        q = quantize_with(module.weight, QuantConfig(bits, **options), "weight")
         return cls(q, module.bias, module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,17 +275,25 @@ def quantize_model(
     >>> [type(m).__name__ for m in qnet]
     ['NuqLinear', 'ReLU', 'Linear']
     """
-    _check_activations(activations)
+    check_activations(activations)
     base = QuantConfig(bits, granularity, group_size, family, codebook)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
-    plan = _plan_layers(layers, base, overrides or {}, exclude or ())
-    choices = {}
-    if target_bpw is not None:
-        choices = model_choices(model, plan, base, target_bpw, set(overrides or {}))
-        plan |= {name: c.config for name, c in choices.items()}
+    layers = {
+        name: Spec(tuple(m.weight.shape), m.weight.is_floating_point())
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+    }
+    decided = plan(
+        layers,
+        base,
+        overrides,
+        exclude,
+        target_bpw=target_bpw,
+        source=model_source(model),
+        scope=MODEL,
+    )
     quantized = {
-        name: _quantize_with(model.get_submodule(name).weight, config, f"{name}.weight")
-        for name, config in plan.items()
+        name: quantize_with(model.get_submodule(name).weight, config, f"{name}.weight")
+        for name, config in decided.configs.items()
     }
     correction = None
     if bias_correction:
@@ -311,7 +311,7 @@ def quantize_model(
             else NuqConv2d(q, layer.bias, layer)
         )
         _set_submodule(target, name, new)
-        reports.append(_report_of(f"{name}.weight", q, choices.get(name)))
+        reports.append(report_row(f"{name}.weight", q, decided.choices.get(name)))
     if correction is not None:
         with torch.no_grad():
             for key, value in correction.updates.items():
@@ -319,31 +319,6 @@ def quantize_model(
                 getattr(target.get_submodule(owner), attr).copy_(value)
         target.nuq_bias_correction = correction
     return target, Report(tuple(reports))
-
-
-def _plan_layers(
-    layers: dict[str, nn.Module],
-    base: QuantConfig,
-    overrides: Mapping[str, Any],
-    exclude: list[str] | tuple[str, ...],
-) -> dict[str, QuantConfig]:
-    unknown = [k for k in overrides if k not in layers]
-    if unknown:
-        raise ValueError(f"overrides name no Linear/Conv2d module of the model: {unknown}")
-    patterns = [re.compile(p) for p in exclude]
-    unmatched = [p.pattern for p in patterns if not any(p.search(n) for n in layers)]
-    if unmatched:
-        raise ValueError(f"exclude patterns match no Linear/Conv2d module: {unmatched}")
-    plan = {}
-    for name in layers:
-        if name in overrides:
-            config = _override(base, name, overrides[name])
-        elif any(p.search(name) for p in patterns):
-            continue
-        else:
-            config = base
-        plan[name] = config
-    return plan
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
