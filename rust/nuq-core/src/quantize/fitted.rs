@@ -362,13 +362,20 @@ fn fit_codebook(binned: &Binned, judge: &Binned, bits: u32) -> Vec<f64> {
     let uniform: Vec<f64> = (0..n)
         .map(|k| -1.0 + 2.0 * k as f64 / (n - 1) as f64)
         .collect();
+    // Each weighting with the cube roots of its weights (for the companding
+    // init). The Lagrangian ones differ from the plain weights only where
+    // the largest 1% lie, so the plain roots are taken once and only those
+    // bins' roots are taken again.
+    let roots: Vec<f64> = weights.iter().map(|w| w.cbrt()).collect();
     let lagrangian = TOP_WEIGHT.iter().map(|&mu| {
-        let w: Vec<f64> = weights
-            .iter()
-            .zip(&binned.top_on_all)
-            .map(|(w, t)| w + mu * t)
-            .collect();
-        w
+        let (mut w, mut r) = (weights.clone(), roots.clone());
+        for ((w, r), &t) in w.iter_mut().zip(&mut r).zip(&binned.top_on_all) {
+            if t > 0.0 {
+                *w += mu * t;
+                *r = w.cbrt();
+            }
+        }
+        (w, r)
     });
     let emphasis = EMPHASIS.iter().map(|&lambda| {
         let w: Vec<f64> = points
@@ -376,13 +383,14 @@ fn fit_codebook(binned: &Binned, judge: &Binned, bits: u32) -> Vec<f64> {
             .zip(weights)
             .map(|(u, w)| w * (1.0 + lambda * u * u))
             .collect();
-        w
+        let r = w.iter().map(|w| w.cbrt()).collect();
+        (w, r)
     });
-    let weightings: Vec<Vec<f64>> = lagrangian.chain(emphasis).collect();
+    let weightings: Vec<(Vec<f64>, Vec<f64>)> = lagrangian.chain(emphasis).collect();
     let fits: Vec<(f64, f64, Vec<f64>)> = weightings
         .par_iter()
-        .map(|weighted| {
-            let init = companding(points, weighted, &uniform);
+        .map(|(weighted, roots)| {
+            let init = companding(points, roots, &uniform);
             let levels = lloyd_pinned(points, weighted, &init, SWEEPS);
             (
                 error(&levels, &judge.all),
@@ -436,15 +444,15 @@ fn rtn_plus_one(points: &[f64], weights: &[f64], n: usize) -> Vec<f64> {
     levels
 }
 
-/// Levels at equal steps of the cumulative cube root of the weights (the
-/// high-resolution optimum), ends at ±1, blended with a thousandth of
+/// Levels at equal steps of the cumulative cube roots of the weights,
+/// `roots` (the high-resolution optimum), ends at ±1, blended with a thousandth of
 /// `uniform` so that they ascend strictly.
-fn companding(points: &[f64], weights: &[f64], uniform: &[f64]) -> Vec<f64> {
+fn companding(points: &[f64], roots: &[f64], uniform: &[f64]) -> Vec<f64> {
     let n = uniform.len();
     let mut cumulative = Vec::with_capacity(points.len());
     let mut total = 0.0;
-    for w in weights {
-        total += w.cbrt();
+    for r in roots {
+        total += r;
         cumulative.push(total);
     }
     let mut levels = Vec::with_capacity(n);
