@@ -98,6 +98,8 @@ def _expected_slots(path: Path, name: str, e: Any) -> dict[str, _format.Slot | N
         config = _config(e)
         if not all(isinstance(d, int) and d >= 0 for d in e["shape"]):
             raise ValueError(f"bad shape {e['shape']}")
+        if not (e["sse"] >= 0 and e["energy"] >= 0):
+            raise ValueError(f"negative or NaN sse {e['sse']!r} or energy {e['energy']!r}")
         if e["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"bad dtype {e['dtype']!r}")
         codebook = e.get("codebook", "stored")  # version 1 stored every codebook
