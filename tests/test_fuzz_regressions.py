@@ -98,3 +98,23 @@ def test_sqnr_of_an_infinite_error_is_minus_infinity(tmp_path):
     loaded = nuq_rs.load(bad)
     assert loaded["conv.weight"].sqnr_db == -math.inf
     assert "conv.weight" in str(loaded.report())
+
+
+def test_decoders_refuse_sizes_that_overflow_or_cannot_be_allocated():
+    """fuzz_decode: ``dequantize`` with 2^62 columns and no packed bytes passed
+    the length checks (``cols * bits`` wrapped to 0) and panicked on a capacity
+    overflow; ``linear`` with ``cols = 0`` and 2^60 rows aborted the process
+    allocating the output. Now: a QuantizationError, and a MemoryError."""
+    import numpy as np
+    import pytest
+
+    import nuq_rs
+    from nuq_rs import _nuq_rs
+
+    levels, none, one = np.zeros(16, np.float32), np.zeros(0, np.float32), np.ones(1, np.float32)
+    empty = np.zeros(0, np.uint8)
+    with pytest.raises(nuq_rs.QuantizationError, match="packed"):
+        _nuq_rs.dequantize(empty, levels, none, one, 1, 2**62, 4)
+    x = np.zeros((1, 0), np.float32)
+    with pytest.raises(MemoryError):
+        _nuq_rs.linear(x, empty, levels, none, one, 2**60, 0, 4)
