@@ -118,3 +118,56 @@ def test_decoders_refuse_sizes_that_overflow_or_cannot_be_allocated():
     x = np.zeros((1, 0), np.float32)
     with pytest.raises(MemoryError):
         _nuq_rs.linear(x, empty, levels, none, one, 2**60, 0, 4)
+
+
+def test_channel_fit_of_weights_near_float32_max_does_not_panic():
+    """fuzz_quantize: per-channel Lloyd–Max on a row of weights near float32's
+    maximum panicked in the row median (PanicException: partition_at_index)."""
+    import numpy as np
+
+    import nuq_rs
+
+    row = np.array(
+        [
+            -8.573521e37,
+            -2.176611e37,
+            5.183989e37,
+            -5.615988e37,
+            -7.709522e37,
+            1.109905e38,
+            -7.343985e37,
+            9.238135e37,
+            6.180910e37,
+            7.343985e37,
+            5.881834e37,
+            4.552606e37,
+            8.307675e37,
+            -5.881834e37,
+            8.573521e37,
+            1.335874e38,
+            9.105212e37,
+            -6.878755e37,
+            4.286760e37,
+            6.563063e36,
+            -1.083321e38,
+            -7.277523e37,
+            7.875676e37,
+            4.818451e37,
+            1.561843e38,
+            -1.209597e38,
+            -1.136490e38,
+            -1.010213e38,
+            6.313833e37,
+            1.309290e38,
+            5.682450e37,
+            4.652298e37,
+        ],
+        np.float32,
+    )
+    x = np.stack([row, -row, row[::-1]])
+    try:
+        q = nuq_rs.quantize_tensor(x, bits=1, granularity="channel", codebook="lloyd-max")
+    except nuq_rs.QuantizationError as e:  # the documented overflow refusal is fine
+        assert "overflow float32" in str(e)
+    else:
+        assert np.isfinite(q.dequantize()).all()
