@@ -45,19 +45,38 @@ def test_gil_is_released_while_quantizing():
 
 
 def test_two_threads_quantize_concurrently():
+    """The second call starts while the first is inside Rust, and both give the
+    serial result. With the GIL held through the call the second thread could not
+    even read the clock until the first call had returned."""
+    import time
+
+    serial = nuq_rs.quantize_tensor(BIG, bits=3)
+    t0 = time.perf_counter()
+    nuq_rs.quantize_tensor(BIG, bits=3)
+    alone = time.perf_counter() - t0
     results: dict[int, bytes] = {}
-    barrier = threading.Barrier(2)
+    spans: dict[int, tuple[float, float]] = {}
+    first_started = threading.Event()
 
     def work(i: int) -> None:
-        barrier.wait()
+        if i == 1:
+            first_started.wait()
+            # Wake well inside the first call (it lasts `alone` or more).
+            time.sleep(alone / 4)
+        start = time.perf_counter()
+        if i == 0:
+            first_started.set()
         results[i] = nuq_rs.quantize_tensor(BIG, bits=3).packed.tobytes()
+        spans[i] = (start, time.perf_counter())
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results[0] == results[1]
+    assert results[0] == results[1] == serial.packed.tobytes()
+    (start0, end0), (start1, _) = spans[0], spans[1]
+    assert start0 < start1 < end0, f"calls did not overlap: {spans} (one call: {alone:.3f} s)"
 
 
 SCRIPT = """

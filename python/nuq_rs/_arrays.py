@@ -91,8 +91,17 @@ def _flatten_torch(x: Any) -> Flat:
     return Flat(t.contiguous().numpy().reshape(-1), False, tuple(x.shape), dtype, torch=True)
 
 
+#: Largest finite value of the narrow dtypes. A weight at the top of the range
+#: decodes through an f16 scale rounded up (``f16(absmax / q) * q > absmax``)
+#: and would round to infinity: it is clipped to the dtype's maximum instead.
+_FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+
+
 def restore(values: np.ndarray, shape: tuple[int, ...], dtype: str, as_torch: bool) -> Any:
     """float32 values back in the original shape, dtype and kind (torch or NumPy)."""
+    limit = _FINITE_MAX.get(dtype)
+    if limit is not None:
+        values = np.clip(values, -limit, limit)
     values = values.reshape(shape)
     if as_torch:
         import torch  # asked for torch tensors (a loaded file): import it if not yet

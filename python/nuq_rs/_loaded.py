@@ -152,6 +152,8 @@ def _expected_slots(path: Path, name: str, e: Any) -> dict[str, _format.Slot | N
             raise ValueError(bad)
         if config.group_size is not None and config.group_size > _format.MAX_SIZE:
             raise ValueError(f"group_size {config.group_size} overflows int64")
+        if not (e["sse"] >= 0 and e["energy"] >= 0):
+            raise ValueError(f"negative or NaN sse {e['sse']!r} or energy {e['energy']!r}")
         if e["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"bad dtype {e['dtype']!r}")
         codebook = e.get("codebook", "stored")  # version 1 stored every codebook

@@ -71,7 +71,10 @@ class QuantizedTensor:
     @property
     def sqnr_db(self) -> float:
         """Signal-to-quantization-noise ratio in dB (``inf`` when exact)."""
-        return math.inf if self.sse == 0 else 10 * math.log10(self.energy / self.sse)
+        if self.sse == 0:
+            return math.inf
+        ratio = self.energy / self.sse  # 0 when the error overflowed to inf
+        return 10 * math.log10(ratio) if ratio > 0 else -math.inf
 
     @property
     def bits_per_weight(self) -> float:

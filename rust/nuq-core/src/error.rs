@@ -9,6 +9,10 @@ pub enum NuqError {
     /// A value is NaN or infinite; `index` is its flat position.
     #[error("non-finite value {value} at flat index {index}")]
     NonFinite { index: usize, value: f32 },
+    /// The weights are finite but so large that their decoded values, or their
+    /// errors, overflow f32 (magnitudes near `f32::MAX`).
+    #[error("weights of magnitude up to {max_abs:e} overflow float32 once decoded")]
+    Overflow { max_abs: f32 },
     /// The bit width is outside 1..=8.
     #[error("bits must be in 1..=8, got {0}")]
     InvalidBits(u32),

@@ -47,10 +47,16 @@ impl<'a> PackedWeights<'a> {
             return Err(NuqError::InvalidBits(self.bits));
         }
         check_len("levels", Some(1usize << self.bits), self.levels.len())?;
-        let row_bytes = packed_len(self.cols, self.bits);
+        // Checked: absurd `rows`/`cols` from a caller must not wrap around to
+        // a length that a short buffer matches. (`rows * cols` cannot overflow
+        // then: it is at most 8 bytes per packed byte, or 0.)
+        let row_bytes = self
+            .cols
+            .checked_mul(self.bits as usize)
+            .map(|b| b.div_ceil(8));
         check_len(
             "packed",
-            self.rows.checked_mul(row_bytes),
+            row_bytes.and_then(|b| self.rows.checked_mul(b)),
             self.packed.len(),
         )?;
         if ![0, 1, self.rows].contains(&self.loc.len()) {
@@ -243,6 +249,19 @@ mod tests {
         };
         assert!(matches!(
             short_packed.validate(),
+            Err(NuqError::LengthMismatch { what: "packed", .. })
+        ));
+        // Found by fuzz/fuzz_decode.py: `cols * bits` wrapped around to a
+        // packed length of 0, so an empty buffer passed for 2^62 columns.
+        let wrapping = PackedWeights {
+            rows: 1,
+            cols: 1 << 62,
+            packed: &[],
+            scale: &s[..1],
+            ..w
+        };
+        assert!(matches!(
+            wrapping.validate(),
             Err(NuqError::LengthMismatch { what: "packed", .. })
         ));
         let short_levels = PackedWeights {

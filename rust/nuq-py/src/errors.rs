@@ -37,7 +37,8 @@ impl From<CoreError> for PyErr {
             | NuqError::LengthMismatch { .. }
             | NuqError::InvalidConv(_)
             | NuqError::Int8GroupSize(_)
-            | NuqError::CodeOutOfRange { .. } => QuantizationError::new_err(msg),
+            | NuqError::CodeOutOfRange { .. }
+            | NuqError::Overflow { .. } => QuantizationError::new_err(msg),
         }
     }
 }

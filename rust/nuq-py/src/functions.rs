@@ -5,7 +5,7 @@ use numpy::{
     PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use nuq_core::{CodebookChoice, Config, Family, FamilyChoice, Granularity, PackedWeights};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -117,6 +117,28 @@ fn packed_view<'a>(
     })
 }
 
+/// `n` zeroed floats for an output whose size comes from the caller's shapes
+/// (which may be absurd: `rows = 2^60` with `cols = 0` needs no packed data):
+/// `MemoryError` rather than an abort when they cannot be allocated.
+fn zeros(n: Option<usize>) -> PyResult<Vec<f32>> {
+    let too_big = || PyMemoryError::new_err(format!("cannot allocate an output of {n:?} floats"));
+    let layout = n
+        .and_then(|n| std::alloc::Layout::array::<f32>(n).ok())
+        .ok_or_else(too_big)?;
+    let n = n.unwrap_or_default();
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if ptr.is_null() {
+        return Err(too_big());
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `n`
+    // f32s, all initialised (zero bits are 0.0); the Vec frees it with the same.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
 /// `y = x · Wᵀ (+ bias)` for a float32 `[m, cols]` matrix `x`, straight from
 /// the packed codes of the `rows x cols` matrix W (the LUT matmul). With
 /// `int8_activations`, `nuq_core::lut::linear_int8` (an approximation with a
@@ -153,12 +175,9 @@ fn linear<'py>(
     }
     let xs = x.as_slice()?;
     let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
-    let y = py
-        .detach(|| {
-            view.validate()?;
-            let mut y = vec![0f32; m * rows];
-            pool::run(|| matmul(xs, m, &view, bias, &mut y)).map(|()| y)
-        })
+    view.validate().map_err(CoreError)?;
+    let mut y = zeros(m.checked_mul(rows))?;
+    py.detach(|| pool::run(|| matmul(xs, m, &view, bias, &mut y)))
         .map_err(CoreError)?;
     PyArray1::from_vec(py, y).reshape([m, rows])
 }
@@ -203,12 +222,12 @@ fn conv2d<'py>(
     };
     let xs = x.as_slice()?;
     let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
-    let (y, [oh, ow]) = py
-        .detach(|| {
-            let out = shape.output_size()?;
-            let mut y = vec![0f32; batch * rows * out[0] * out[1]];
-            pool::run(|| nuq_core::lut::conv2d(&shape, xs, &view, bias, &mut y)).map(|()| (y, out))
-        })
+    let [oh, ow] = shape.output_size().map_err(CoreError)?;
+    let n = [rows, oh, ow]
+        .iter()
+        .try_fold(batch, |a, &b| a.checked_mul(b));
+    let mut y = zeros(n)?;
+    py.detach(|| pool::run(|| nuq_core::lut::conv2d(&shape, xs, &view, bias, &mut y)))
         .map_err(CoreError)?;
     PyArray1::from_vec(py, y).reshape([batch, rows, oh, ow])
 }
@@ -230,12 +249,9 @@ fn dequantize<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let arrays = [&levels, &loc, &scale];
     let view = packed_view(&packed, arrays, [rows, cols], bits, group_size)?;
-    let out = py
-        .detach(|| {
-            view.validate()?;
-            let mut out = vec![0f32; rows * cols];
-            pool::run(|| nuq_core::dequantize(&view, &mut out)).map(|()| out)
-        })
+    view.validate().map_err(CoreError)?;
+    let mut out = zeros(rows.checked_mul(cols))?;
+    py.detach(|| pool::run(|| nuq_core::dequantize(&view, &mut out)))
         .map_err(CoreError)?;
     Ok(out.into_pyarray(py))
 }

@@ -3,7 +3,7 @@
 
 use super::rows::{encode_rows, Codebook};
 use super::{energy_of, Config, FamilyChoice, Granularity, Quantized};
-use crate::error::Result;
+use crate::error::{NuqError, Result};
 use crate::family::Family;
 use crate::solve::lloyd_max;
 use crate::stats::{fit_rows, fit_tensor};
@@ -39,6 +39,7 @@ pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Res
     let (loc, scale) = (&fitted.loc, &fitted.scale);
     let pick = |r: usize| if loc.len() == 1 { 0 } else { r };
     let enc = encode_rows(x, rows, cols, &book, |r, _| (loc[pick(r)], scale[pick(r)]));
+    check_decodable(x, &levels, loc, scale, enc.sse)?;
     Ok(Quantized {
         rows,
         cols,
@@ -58,6 +59,23 @@ pub(super) fn quantize(x: &[f32], rows: usize, cols: usize, cfg: &Config) -> Res
         implied_codebook: false,
         f16_scales: false,
     })
+}
+
+/// Fails when a decoded weight (`loc + scale · level`, f32) or the error sum
+/// is not finite: the fit of weights near `f32::MAX` can put outer levels, or
+/// the distance from a weight to its level, beyond the f32 range. Fitted and
+/// group codebooks cannot (their f16 scales saturate).
+fn check_decodable(x: &[f32], levels: &[f32], loc: &[f32], scale: &[f32], sse: f64) -> Result<()> {
+    let (lo, hi) = (levels[0], levels[levels.len() - 1]);
+    let finite = loc
+        .iter()
+        .zip(scale)
+        .all(|(&l, &s)| (l + s * lo).is_finite() && (l + s * hi).is_finite());
+    if finite && sse.is_finite() {
+        return Ok(());
+    }
+    let max_abs = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    Err(NuqError::Overflow { max_abs })
 }
 
 /// The family to solve for, given the user's choice and the KS winner.

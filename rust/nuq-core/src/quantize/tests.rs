@@ -171,6 +171,34 @@ fn bad_input_is_rejected_before_any_work() {
     }
 }
 
+/// Found by fuzz/fuzz_quantize.py: Lloyd–Max tensor and channel codebooks fitted
+/// to weights near `f32::MAX` decoded to infinity (8 bits, per channel) and
+/// reported an infinite error; they are refused now. Fitted codebooks (f16
+/// scales, saturating) decode such weights to finite values.
+#[test]
+fn weights_near_f32_max_are_refused_or_decode_finite() {
+    let mut x = vec![-3.0e38f32; 40 * 21];
+    x[0] = 3.0e38;
+    for g in [Granularity::Tensor, Granularity::Channel] {
+        for bits in [1, 8] {
+            let err = quantize(&x, 40, 21, &config(bits, g)).unwrap_err();
+            assert!(
+                matches!(err, NuqError::Overflow { max_abs } if max_abs == 3.0e38),
+                "{err}"
+            );
+        }
+    }
+    for g in GRANULARITIES {
+        let cfg = Config {
+            codebook: CodebookChoice::Fitted,
+            ..config(8, g)
+        };
+        let q = quantize(&x, 40, 21, &cfg).unwrap();
+        assert!(q.sse.is_finite());
+        assert!(decoded(&q).iter().all(|v| v.is_finite()));
+    }
+}
+
 #[test]
 fn constant_and_empty_tensors_decode_exactly() {
     for g in [Granularity::Tensor, Granularity::Channel] {
