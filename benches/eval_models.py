@@ -252,7 +252,9 @@ def _list(kind: type, text: str) -> list:
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    parser.add_argument("--bits", help="comma-separated bit widths (3,4,6,8; --quick: 4,8)")
+    parser.add_argument(
+        "--bits", help="comma-separated bit widths, '' for none (3,4,6,8; --quick: 4,8)"
+    )
     parser.add_argument(
         "--budgets", help="target_bpw columns, '' for none (4.25,4.5; --quick: 4.25)"
     )
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         parser.error(f"unknown cases {unknown}; expected some of {list(CASES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    bits = _list(int, args.bits or ("4,8" if args.quick else "3,4,6,8"))
+    bits = args.bits if args.bits is not None else ("4,8" if args.quick else "3,4,6,8")
+    bits = _list(int, bits)
     budgets = args.budgets if args.budgets is not None else ("4.25" if args.quick else "4.25,4.5")
     budgets = _list(float, budgets)
     return run(names, bits, budgets, args.quick, args.out, args.limit)
