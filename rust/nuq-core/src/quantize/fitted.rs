@@ -40,6 +40,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::group::absmax;
 use super::rows::{encode_rows, Codebook};
 use super::{energy_of, Config, Granularity, Quantized};
 use crate::error::Result;
@@ -187,24 +188,6 @@ impl Spans {
     fn at(&self, r: usize, s: usize) -> (f32, f32) {
         (0.0, self.scale[r * self.per_row + s])
     }
-}
-
-/// Largest |v| (NaNs ignored; 0 when empty).
-///
-/// In 8 independent lanes with a compare-and-select that skips NaN (as
-/// `f32::max` does), a form the compiler turns into vector max instructions.
-fn absmax(x: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut lanes = [0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (m, v) in lanes.iter_mut().zip(chunk) {
-            let a = v.abs();
-            *m = if a > *m { a } else { *m };
-        }
-    }
-    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
-    lanes.into_iter().fold(tail, f32::max)
 }
 
 /// `m` rounded to the nearest f16 (what the file stores), saturating.
@@ -497,8 +480,8 @@ mod tests {
         }
     }
 
-    /// The lane-wise absmax is `f32::max`'s fold at every length and lane,
-    /// NaN skipped wherever it sits.
+    /// The spans' lane-wise absmax (`group::absmax`) is `f32::max`'s fold
+    /// at every length and lane, NaN skipped wherever it sits.
     #[test]
     fn absmax_is_the_fold_of_max() {
         for len in 0..40 {

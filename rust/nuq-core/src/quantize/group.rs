@@ -272,10 +272,10 @@ fn scan_task_any(data: &[f32], g: usize, at: RowSample, scale: &mut [f32], hist:
     }
 }
 
-/// Largest |v| of non-empty `x`, in lanes that vectorize (max is exact, so
-/// the order does not matter).
+/// Largest |v| of `x` (0 when empty, NaN skipped), in lanes that vectorize
+/// (max is exact, so the order does not matter).
 #[inline(always)]
-fn absmax(x: &[f32]) -> f32 {
+pub(super) fn absmax(x: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [0f32; LANES];
     let mut it = x.chunks_exact(LANES);
