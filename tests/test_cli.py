@@ -224,8 +224,8 @@ def damage(source: Path, kind: str) -> Path:
     "kind, message",
     [
         ("truncated", "truncated"),
-        ("corrupted header", "corrupted safetensors header"),
-        ("offsets outside", "outside the file"),
+        ("corrupted header", "invalid JSON in header"),
+        ("offsets outside", "invalid offset for tensor"),
         ("wrong magic", "not a safetensors file"),
         ("refused pickle", "weights_only=True"),
     ],

@@ -3,10 +3,12 @@
 A :class:`Checkpoint` lists its tensors (name, safetensors dtype code, shape)
 before any data is read, then hands out one tensor at a time, so that a
 checkpoint larger than the memory can be quantized in bounded memory.
-safetensors files are memory-mapped and parsed here rather than by the
-safetensors library: the header checks give messages naming the file and the
-problem, and every tensor's pages are dropped from the process once used
-(``madvise``), so the resident size stays that of one tensor, not of the file.
+safetensors headers are parsed and validated by the safetensors library
+(:func:`._format.read_header`); the data is memory-mapped here, so that tensors
+are zero-copy NumPy views (bfloat16 included, as uint16 bits, which the
+library's NumPy reader refuses), and every tensor's pages are dropped from the
+process once used (``madvise``), so the resident size stays that of one tensor,
+not of the file.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ weights. The version was raised for it so that a version-4 file without the
 field is itself refused as damaged; versions 1 to 3 have no checksums and load
 unverified. Version 3 added fitted codebooks (``codebook_kind``).
 
-This module parses and checks safetensors headers (ours and any other), so that
-a damaged file fails with a message naming the file and the problem.
+Safetensors headers (ours and any other) are parsed and validated by the
+``safetensors`` library; this module turns its refusals into messages naming
+the file and the problem.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import crc32c
+from safetensors import SafetensorError, safe_open
 
 from ._options import QuantConfig
 from ._report import TensorReport
@@ -51,8 +53,6 @@ CHECKSUMS_SINCE = 4
 #: Metadata key of the per-tensor checksums.
 CHECKSUM_KEY = "crc32c"
 CODEBOOKS = ("stored", "implied")
-#: Larger headers are refused, as the safetensors library does.
-MAX_HEADER_BYTES = 100_000_000
 #: Dimensions, element counts and sizes must fit in int64 (torch's and NumPy's index type).
 MAX_SIZE = 2**63 - 1
 
@@ -210,36 +210,52 @@ def assign_offsets(slots: dict[str, Slot]) -> tuple[dict[str, Slot], int]:
 
 
 def read_header(path: Path | str) -> Header:
-    """Parse and check the header of a safetensors file (any writer's)."""
+    """Parse and check the header of a safetensors file (any writer's).
+
+    The ``safetensors`` library parses and validates it (tensors contiguous from
+    the data's start to the file's end, sizes that match shapes and dtypes, no
+    overflow); its refusals become a :class:`FormatError` naming the file. Since a
+    valid file's tensors are contiguous in the order of ``offset_keys``, the byte
+    ranges follow from the sizes.
+    """
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
-        prefix = f.read(9)
-        if len(prefix) < 8:
-            raise FormatError(f"{path}: not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", prefix[:8])
-        if n > MAX_HEADER_BYTES or prefix[8:9] != b"{":
-            raise FormatError(
-                f"{path}: not a safetensors file (no JSON header after the 8-byte length)"
-            )
-        if 8 + n > size:
-            raise FormatError(
-                f"{path}: truncated file: the header needs {8 + n} bytes, the file has {size}"
-            )
-        f.seek(8)
-        raw = f.read(n)
+        prefix = f.read(8)
+    if len(prefix) < 8:
+        raise FormatError(f"{path}: not a safetensors file (only {size} bytes)")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > size - 8:
+        raise FormatError(
+            f"{path}: not a safetensors file, or a truncated one: its header length "
+            f"field says {n} bytes, and the file has {size - 8} after it"
+        )
     try:
-        header = parse_json(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"{path}: corrupted safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"{path}: corrupted safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise FormatError(f"{path}: corrupted safetensors header (__metadata__ is not str -> str)")
-    slots = {k: _slot(path, k, v) for k, v in header.items()}
-    _check_ranges(path, slots, size - 8 - n)
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            declared = [(k, f.get_slice(k)) for k in f.offset_keys()]
+            declared = [(k, s.get_dtype(), s.get_shape()) for k, s in declared]
+    except SafetensorError as e:
+        raise FormatError(f"{path}: {_explain(e)}") from None
+    slots, begin = {}, 0
+    for name, dtype, shape in declared:
+        if dtype not in DTYPES:
+            raise FormatError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        bad = shape_error(shape)
+        if bad:
+            raise FormatError(f"{path}: tensor {name!r}: {bad}")
+        nbytes = Slot(dtype, tuple(shape)).nbytes
+        slots[name] = Slot(dtype, tuple(shape), begin, begin + nbytes)
+        begin += nbytes
     return Header(path, slots, metadata, 8 + n)
+
+
+def _explain(error: Exception) -> str:
+    """Why the safetensors library refused a file, in its words."""
+    text = str(error).removeprefix("Error while deserializing header: ")
+    if "not fully covered" in text:  # the data ends before or after the file does
+        text += ": a truncated or padded file"
+    return f"not a valid safetensors file ({text})"
 
 
 def parse_json(text: str) -> Any:
@@ -261,37 +277,3 @@ def shape_error(shape: Any) -> str | None:
     if max(shape, default=0) > MAX_SIZE or math.prod(d for d in shape if d) > MAX_SIZE:
         return f"shape {shape} overflows int64"
     return None
-
-
-def _slot(path: Path, name: str, info: Any) -> Slot:
-    try:
-        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        ok = dtype in DTYPES and isinstance(begin, int) and isinstance(end, int)
-        ok = ok and 0 <= begin <= end
-    except (TypeError, KeyError, ValueError):
-        ok = False
-    if not ok:
-        raise FormatError(f"{path}: corrupted safetensors header entry for tensor {name!r}")
-    bad = shape_error(shape)
-    if bad:
-        raise FormatError(f"{path}: tensor {name!r}: {bad}")
-    slot = Slot(dtype, tuple(shape), begin, end)
-    if end - begin != slot.nbytes:
-        raise FormatError(
-            f"{path}: tensor {name!r} of shape {list(shape)} and dtype {dtype} needs "
-            f"{slot.nbytes} bytes but its offsets span {end - begin}"
-        )
-    return slot
-
-
-def _check_ranges(path: Path, slots: dict[str, Slot], data_bytes: int) -> None:
-    previous_end, previous = 0, None
-    for key, s in sorted(slots.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
-        if s.end > data_bytes:
-            raise FormatError(
-                f"{path}: tensor {key!r} ends at byte {s.end} of the data but the file has "
-                f"only {data_bytes} bytes of data (offsets outside the file, or a truncated file)"
-            )
-        if s.begin < previous_end:
-            raise FormatError(f"{path}: tensors {previous!r} and {key!r} overlap")
-        previous_end, previous = max(previous_end, s.end), key
