@@ -205,6 +205,22 @@ def test_state_dict_jobs_raise_the_first_error_in_order():
                 raise AssertionError("no error raised")
 
 
+def test_streamed_jobs_yield_each_result_before_later_jobs_start():
+    # The streaming writer handles each result as it comes: a result held back
+    # until the end (a dict built first) would keep every tensor in memory.
+    from nuq_rs._overlap import in_order
+
+    started: list[str] = []
+    names = [f"t{i}" for i in range(6)]
+    with _jobs_pool(2):
+        for name, result in in_order(
+            [(n, n) for n in names], lambda n, _: started.append(n) or n, len
+        ):
+            assert result == name
+            # this one and at most one job after it have started
+            assert len(started) <= names.index(name) + 2
+
+
 def test_one_thread_runs_state_dict_jobs_on_the_calling_thread():
     from nuq_rs._overlap import run_in_order
 

@@ -13,7 +13,7 @@ jobs run one after the other on the calling thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -25,31 +25,48 @@ R = TypeVar("R")
 IN_FLIGHT = 2
 
 
+def in_order(
+    jobs: Sequence[tuple[str, T]],
+    work: Callable[[str, T], R],
+    size: Callable[[T], int],
+) -> Iterator[tuple[str, R]]:
+    """``(name, work(name, item))`` in the order of ``jobs``, as each is done.
+
+    At most :data:`IN_FLIGHT` jobs run at a time, and a result is yielded before
+    the next job starts that would exceed the memory budget, so a consumer that
+    handles each result as it comes (the streaming writer) holds no more than
+    that. The first job (in order) that raises has its exception propagated, as
+    a loop would; a job after it may have run, its result is dropped.
+    """
+    if len(jobs) < 2 or get_num_threads() < 2:
+        for name, item in jobs:
+            yield name, work(name, item)
+        return
+    budget = max(size(item) for _, item in jobs)
+    running: deque[tuple[str, Future[R], int]] = deque()
+    held = 0
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="nuq-rs-job") as pool:
+        try:
+            for name, item in jobs:
+                need = size(item)
+                while running and (len(running) == IN_FLIGHT or held + need > budget):
+                    done, future, freed = running.popleft()
+                    held -= freed
+                    yield done, future.result()
+                running.append((name, pool.submit(work, name, item), need))
+                held += need
+            while running:
+                done, future, _ = running.popleft()
+                yield done, future.result()
+        finally:
+            for _, future, _ in running:
+                future.cancel()
+
+
 def run_in_order(
     jobs: Sequence[tuple[str, T]],
     work: Callable[[str, T], R],
     size: Callable[[T], int],
 ) -> dict[str, R]:
-    """``{name: work(name, item)}`` in the order of ``jobs``.
-
-    The first job (in order) that raises has its exception propagated, as a
-    loop would; a job after it may have run, its result is dropped.
-    """
-    if len(jobs) < 2 or get_num_threads() < 2:
-        return {name: work(name, item) for name, item in jobs}
-    budget = max(size(item) for _, item in jobs)
-    results: dict[str, R] = {}
-    running: deque[tuple[str, Future[R], int]] = deque()
-    held = 0
-    with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="nuq-rs-job") as pool:
-        for name, item in jobs:
-            need = size(item)
-            while running and (len(running) == IN_FLIGHT or held + need > budget):
-                done, future, freed = running.popleft()
-                results[done] = future.result()
-                held -= freed
-            running.append((name, pool.submit(work, name, item), need))
-            held += need
-        for done, future, _ in running:
-            results[done] = future.result()
-    return results
+    """``{name: work(name, item)}`` in the order of ``jobs`` (see :func:`in_order`)."""
+    return dict(in_order(jobs, work, size))

@@ -9,6 +9,7 @@ input (bfloat16 weights travel as their uint16 bits).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,6 +18,7 @@ from ._budget import checkpoint_source
 from ._checkpoint import Checkpoint
 from ._format import DTYPES, FLOAT_CODES, Slot, kept_report
 from ._options import QuantConfig
+from ._overlap import in_order
 from ._plan import Spec
 from ._progress import Progress
 from ._report import Report, report_row
@@ -48,10 +50,19 @@ def quantize_checkpoint(
     quantize = checkpoint_source(checkpoint).quantize
     rows = []
     bar = Progress(len(specs), checkpoint.nbytes, enabled=progress)
+    # Two quantized tensors may be in flight (see ._overlap); kept ones are
+    # copied as their turn comes, and every tensor's pages are released once
+    # it is written.
+    jobs = [(n, (configs[n], 4 * math.prod(s))) for n, (_, s) in specs.items() if n in configs]
+    done = in_order(
+        jobs,
+        lambda name, job: quantize(name, job[0]),
+        lambda job: job[1],
+    )
     with writer or nullcontext(), bar:
         for name, (code, shape) in specs.items():
             if name in configs:
-                q = quantize(name, configs[name])
+                _, q = next(done)
                 rows.append(report_row(name, q))
                 if writer:
                     writer.write_quantized(name, q)
