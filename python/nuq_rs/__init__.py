@@ -28,6 +28,20 @@ from ._report import Report, TensorReport
 from ._state_dict import QuantizedStateDict, quantize_state_dict
 from ._tensor import QuantizedTensor, quantize_tensor
 
+#: Public names that need torch, imported when first used (``import nuq_rs``
+#: stays free of torch for the file and command-line paths).
+_TORCH_NAMES = {"PackedWeight": "._packed", "load_into": "._model", "quantize_": "._model"}
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        import importlib
+
+        value = getattr(importlib.import_module(_TORCH_NAMES[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def dequantize(q: QuantizedTensor):
     """The decoded tensor of ``q`` (same as ``q.dequantize()``)."""
@@ -39,6 +53,7 @@ __all__ = [
     "FormatError",
     "LoadedStateDict",
     "NonFiniteError",
+    "PackedWeight",
     "QuantConfig",
     "QuantizationError",
     "QuantizedStateDict",
@@ -51,6 +66,8 @@ __all__ = [
     "kernels",
     "lloyd_max",
     "load",
+    "load_into",
+    "quantize_",
     "quantize_state_dict",
     "quantize_tensor",
     "set_num_threads",

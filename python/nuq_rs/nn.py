@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._budget import model_source
+from ._model import apply_correction, find_targets, prepare
 from ._nuq_rs import conv2d as _conv2d
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
 from ._options import QuantConfig, check_activations
-from ._plan import MODEL, Spec, plan
-from ._report import Report, report_row
+from ._plan import MODEL
+from ._report import Report
 from ._tensor import QuantizedTensor, matrix_shape, quantize_with
 
 __all__ = ["NuqConv2d", "NuqLinear", "quantize_model"]
@@ -277,33 +277,19 @@ def quantize_model(
     """
     check_activations(activations)
     base = QuantConfig(bits, granularity, group_size, family, codebook)
-    layers = {
-        name: Spec(tuple(m.weight.shape), m.weight.is_floating_point())
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | nn.Conv2d)
-    }
-    decided = plan(
-        layers,
+    targets = find_targets(model, legacy=True, strict=False)
+    prepared = prepare(
+        model,
+        targets,
         base,
-        overrides,
-        exclude,
+        overrides=overrides,
+        exclude=exclude,
         target_bpw=target_bpw,
-        source=model_source(model),
+        bias_correction=bias_correction,
         scope=MODEL,
     )
-    quantized = {
-        name: quantize_with(model.get_submodule(name).weight, config, f"{name}.weight")
-        for name, config in decided.configs.items()
-    }
-    correction = None
-    if bias_correction:
-        from ._bias import correct_biases
-
-        decoded = {f"{n}.weight": torch.as_tensor(q.dequantize()) for n, q in quantized.items()}
-        correction = correct_biases(model, decoded)  # before any swap: the float model
     target = model if inplace else copy.deepcopy(model)
-    reports = []
-    for name, q in quantized.items():
+    for name, q in prepared.quantized.items():
         layer = target.get_submodule(name)
         new = (
             NuqLinear(q, layer.bias, activations)
@@ -311,14 +297,8 @@ def quantize_model(
             else NuqConv2d(q, layer.bias, layer)
         )
         _set_submodule(target, name, new)
-        reports.append(report_row(f"{name}.weight", q, decided.choices.get(name)))
-    if correction is not None:
-        with torch.no_grad():
-            for key, value in correction.updates.items():
-                owner, _, attr = key.rpartition(".")
-                getattr(target.get_submodule(owner), attr).copy_(value)
-        target.nuq_bias_correction = correction
-    return target, Report(tuple(reports))
+    apply_correction(target, prepared.correction)
+    return target, prepared.report()
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
