@@ -192,6 +192,8 @@ class PackedWeight(torch.Tensor):
 
     def dequantize(self) -> torch.Tensor:
         """The decoded weight: a plain tensor of this shape and dtype."""
+        if self.numel() == 0:
+            return torch.zeros(self.shape, dtype=self.dtype)
         w = _dequantize(*self._arrays(), self.rows, self.cols, self.bits, self.group_size)
         w = torch.from_numpy(w).reshape(self.stored_shape).to(self.dtype)
         return w.t() if self.transposed else w
@@ -211,17 +213,22 @@ class PackedWeight(torch.Tensor):
             return PackedWeight(*(parts[p] for p in PARTS), **meta)
 
     def _row_parts(self, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
-        """``packed``, ``loc`` and ``scale`` of the rows ``index`` (a slice gives views)."""
+        """``packed``, ``loc`` and ``scale`` of the rows ``index`` (a slice gives views).
+        Groups have scales per row; otherwise ``loc`` and ``scale`` hold one value
+        per row or one for the tensor (the same thing for a single row)."""
         rows = self.rows
         packed = self.packed.reshape(rows, -1)[index].reshape(-1)
-        loc = self.loc[index] if self.loc.numel() > 1 else self.loc
+        loc = self.loc[index] if self.loc.numel() == rows > 1 else self.loc
         scale = self.scale
-        if scale.numel() > 1:
+        if self.group_size is not None or scale.numel() == rows > 1:
             scale = scale.reshape(rows, -1)[index].reshape(-1)
         return {"packed": packed, "loc": loc, "scale": scale}
 
     def linear(self, x2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x2 @ W^T (+ bias)`` for ``W`` the stored matrix and ``x2`` of ``cols`` columns."""
+        if self.rows == 0 or self.cols == 0:  # an empty row slice, or no inputs
+            y = torch.zeros(x2.shape[0], self.rows)
+            return y if bias is None else y + bias.detach().to(torch.float32)
         y = _linear(
             x2.detach().to(torch.float32).contiguous().numpy(),
             *self._arrays(),
@@ -261,6 +268,8 @@ class PackedWeight(torch.Tensor):
         unique, inverse = torch.unique(flat, return_inverse=True)
         if unique.numel() and (unique[0] < 0 or unique[-1] >= self.rows):
             raise IndexError(f"index out of range for a packed weight of {self.rows} rows")
+        if unique.numel() == 0 or self.cols == 0:
+            return torch.zeros(*index.shape, self.cols, dtype=self.dtype)
         part = self._row_parts(unique)
         arrays = (part["packed"], self.levels, part["loc"], part["scale"])
         w = _dequantize(

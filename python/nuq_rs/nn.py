@@ -1,5 +1,9 @@
 """Layers that run on packed weights: :class:`NuqLinear`, :class:`NuqConv2d` and
-:func:`quantize_model`, which swaps them into a model.
+:func:`quantize_model`, which swaps them into a model. :func:`nuq_rs.quantize_`
+does the same in place without swapping modules (only the weights change, into
+:class:`nuq_rs.PackedWeight`, so subclasses keep their ``forward`` and tied or
+directly read weights keep working); both share one planner, budget and bias
+correction (``nuq_rs._model.prepare``) and the same kernels.
 
 The weights stay packed (codes, codebook, locations and scales are buffers, so
 ``state_dict()`` stays small); the forward pass runs the Rust lookup-table matmul,
