@@ -7,6 +7,8 @@ import copy
 import io
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from _packed_check import LUT_BOUND, Calls, decoded_twin, no_full_decode  # noqa: E402
@@ -215,3 +217,30 @@ def test_int8_activations_option_reaches_the_kernel():
     assert (a - b).abs().max() < 0.05 * b.abs().max()
     twin = decoded_twin(lin)
     assert type(twin.weight) is nn.Parameter
+
+
+@given(
+    m=st.integers(1, 40),
+    k=st.integers(1, 90),
+    n=st.integers(1, 30),
+    bits=st.integers(1, 8),
+    gran=st.sampled_from([{}, {"granularity": "channel"}, {"group_size": 8}]),
+    cut=st.integers(0, 30),
+    seed=st.integers(0, 2**31),
+)
+def test_packed_ops_on_any_shape_match_the_decoded_weight(m, k, n, bits, gran, cut, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = packed(torch.randn(n, k, generator=g), bits, **gran)
+    wd = w.dequantize()
+    x = torch.randn(m, k, generator=g)
+    cut = min(cut, n)
+    with Calls() as calls, torch.no_grad():
+        y, yt = F.linear(x, w), x @ w.t()
+        top = F.linear(x, w[cut:])
+    assert calls.count == 3 and calls.worst < LUT_BOUND
+    torch.testing.assert_close(y, yt)
+    assert top.shape == (m, n - cut)
+    assert torch.equal(w[cut:].dequantize(), wd[cut:])
+    assert [p.shape[0] for p in w.split(7)] == [t.shape[0] for t in wd.split(7)]
+    idx = torch.randint(0, n, (m,), generator=g)
+    assert torch.equal(F.embedding(idx, w), wd[idx])
