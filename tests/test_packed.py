@@ -202,6 +202,8 @@ def test_filters_overrides_and_bad_weights_are_clear():
     assert type(ints[0].weight) is nn.Parameter and torch.equal(ints[0].weight, before)
     with pytest.raises(ValueError, match="exclude patterns match no quantizable module"):
         nuq_rs.quantize_(_net(), exclude=["^head$"])
+    with pytest.raises(ValueError, match="tensor '0.weight' is already quantized"):
+        nuq_rs.quantize_state_dict(net.state_dict())
 
 
 def test_int8_activations_option_reaches_the_kernel():

@@ -229,6 +229,12 @@ class LoadedStateDict(Mapping[str, Any]):
                 )
         self._unverified.discard(name)
 
+    def release(self, name: str) -> None:
+        """Drop the pages of ``name``'s stored tensors from this process (once
+        they are copied out; they stay in the page cache)."""
+        for key in self._stored(name):
+            self._file.release(key)
+
     def verify(self) -> None:
         """Check every tensor not yet checked against its checksum now (a no-op for
         files without checksums, or loaded with ``verify=False``)."""

@@ -345,7 +345,7 @@ def _stage(loaded: Any, current: Mapping[str, torch.Tensor]) -> dict[str, torch.
         value = loaded[key]
         if isinstance(value, QuantizedTensor):
             value = PackedWeight.from_quantized(_owned(value))
-            loaded._file.release(f"{key}.packed")
+            loaded.release(key)
         elif isinstance(want, PackedWeight):
             value = value.clone()
         else:

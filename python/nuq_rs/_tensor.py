@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,12 @@ def quantize_with(x: Any, config: QuantConfig, name: str | None = None) -> Quant
     array, or an :class:`nuq_rs._arrays.Flat` read from a file) with ``config``
     (checked already); errors name the tensor ``name``."""
     label = f"tensor {name!r}" if name else "tensor"
+    packed = sys.modules.get(f"{__package__}._packed")  # none exist before it is imported
+    if packed is not None and isinstance(x, packed.PackedWeight):
+        raise ValueError(
+            f"{label} is already quantized (a nuq_rs.PackedWeight); quantize the float "
+            "weights, or decode it first with .dequantize()"
+        )
     try:
         flat = x if isinstance(x, _arrays.Flat) else _arrays.flatten(x)
     except TypeError as e:
