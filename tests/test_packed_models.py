@@ -229,3 +229,24 @@ def test_conv_subclass_keeps_its_own_padding():
     assert isinstance(net[1].down.weight, PackedWeight)
     got, _, calls = _compare(net, x)
     assert got[0].shape == shape == (2, 8, 7, 7) and calls.count == 5
+
+
+def test_conv1d_modules_and_a_standalone_embedding():
+    torch.manual_seed(8)
+    net = nn.Sequential(
+        nn.Embedding(40, 16),
+        Transpose(),
+        nn.Conv1d(16, 24, 5, padding=2),
+        nn.ReLU(),
+        nn.Conv1d(24, 24, 3, stride=2, groups=4),
+    ).eval()
+    report = nuq_rs.quantize_(net, bits=4, group_size=8)
+    assert [t.name for t in report.tensors] == ["0.weight", "2.weight", "4.weight"]
+    tokens = torch.randint(0, 40, (3, 17))
+    got, _, calls = _compare(net, tokens)
+    assert got[0].shape == (3, 24, 8) and calls.count == 2
+
+
+class Transpose(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
