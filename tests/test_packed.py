@@ -246,3 +246,22 @@ def test_packed_ops_on_any_shape_match_the_decoded_weight(m, k, n, bits, gran, c
     assert [p.shape[0] for p in w.split(7)] == [t.shape[0] for t in wd.split(7)]
     idx = torch.randint(0, n, (m,), generator=g)
     assert torch.equal(F.embedding(idx, w), wd[idx])
+
+
+def test_a_fresh_process_reads_packed_state_dicts_and_nuq_rs_alone_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    net = _net()
+    nuq_rs.quantize_(net, bias_correction=False)
+    torch.save(net.state_dict(), tmp_path / "q.pt")
+    code = (
+        "import sys, torch, nuq_rs; "
+        f"sd = torch.load({str(tmp_path / 'q.pt')!r}, weights_only=True); "
+        "print(type(sd['3.weight']).__name__, sd['3.weight'].bits)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PackedWeight", "4"]
+    code = "import sys, nuq_rs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -11,6 +11,8 @@ the optimal (Lloyd–Max) quantizer of that density, bit-packed by a Rust core.
 <All keys matched successfully>
 """
 
+import sys
+
 from ._format import FormatError
 from ._loaded import LoadedStateDict, load
 from ._nuq_rs import (
@@ -31,6 +33,12 @@ from ._tensor import QuantizedTensor, quantize_tensor
 #: Public names that need torch, imported when first used (``import nuq_rs``
 #: stays free of torch for the file and command-line paths).
 _TORCH_NAMES = {"PackedWeight": "._packed", "load_into": "._model", "quantize_": "._model"}
+
+
+if "torch" in sys.modules:
+    # torch is here already: register PackedWeight now (cheap), so that
+    # torch.load(..., weights_only=True) reads state dicts holding packed weights.
+    from ._packed import PackedWeight
 
 
 def __getattr__(name: str):

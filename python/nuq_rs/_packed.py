@@ -22,8 +22,9 @@ The LUT paths never build the fp32 weight. They are inference-only: an input
 that requires grad while grad mode is on is refused with a ``RuntimeError``.
 Inputs of any float dtype are computed in fp32 and returned in their dtype.
 ``torch.save`` of a state dict holding packed weights and
-``torch.load(..., weights_only=True)`` round-trip once ``nuq_rs`` is imported
-(it registers the class with ``torch.serialization.add_safe_globals``).
+``torch.load(..., weights_only=True)`` round-trip once this module is imported
+(``import nuq_rs`` after torch does it): it registers its rebuild function with
+``torch.serialization.add_safe_globals``.
 """
 
 from __future__ import annotations
