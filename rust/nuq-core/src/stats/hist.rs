@@ -144,9 +144,8 @@ impl Grid {
 /// Bucket count for `n` elements on the top-level grid: about 16 elements
 /// each up to `MAX_BUCKETS`, and twice that from `LARGE_N` elements on.
 /// There the runs near the KS arg-max hold thousands of values each and
-/// gathering them dominates (a 50257x768 embedding: 12% less time in
-/// tensor and group mode); below it the bigger table costs the count pass
-/// more than it saves (768x3072 channel: 14% more).
+/// gathering them dominates; below it the bigger table costs the count
+/// pass more than it saves (measured: benches/README.md).
 pub(crate) fn buckets_for(n: usize) -> usize {
     if n >= LARGE_N {
         2 * MAX_BUCKETS
@@ -252,13 +251,12 @@ pub(crate) struct Coarse {
 /// buckets hold the tails. A grid over `[min, max]` instead lets a few far
 /// outliers (weight matrices have some at 50σ and more) stretch it until
 /// the central runs hold thousands of values each: 5 outliers at up to
-/// 150σ among 2.4M Gaussian values made 1.7M of them KS candidates and a
-/// quantize take 90 ms instead of 15. Six rather than eight: the bulk gets
+/// 150σ among 2.4M Gaussian values made 1.7M of them KS candidates. Six
+/// rather than eight: the bulk gets
 /// finer runs (fewer KS candidates, whose gathering costs more than the
 /// count pass loses to a wider hot zone of counters), while beyond 6σ a
 /// Laplace tensor of millions holds a few hundred values, whose terms are
-/// far from D (768x3072 Gaussian/Laplace mixtures: 3% less time at tensor
-/// and group granularity; 50257x768 channel: 3%).
+/// far from D.
 pub(crate) const GRID_SIGMAS: f64 = 6.0;
 
 /// Counts `src` on `nb` buckets over `[lo, hi]`. `range`: bounds `[a, b]`
@@ -290,8 +288,7 @@ const COARSE: usize = 64;
 /// arg-max into buckets, from the counts, with no pass over the data: a
 /// KS statistic lays out and bounds about a thousand runs, and the buckets
 /// of the few it splits, instead of one run per non-empty bucket (35-45K
-/// for 768x768 and 768x3072 weight matrices at channel granularity, which
-/// now take 18% and 7% less time).
+/// for 768x768 and 768x3072 weight matrices).
 pub(crate) fn build_coarse<S: Source>(src: &S, grid: Grid, range: Option<(f64, f64)>) -> Layout {
     let counts = count_histogram(src, &grid);
     let guard = grid.guard();
@@ -379,9 +376,9 @@ const RECORD_CHUNK: usize = 1 << 12;
 /// One record per non-empty bucket, in bucket order, built in parallel: a
 /// first pass takes each chunk of buckets' record count and element count,
 /// so every chunk knows where its records go and their offsets, and writes
-/// them in place (a 2^16-bucket layout is some 3 MB of records, which a
-/// serial loop or a copy of per-chunk vectors spends a few hundred
-/// microseconds on, with the other threads idle).
+/// them in place (a 2^16-bucket layout is some 3 MB of records, too much
+/// for a serial loop or a copy of per-chunk vectors while the other
+/// threads idle).
 fn records(grid: &Grid, counts: &[usize], range: Option<(f64, f64)>) -> Vec<Rec> {
     let sizes: Vec<(usize, usize)> = counts
         .par_chunks(RECORD_CHUNK)
@@ -497,10 +494,8 @@ fn recycle_table(table: Vec<u32>) {
 /// version, so the counts are identical.
 ///
 /// There is no AVX-512 version: the loop is bound by its scalar `+= 1`s,
-/// and on an AMD Zen 4 the AVX-512 build ran at half the AVX2 build's
-/// speed (a stand-alone copy of the loop on 8M Gaussian values, 2^16 and
-/// 2^17 counters: 0.97-1.05 vs 0.50-0.53 ns per value; a 50257x768
-/// tensor quantized 11% faster at tensor and 15% at channel granularity).
+/// and the AVX-512 build of it measured slower than the AVX2 build
+/// (benches/README.md).
 fn count_range<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::pack::Kernel::Avx2.is_allowed() {

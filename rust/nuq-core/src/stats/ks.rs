@@ -25,8 +25,7 @@ const REFINE_MIN: usize = 16;
 /// Up to this size gathering wins even for runs of thousands of values:
 /// the cells of `run_terms` sort only what can reach the maximum, while a
 /// refinement pass bins every candidate value into a table too big for L2
-/// (on 38.6M Gaussian/Laplace values whose central runs hold ~5600 each, a
-/// 4096 limit refined 4.3M values in ~190 ms; gathering them took ~85).
+/// (measured: benches/README.md).
 const SORT_MAX: usize = 1 << 16;
 
 /// Where the exact D of one fit lies: `lo <= D <= hi` (equal when exact).
@@ -250,8 +249,7 @@ pub(crate) fn ks_rows_within(
     // Standardized values beyond the grid fall in its clamped end buckets
     // (still exact, only less finely bucketed). 2^16 buckets over ±6
     // bracket every term within 1e-4 (see `ks_layout_within`): the doubled
-    // grid of large tensors only costs its counting pass more (50257x768:
-    // 5% more time).
+    // grid of large tensors would only cost its counting pass more.
     let nb = buckets_for(x.len()).min(MAX_BUCKETS);
     let grid = Grid::new(-GRID_SIGMAS, GRID_SIGMAS, nb);
     let mut layout = build_coarse(&src, grid, None);

@@ -36,15 +36,12 @@ const MAX_SPANS: usize = 32;
 /// Ranges that neighbouring stretches are joined down to, and the share of
 /// the data (`1 / JOIN_SHARE`) the joined-in runs may hold. One range: the
 /// range test is a pass over every value of the tensor, while the values
-/// joined in cost one rejected lookup each (768x3072 and 50257x768 at
-/// channel granularity: 4% and 8-13% less time than with up to 4 ranges).
+/// joined in cost one rejected lookup each (measured: benches/README.md).
 const FEW_SPANS: usize = 1;
 const JOIN_SHARE: usize = 64;
 /// The share of the data that may be joined in to get down to `MAX_SPANS`
 /// ranges: a rejected lookup costs a few times what the bit-set test costs
-/// per value, and that test indexes every value (768x768, whose candidate
-/// runs lay in more than 32 stretches: 17% less time at tensor and 13% at
-/// group granularity).
+/// per value, and that test indexes every value.
 const LAST_SHARE: usize = 8;
 
 /// The value ranges, rounded outward to each value type (empty: not used).

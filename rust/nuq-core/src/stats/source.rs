@@ -265,9 +265,9 @@ impl Source for Standardized<'_> {
     /// standardized values.
     ///
     /// A chunk is handed over once the next one is indexed: a count pass
-    /// then interleaves the indexing with its scattered increments (768x3072
-    /// and 50257x768 at channel granularity: 6% less time; the same for the
-    /// flat tensor, by copying each chunk's indices, cost 7% more).
+    /// then interleaves the indexing with its scattered increments (for
+    /// the flat tensor, copying each chunk's indices to do the same was
+    /// slower: benches/README.md).
     #[inline(always)]
     fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
         let mut bufs = [[0u32; CHUNK]; 2];
