@@ -12,12 +12,11 @@
 //! own `[min, max]`, one data pass): both exact, both cheap when few records
 //! are involved.
 
-use std::ops::Range;
-
 use rayon::prelude::*;
 
 use super::router::Router;
-use super::source::{fold_parts, Source, Value, CHUNK};
+use super::simd::count_range;
+use super::source::{fold_parts, Source, Value};
 
 /// Largest bucket count of a refinement histogram, and of the top-level one
 /// below `LARGE_N` elements: 2^16 u32 counters (256 KiB) per thread stay in
@@ -64,47 +63,6 @@ impl Grid {
         // SAFETY: `t` is finite, not NaN, and within [0, nb - 1] (nb <= 2^31,
         // checked in `new`), so it fits an i32.
         unsafe { t.to_int_unchecked::<i32>() as usize }
-    }
-
-    /// `index` of every value of `vals` into `out`. The loop is compiled for
-    /// AVX-512 and AVX2 as well and chosen at run time: a routing pass
-    /// without value ranges runs it on every block, and the baseline x86-64
-    /// target converts two values per instruction. (Count passes index in
-    /// their own compiled loop, `count_range`.) The arithmetic is the same
-    /// IEEE operations in every version, so the indices are identical.
-    #[inline]
-    pub(crate) fn index_block<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::pack::Kernel::Avx512.is_allowed() {
-                // SAFETY: the CPU supports AVX-512F (checked just above).
-                return unsafe { self.index_block_avx512(vals, out) };
-            }
-            if crate::pack::Kernel::Avx2.is_allowed() {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { self.index_block_avx2(vals, out) };
-            }
-        }
-        self.index_block_any(vals, out);
-    }
-
-    #[inline(always)]
-    pub(crate) fn index_block_any<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
-        for (o, &v) in out.iter_mut().zip(vals) {
-            *o = self.index(v.to_f64()) as u32;
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn index_block_avx512<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
-        self.index_block_any(vals, out);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn index_block_avx2<V: Value>(&self, vals: &[V], out: &mut [u32; CHUNK]) {
-        self.index_block_any(vals, out);
     }
 
     /// Value bounds `[lo, hi]` of every value whose index is `b`: the grid
@@ -486,43 +444,6 @@ fn recycle_table(table: Vec<u32>) {
     }
 }
 
-/// Adds the bucket count of every value of `range` to `h` (`grid.nb`
-/// counters). The whole loop (reading, and for a standardized source
-/// standardizing, indexing, counting) is compiled for AVX2 as well and
-/// chosen once per range: this is the one pass every KS statistic makes
-/// over all elements. The arithmetic is the same IEEE operations in every
-/// version, so the counts are identical.
-///
-/// There is no AVX-512 version: the loop is bound by its scalar `+= 1`s,
-/// and the AVX-512 build of it measured slower than the AVX2 build
-/// (benches/README.md).
-fn count_range<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::pack::Kernel::Avx2.is_allowed() {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { count_range_avx2(src, range, grid, h) };
-    }
-    count_range_any(src, range, grid, h);
-}
-
-#[inline(always)]
-fn count_range_any<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
-    assert_eq!(h.len(), grid.nb, "one counter per bucket");
-    src.index_chunks(range, grid, |idx| {
-        for &b in idx {
-            // SAFETY: `index` returns at most `nb - 1` and `h` holds `nb`
-            // counters (asserted above).
-            unsafe { *h.get_unchecked_mut(b as usize) += 1 };
-        }
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn count_range_avx2<S: Source>(src: &S, range: Range<usize>, grid: &Grid, h: &mut [u32]) {
-    count_range_any(src, range, grid, h);
-}
-
 /// (count, min, max) per bucket `bucket(target, value)` of the values that
 /// `router` assigns to a target (the others are skipped). Per-thread `u32`
 /// bins, merged exactly; passes of at most `BLOCK` elements keep the `u32`
@@ -638,48 +559,6 @@ mod tests {
     use super::super::source::Flat;
     use super::*;
 
-    /// Every compiled version of `index_block` that this CPU runs gives the
-    /// scalar indices: values inside, on the edges of and outside the grid,
-    /// subnormals, and a zero-width grid.
-    #[test]
-    fn index_block_versions_agree_with_scalar_index() {
-        let mut vals: Vec<f32> = (0..CHUNK)
-            .map(|i| (i as f32 - 20.0) * 0.37 + (i as f32).sin() * 1e-3)
-            .collect();
-        vals[..6].copy_from_slice(&[-1e30, 1e30, f32::MIN_POSITIVE / 4.0, -0.0, -4.0, 4.0]);
-        for grid in [
-            Grid::new(-4.0, 4.0, 8),
-            Grid::new(-4.0, 4.0, 1 << 16),
-            Grid::new(1.0, 1.0, 8),
-        ] {
-            let want: Vec<u32> = vals
-                .iter()
-                .map(|&v| grid.index(f64::from(v)) as u32)
-                .collect();
-            let mut got = [0u32; CHUNK];
-            grid.index_block(&vals, &mut got);
-            assert_eq!(got.as_slice(), want.as_slice());
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx2") {
-                    got.fill(u32::MAX);
-                    // SAFETY: AVX2 is available (checked).
-                    unsafe { grid.index_block_avx2(&vals, &mut got) };
-                    assert_eq!(got.as_slice(), want.as_slice());
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    got.fill(u32::MAX);
-                    // SAFETY: AVX-512F is available (checked).
-                    unsafe { grid.index_block_avx512(&vals, &mut got) };
-                    assert_eq!(got.as_slice(), want.as_slice());
-                }
-            }
-            let mut scalar = [u32::MAX; CHUNK];
-            grid.index_block_any(&vals, &mut scalar);
-            assert_eq!(scalar.as_slice(), want.as_slice());
-        }
-    }
-
     fn check_layout(x: &[f32], layout: &Layout) {
         let mut sorted = x.to_vec();
         sorted.sort_by(f32::total_cmp);
@@ -713,59 +592,6 @@ mod tests {
         assert_eq!(g.index(9.0), 7);
         let idx: Vec<usize> = (-40..=40).map(|i| g.index(i as f64 / 20.0)).collect();
         assert!(idx.windows(2).all(|w| w[0] <= w[1]));
-    }
-
-    /// Every compiled version of the count loop that this CPU runs counts
-    /// what `Grid::index` of each value says, for the raw tensor and for
-    /// rows standardized by their own (loc, scale), on a range that starts
-    /// and ends inside a row and inside a chunk.
-    #[test]
-    fn count_range_versions_count_each_values_index() {
-        use super::super::source::{inv_scale, standardize, Standardized};
-        let x = data(10_000);
-        let row_len = 300;
-        let rows = x.len() / row_len;
-        let loc: Vec<f64> = (0..rows).map(|r| r as f64 * 0.7 - 9.0).collect();
-        let inv: Vec<f64> = (0..rows).map(|r| inv_scale(r as f64 * 3.0)).collect();
-        let std_src = Standardized {
-            x: &x,
-            row_len,
-            loc: &loc,
-            inv: &inv,
-        };
-        let range = 157..9_871;
-        let flat_grid = Grid::new(-100.0, 120.0, 1000);
-        let std_grid = Grid::new(-8.0, 8.0, 1 << 12);
-        let flat_want = range.clone().fold(vec![0u32; flat_grid.nb], |mut h, i| {
-            h[flat_grid.index(f64::from(x[i]))] += 1;
-            h
-        });
-        let std_want = range.clone().fold(vec![0u32; std_grid.nb], |mut h, i| {
-            let r = i / row_len;
-            h[std_grid.index(standardize(x[i], loc[r], inv[r]))] += 1;
-            h
-        });
-        type Count<S> = fn(&S, Range<usize>, &Grid, &mut [u32]);
-        let mut versions: Vec<(Count<Flat>, Count<Standardized>)> =
-            vec![(count_range_any, count_range_any)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY (both): each is called only if the CPU supports it.
-            if std::is_x86_feature_detected!("avx2") {
-                versions.push((
-                    |s, r, g, h| unsafe { count_range_avx2(s, r, g, h) },
-                    |s, r, g, h| unsafe { count_range_avx2(s, r, g, h) },
-                ));
-            }
-        }
-        for (flat, standardized) in versions {
-            let mut got = vec![0u32; flat_grid.nb];
-            flat(&Flat(&x), range.clone(), &flat_grid, &mut got);
-            assert_eq!(got, flat_want);
-            let mut got = vec![0u32; std_grid.nb];
-            standardized(&std_src, range.clone(), &std_grid, &mut got);
-            assert_eq!(got, std_want);
-        }
     }
 
     #[test]

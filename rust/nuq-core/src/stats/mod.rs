@@ -76,6 +76,7 @@ mod moments;
 mod router;
 mod rows;
 mod select;
+mod simd;
 mod source;
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 use crate::family::Family;
 use rayon::prelude::*;
 
-use super::moments::{abs_dev_sum, sq_dev_sum, sum};
 use super::select::{median_near, Scratch};
+use super::simd::{abs_dev_sum, sq_dev_sum, sum};
 
 /// Both fits of one row: Gaussian (`mean`, `std`, population) and Laplace
 /// (`median`, `b` = mean |x - median|).

@@ -6,8 +6,9 @@
 use super::gather::gather;
 use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
 use super::moments::min_max;
-use super::router::{f32_at_least, f32_at_most, for_each_hit};
-use super::source::{Flat, Source, Value, CHUNK};
+use super::router::{f32_at_least, f32_at_most};
+use super::simd::{count_below, count_bins, for_each_hit};
+use super::source::{Flat, Source, Value};
 use super::SMALL_N;
 
 /// Exact median (mean of the two middle values for even `n`, as
@@ -124,47 +125,6 @@ fn middle_bracket<const P: usize>(
     Some((lo, hi, base, end - base))
 }
 
-/// Number of values of `x` below each pivot: one compare-and-add pass per
-/// pivot over data in L1, compiled for AVX-512 and AVX2 as well.
-fn count_below<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::pack::Kernel::Avx512.is_allowed() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { count_below_avx512(x, pivots) };
-        }
-        if crate::pack::Kernel::Avx2.is_allowed() {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { count_below_avx2(x, pivots) };
-        }
-    }
-    count_below_any(x, pivots)
-}
-
-#[inline(always)]
-fn count_below_any<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    let mut below = [0usize; P];
-    // u32 lane sums cannot overflow within a piece.
-    for piece in x.chunks(1 << 20) {
-        for (b, &p) in below.iter_mut().zip(pivots) {
-            *b += piece.iter().map(|&v| u32::from(v < p)).sum::<u32>() as usize;
-        }
-    }
-    below
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn count_below_avx512<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    count_below_any(x, pivots)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn count_below_avx2<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    count_below_any(x, pivots)
-}
-
 /// The median from the values holding 0-based ranks `lo..=hi` (`hi - lo`
 /// is 0 or 1) of the data, at those positions of `vals` in sorted order.
 /// The values are selected as [`total_key`]s (in `keys`, reused): integer
@@ -221,7 +181,7 @@ pub(crate) fn median_binned(x: &[f32], center: f64, spread: f64, scratch: &mut S
     };
     scratch.counts.clear();
     scratch.counts.resize(nb, 0);
-    bins.count(x, &mut scratch.counts);
+    count_bins(x, &mut scratch.counts, |v| bins.index(v));
     let (lo_rank, hi_rank) = ((n - 1) / 2, n / 2);
     let (first, below) = bucket_of(&scratch.counts, lo_rank);
     let (last, _) = bucket_of(&scratch.counts, hi_rank);
@@ -272,35 +232,6 @@ impl Bins {
         // SAFETY: `t` is within [0, top] (max() maps NaN to 0) and `top` <
         // 2^12, so it fits an i32.
         unsafe { t.to_int_unchecked::<i32>() as u32 }
-    }
-
-    /// Adds each value's bucket to `counts`.
-    fn count(&self, x: &[f32], counts: &mut [u32]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::pack::Kernel::Avx512.is_allowed() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { self.count_avx512(x, counts) };
-        }
-        self.count_any(x, counts);
-    }
-
-    #[inline(always)]
-    fn count_any(&self, x: &[f32], counts: &mut [u32]) {
-        let mut idx = [0u32; CHUNK];
-        for c in x.chunks(CHUNK) {
-            for (o, &v) in idx.iter_mut().zip(c) {
-                *o = self.index(v);
-            }
-            for &b in &idx[..c.len()] {
-                counts[b as usize] += 1;
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn count_avx512(&self, x: &[f32], counts: &mut [u32]) {
-        self.count_any(x, counts);
     }
 
     /// Pushes the values whose bucket is in `first..=last`, in order: a
@@ -555,8 +486,7 @@ mod tests {
     /// Rows like weights (Gaussian, Laplace, heavy-tailed, a few exact
     /// zeros; odd and even lengths) are settled by the pivots alone, with
     /// the sort's median, also when the hints put the median off centre; rows crowded with ties fall back to the bins,
-    /// with the same result. The CPU versions of the pivot count agree with
-    /// the portable one.
+    /// with the same result. The pivot counts are the direct counts.
     #[test]
     fn pivoted_medians_of_weight_rows() {
         use super::super::tests::sample;
@@ -584,18 +514,7 @@ mod tests {
                     assert_eq!(near.to_bits(), want.to_bits(), "kind {kind}");
                 }
                 let pivots = [-0.6, -0.15, -0.07, 0.0, 0.07, 0.6].map(|c| (m + c * s) as f32);
-                let below = count_below_any(&x, &pivots);
-                assert_eq!(count_below(&x, &pivots), below);
-                #[cfg(target_arch = "x86_64")]
-                {
-                    // SAFETY (each): called only if the CPU supports it.
-                    if std::is_x86_feature_detected!("avx2") {
-                        assert_eq!(unsafe { count_below_avx2(&x, &pivots) }, below);
-                    }
-                    if std::is_x86_feature_detected!("avx512f") {
-                        assert_eq!(unsafe { count_below_avx512(&x, &pivots) }, below);
-                    }
-                }
+                let below = count_below(&x, &pivots);
                 for (b, p) in below.iter().zip(pivots) {
                     assert_eq!(*b, x.iter().filter(|&&v| v < p).count());
                 }

@@ -8,9 +8,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::hist::Grid;
-#[cfg(target_arch = "x86_64")]
-use super::router::x86_avx512;
-use super::router::{f32_at_least, f32_at_most, for_each_hit, Router, Spans};
+use super::router::{f32_at_least, f32_at_most, Router};
+use super::simd::{for_each_hit, scalar};
 
 /// Elements per parallel work item. Fixed, so that any per-item floating
 /// reduction is independent of the Rayon thread count.
@@ -29,14 +28,6 @@ pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Branch-free minimum; the inputs are never NaN.
     fn min_v(self, o: Self) -> Self;
     fn max_v(self, o: Self) -> Self;
-    /// A router's value ranges in this type.
-    fn spans(s: &Spans) -> &[(Self, Self)];
-    /// The router's AVX-512 range test for this type.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F; `vals.len() <= CHUNK`.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64;
 }
 
 impl Value for f32 {
@@ -60,14 +51,6 @@ impl Value for f32 {
     fn max_v(self, o: Self) -> Self {
         self.max(o)
     }
-    fn spans(s: &Spans) -> &[(Self, Self)] {
-        &s.f32s
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64 {
-        // SAFETY: the caller's contract.
-        unsafe { x86_avx512::in_spans_f32(spans, vals) }
-    }
 }
 
 impl Value for f64 {
@@ -90,14 +73,6 @@ impl Value for f64 {
     #[inline]
     fn max_v(self, o: Self) -> Self {
         self.max(o)
-    }
-    fn spans(s: &Spans) -> &[(Self, Self)] {
-        &s.f64s
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64 {
-        // SAFETY: the caller's contract.
-        unsafe { x86_avx512::in_spans_f64(spans, vals) }
     }
 }
 
@@ -151,7 +126,7 @@ pub(crate) trait Source: Sync {
     fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
         let mut idx = [0u32; CHUNK];
         self.visit_chunks(range, |vals| {
-            grid.index_block_any(vals, &mut idx);
+            scalar::index_block(grid, vals, &mut idx);
             f(&idx[..vals.len()]);
         });
     }
