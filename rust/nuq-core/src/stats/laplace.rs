@@ -19,7 +19,7 @@
 
 use super::fit::LocScale;
 use super::hist::{Layout, GATHER_MAX};
-use super::select::run_of;
+use super::median::run_of;
 use super::simd::band_split;
 use super::source::map_parts;
 
@@ -70,6 +70,9 @@ pub(crate) fn laplace_fit(x: &[f32], layout: &Layout) -> Option<LocScale> {
     // `below.n ..` in order.
     let at = |k: usize| k.checked_sub(below.n).filter(|&i| i < band.len());
     let (lo_at, hi_at) = (at(k_lo)?, at(k_hi)?);
+    // Selected in place rather than by `median::select_middle`: the sum of
+    // `|x - m|` over the band below runs in the order this leaves, which
+    // fixes its rounding.
     let (lower, &mut hi_val, _) = band.select_nth_unstable_by(hi_at, f32::total_cmp);
     let median = if lo_at == hi_at {
         f64::from(hi_val)

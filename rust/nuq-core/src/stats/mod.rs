@@ -72,10 +72,10 @@ mod gather;
 mod hist;
 mod ks;
 mod laplace;
+mod median;
 mod moments;
 mod router;
 mod rows;
-mod select;
 mod simd;
 mod source;
 
@@ -84,9 +84,9 @@ mod tests;
 
 pub use fit::{fit_rows, fit_tensor, ChannelFit, LocScale, TensorFit};
 pub use ks::{ks_rows, ks_sorted_reference, ks_tensor};
+pub use median::median;
 pub use moments::{mean_abs_dev, moments, Moments};
 pub use rows::{row_fits, RowFit};
-pub use select::median;
 
 /// How close the KS statistics of [`fit_tensor`] and [`fit_rows`] (the
 /// pipeline's) are to the exact ones: their runs need no gather once D is
