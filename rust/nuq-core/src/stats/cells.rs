@@ -9,7 +9,7 @@
 //! rest of the work.
 
 use super::approx_cdf::{ApproxCdf, APPROX_ERR};
-use super::hist::Grid;
+use super::grid::Grid;
 use super::ks::{ks_sorted, ks_sorted_above, rank_bounds, Fitted, SLACK};
 use super::source::Value;
 

@@ -1,9 +1,10 @@
 //! What the pipeline calls: both fits and both KS statistics of a tensor
 //! (or of its rows), fused into as few data passes as possible.
 
-use super::hist::{buckets_for, build_coarse, expand, Grid, GRID_SIGMAS};
+use super::grid::{buckets_for, Grid, GRID_SIGMAS};
 use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
+use super::layout::{build_coarse, expand};
 use super::median::{median, median_of_layout, run_of};
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};

@@ -8,10 +8,10 @@ use rayon::prelude::*;
 use super::approx_cdf::{ApproxCdf, APPROX_ERR};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
-use super::hist::{
-    buckets_for, build, build_coarse, expand, refine, Grid, Layout, Rec, GRID_SIGMAS, MAX_BUCKETS,
-};
+use super::grid::{buckets_for, Grid, GRID_SIGMAS, MAX_BUCKETS};
+use super::layout::{build, build_coarse, expand, Layout, Rec};
 use super::moments::min_max;
+use super::refine::refine;
 use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
 use crate::Family;
@@ -688,7 +688,7 @@ pub(crate) fn ks_rows_reference(
 
 #[cfg(test)]
 mod tests {
-    use super::super::hist::Grid;
+    use super::super::grid::Grid;
     use super::*;
 
     #[test]

@@ -18,7 +18,7 @@
 //! the element-by-element sum up to rounding (a relative 1e-13 or less).
 
 use super::fit::LocScale;
-use super::hist::{Layout, GATHER_MAX};
+use super::layout::{Layout, GATHER_MAX};
 use super::median::run_of;
 use super::simd::band_split;
 use super::source::map_parts;
@@ -123,7 +123,8 @@ fn split(x: &[f32], lo: f64, hi: f64, centre: f64) -> Split {
 #[cfg(test)]
 mod tests {
     use super::super::fit::{central_grid, fit_tensor};
-    use super::super::hist::{buckets_for, build};
+    use super::super::grid::buckets_for;
+    use super::super::layout::build;
     use super::super::moments::{mean_abs_dev, moments};
     use super::super::source::Flat;
     use super::*;

@@ -21,8 +21,10 @@
 //!   bracket with the mean absolute deviation in one pass (`laplace`).
 
 use super::gather::gather;
-use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
+use super::grid::buckets_for;
+use super::layout::{build, Layout, GATHER_MAX};
 use super::moments::min_max;
+use super::refine::refine;
 use super::router::{f32_at_least, f32_at_most};
 use super::simd::{count_below, count_bins, for_each_hit};
 use super::source::{Flat, Source, Value};

@@ -58,7 +58,7 @@
 //! always that of the exact statistics. The pipeline's layouts (of a
 //! tensor, and of the pooled standardized values of channel granularity)
 //! hold coarse runs of 64 buckets, split into buckets only where they may
-//! hold the arg-max or the median (`hist::build_coarse`): with few runs to
+//! hold the arg-max or the median (`layout::build_coarse`): with few runs to
 //! resolve, writing and bounding a run per bucket was most of what was
 //! left besides the counting passes.
 //!
@@ -67,13 +67,16 @@
 
 mod approx_cdf;
 mod cells;
+mod counts;
 mod fit;
 mod gather;
-mod hist;
+mod grid;
 mod ks;
 mod laplace;
+mod layout;
 mod median;
 mod moments;
+mod refine;
 mod router;
 mod rows;
 mod simd;

@@ -5,7 +5,8 @@
 //! consecutive runs), or, for scattered targets, by a bit-set test on the
 //! grid index.
 
-use super::hist::{Grid, Layout};
+use super::grid::Grid;
+use super::layout::Layout;
 use super::simd::index_block;
 use super::source::{Value, CHUNK};
 
@@ -257,7 +258,8 @@ pub(crate) fn f32_at_least(v: f64) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::hist::{build, refine};
+    use super::super::layout::build;
+    use super::super::refine::refine;
     use super::super::source::{Flat, Source};
     use super::*;
 
@@ -320,7 +322,7 @@ mod tests {
         }
     }
 
-    fn check_routing(x: &[f32], layout: &super::super::hist::Layout, targets: &[usize]) {
+    fn check_routing(x: &[f32], layout: &super::super::layout::Layout, targets: &[usize]) {
         let router = Router::new(layout, targets);
         let mut routed = vec![0usize; targets.len()];
         for block in x.chunks(CHUNK) {

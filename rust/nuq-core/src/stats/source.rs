@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::hist::Grid;
+use super::grid::Grid;
 use super::router::{f32_at_least, f32_at_most, Router};
 use super::simd::{for_each_hit, scalar};
 
@@ -381,7 +381,8 @@ mod tests {
     /// scales.
     #[test]
     fn standardized_route_equals_the_generic_route() {
-        use super::super::hist::{build, refine};
+        use super::super::layout::build;
+        use super::super::refine::refine;
         let row_len = 500;
         let scales: [f64; 8] = [0.02, 0.0, 3e4, 1e-320, 1.0, 0.5, 7e-3, 2.0];
         let x: Vec<f32> = (0..row_len * scales.len())

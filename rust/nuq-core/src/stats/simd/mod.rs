@@ -20,7 +20,7 @@ use std::ops::Range;
 
 pub(crate) use scalar::LANES;
 
-use super::hist::Grid;
+use super::grid::Grid;
 use super::source::{Source, Value, CHUNK};
 use crate::pack::Kernel;
 

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::super::hist::Grid;
+use super::super::grid::Grid;
 use super::super::router::{f32_at_least, f32_at_most};
 use super::super::source::{Source, Value, CHUNK};
 use super::BandSplit;

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::super::hist::Grid;
+use super::super::grid::Grid;
 use super::super::source::{Source, Value, CHUNK};
 use super::{scalar, BandSplit};
 

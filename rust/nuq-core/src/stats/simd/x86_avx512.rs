@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::hist::Grid;
+use super::super::grid::Grid;
 use super::super::source::{Value, CHUNK};
 use super::scalar::{self, add_tail, reduce, LANES};
 use super::BandSplit;
