@@ -4,8 +4,9 @@
 //! fresh table is memory to fault in anew.
 
 use super::grid::{Grid, MAX_BUCKETS};
+use super::parts::fold_parts;
 use super::simd::count_range;
-use super::source::{fold_parts, Source};
+use super::source::Source;
 
 /// Per-pass element limit so that the `u32` bucket counts cannot overflow.
 pub(crate) const BLOCK: usize = 1 << 31;

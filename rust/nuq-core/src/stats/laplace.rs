@@ -20,8 +20,8 @@
 use super::fit::LocScale;
 use super::layout::{Layout, GATHER_MAX};
 use super::median::run_of;
+use super::parts::map_parts;
 use super::simd::band_split;
-use super::source::map_parts;
 
 /// What one part holds below, above and inside the band.
 #[derive(Debug, Default)]

@@ -66,6 +66,7 @@
 //! exactly, floating sums run over fixed-size parts combined in index order.
 
 mod approx_cdf;
+mod bounds;
 mod cells;
 mod counts;
 mod fit;
@@ -76,6 +77,7 @@ mod laplace;
 mod layout;
 mod median;
 mod moments;
+mod parts;
 mod refine;
 mod router;
 mod rows;

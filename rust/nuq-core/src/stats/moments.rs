@@ -2,8 +2,8 @@
 //! over fixed-size parts combined in index order (bit-identical for any
 //! thread count).
 
+use super::parts::{fold_parts, map_parts, PART};
 use super::simd::{self, abs_dev_sum, sq_dev_sum, sum, LANES};
-use super::source::{fold_parts, map_parts, PART};
 use crate::error::{NuqError, Result};
 
 /// Count, range, mean and population standard deviation (ddof = 0).

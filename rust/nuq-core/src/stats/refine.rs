@@ -7,8 +7,9 @@
 use super::counts::BLOCK;
 use super::grid::{Grid, MAX_BUCKETS};
 use super::layout::{Layout, Rec};
+use super::parts::fold_parts;
 use super::router::Router;
-use super::source::{fold_parts, Source, Value};
+use super::source::{Source, Value};
 
 #[derive(Debug, Clone, Copy)]
 struct Bin<V> {
