@@ -64,6 +64,19 @@
 //!
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.
+//!
+//! # Modules, one job each
+//! | module | job |
+//! |---|---|
+//! | `fit` | what the pipeline calls: both fits and both KS statistics |
+//! | `moments`, `rows` | mean, std, mean absolute deviation; per-row fits |
+//! | `median`, `laplace` | exact medians (bracket, copy, select); the fused median + deviation pass |
+//! | `ks`, `bounds`, `cells` | the KS statistic: the pruning loop, bounds of runs, exact terms of a gathered run |
+//! | `grid`, `counts`, `layout`, `refine` | the monotone bucket grid, the counting pass, runs of the sorted data, refining runs |
+//! | `gather`, `router` | copying out the values of chosen runs; deciding which run a value belongs to |
+//! | `source`, `parts` | what a pass reads (flat or standardized rows); fixed parts for deterministic parallel passes |
+//! | `simd` | every inner loop: scalar reference, AVX2 and AVX-512 versions, one dispatch |
+//! | `approx_cdf` | a table cdf for bounds, within a stated error |
 
 mod approx_cdf;
 mod bounds;
