@@ -51,8 +51,7 @@ fn lookup(regs: &[__m512; 16], level: usize, i: __m512i) -> __m512 {
 
 /// Vectors encoded side by side per loop step: the descent is a chain of
 /// dependent permutes and compares per vector, and one chain at a time left
-/// the core waiting on it (on an AMD Zen 4 at 4 bits: 1.6 Gvalues/s one
-/// vector at a time, 3.5 four at a time, 4.0 eight at a time).
+/// the core waiting on it (measured: benches/README.md).
 const WAYS: usize = 8;
 
 /// Encodes whole vectors for a tree of `D` levels, `WAYS` at a time, then

@@ -110,9 +110,9 @@ fn encode_groups(x: &[f32], rows: usize, cols: usize, g: usize, cfg: &Config) ->
 
 /// Groups whose values the family choice weighs first: at least this many,
 /// and every group of a tensor with fewer than twice as many. The sample
-/// saves the scan most of its scatter into the histogram (bench tensors at
-/// group 128: 5-6% less time than a 4096-group sample where the call is
-/// clear, 18% more where it is close and every group is weighed again).
+/// saves the scan most of its scatter into the histogram; a larger sample
+/// cost more where the call is clear, a smaller one more where it is close
+/// and every group is weighed again (measured: benches/README.md).
 const SAMPLED_GROUPS: usize = 1 << 10;
 
 /// Relative difference of the two codebooks' errors on a sample below which

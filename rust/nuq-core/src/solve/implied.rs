@@ -44,7 +44,7 @@ pub fn implied_codebook(family: Family, bits: u32, group_size: usize) -> Result<
     let cache = CACHE.get_or_init(Default::default);
     let key = (family, bits, group_size);
     // Only valid keys are ever stored, so a hit needs no checks (and skips
-    // the starting codebook's integral, ~0.5 ms).
+    // the starting codebook's integral).
     if let Some(levels) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(levels.clone());
     }

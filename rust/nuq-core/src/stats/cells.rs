@@ -9,8 +9,9 @@
 //! rest of the work.
 
 use super::approx_cdf::{ApproxCdf, APPROX_ERR};
-use super::hist::Grid;
-use super::ks::{ks_sorted, ks_sorted_above, rank_bounds, Fitted, SLACK};
+use super::bounds::rank_bounds;
+use super::grid::Grid;
+use super::ks::{ks_sorted, ks_sorted_above, Fitted, SLACK};
 use super::source::Value;
 
 /// Runs shorter than this are sorted outright.

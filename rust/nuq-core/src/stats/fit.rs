@@ -1,12 +1,13 @@
 //! What the pipeline calls: both fits and both KS statistics of a tensor
 //! (or of its rows), fused into as few data passes as possible.
 
-use super::hist::{buckets_for, build_coarse, expand, Grid, GRID_SIGMAS};
+use super::grid::{buckets_for, Grid, GRID_SIGMAS};
 use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
+use super::layout::{build_coarse, expand};
+use super::median::{median, median_of_layout, run_of};
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};
-use super::select::{median_of_layout, median_small, run_of};
 use super::source::Flat;
 use super::{KS_TOLERANCE, SMALL_N};
 use crate::error::{NuqError, Result};
@@ -92,13 +93,12 @@ pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
         scale: moments.std,
     };
     let (laplace, d) = if x.len() < SMALL_N {
-        let mut v = x.to_vec();
-        let median = median_small(&mut v);
+        let loc = median(x);
         let laplace = LocScale {
-            loc: median,
-            scale: mean_abs_dev(x, median),
+            loc,
+            scale: mean_abs_dev(x, loc),
         };
-        let d = ks_small(v, &both_fits(gaussian, laplace));
+        let d = ks_small(x.to_vec(), &both_fits(gaussian, laplace));
         (laplace, d)
     } else {
         let (lo, hi) = central_grid(&moments);

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::hist::Layout;
+use super::layout::Layout;
 use super::router::Router;
 use super::source::{Source, Value};
 
@@ -132,7 +132,7 @@ fn group_by_target<V: Value>(pairs: &[(u32, V)], counts: Vec<usize>) -> Block<V>
 
 #[cfg(test)]
 mod tests {
-    use super::super::hist::build;
+    use super::super::layout::build;
     use super::super::source::Flat;
     use super::*;
 

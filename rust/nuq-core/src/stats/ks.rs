@@ -1,17 +1,16 @@
 //! Kolmogorov–Smirnov statistic, exact, by bucket pruning (see the module
 //! doc of `stats`) with a sort-based reference that defines the result.
 
-use std::ops::Range;
-
 use rayon::prelude::*;
 
-use super::approx_cdf::{ApproxCdf, APPROX_ERR};
+use super::approx_cdf::ApproxCdf;
+use super::bounds::{blocks, fit_bounds, rank_bounds, FitBounds};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
-use super::hist::{
-    buckets_for, build, build_coarse, expand, refine, Grid, Layout, Rec, GRID_SIGMAS, MAX_BUCKETS,
-};
+use super::grid::{buckets_for, Grid, GRID_SIGMAS, MAX_BUCKETS};
+use super::layout::{build, build_coarse, expand, Layout};
 use super::moments::min_max;
+use super::refine::refine;
 use super::source::{inv_scale, Flat, Source, Standardized, Value};
 use super::SMALL_N;
 use crate::Family;
@@ -25,8 +24,7 @@ const REFINE_MIN: usize = 16;
 /// Up to this size gathering wins even for runs of thousands of values:
 /// the cells of `run_terms` sort only what can reach the maximum, while a
 /// refinement pass bins every candidate value into a table too big for L2
-/// (on 38.6M Gaussian/Laplace values whose central runs hold ~5600 each, a
-/// 4096 limit refined 4.3M values in ~190 ms; gathering them took ~85).
+/// (measured: benches/README.md).
 const SORT_MAX: usize = 1 << 16;
 
 /// Where the exact D of one fit lies: `lo <= D <= hi` (equal when exact).
@@ -82,17 +80,8 @@ impl Fitted {
 /// scipy's larger term for order statistic `i` (1-based) of `n` where the
 /// cdf is `f`: `max(i/n - f, f - (i-1)/n)`.
 #[inline]
-fn term(i: usize, n: f64, f: f64) -> f64 {
+pub(super) fn term(i: usize, n: f64, f: f64) -> f64 {
     (i as f64 / n - f).max(f - (i - 1) as f64 / n)
-}
-
-/// `(lower, upper)` for order statistics `offset + 1 ..= last` of `n` whose
-/// cdf values lie in `[fl, fh]`: every term is at most `upper`, and the
-/// first or last term is at least `lower` (a lower bound of D).
-#[inline]
-pub(super) fn rank_bounds(offset: usize, last: usize, n: f64, fl: f64, fh: f64) -> (f64, f64) {
-    let (below, upto) = (offset as f64 / n, last as f64 / n);
-    ((fl - below).max(upto - fh), (upto - fl).max(fh - below))
 }
 
 /// Max of the terms of sorted values holding order statistics `offset+1..`.
@@ -250,8 +239,7 @@ pub(crate) fn ks_rows_within(
     // Standardized values beyond the grid fall in its clamped end buckets
     // (still exact, only less finely bucketed). 2^16 buckets over ±6
     // bracket every term within 1e-4 (see `ks_layout_within`): the doubled
-    // grid of large tensors only costs its counting pass more (50257x768:
-    // 5% more time).
+    // grid of large tensors would only cost its counting pass more.
     let nb = buckets_for(x.len()).min(MAX_BUCKETS);
     let grid = Grid::new(-GRID_SIGMAS, GRID_SIGMAS, nb);
     let mut layout = build_coarse(&src, grid, None);
@@ -415,223 +403,6 @@ fn candidates(
     cands
 }
 
-/// What a run alone says about its terms.
-#[derive(Debug, Clone, Copy)]
-struct Bounds {
-    /// Largest of its terms known exactly (0 if none).
-    exact: f64,
-    /// A lower bound of D implied by its rank and value bounds.
-    lower: f64,
-    /// An upper bound of all its terms.
-    upper: f64,
-}
-
-/// What the runs of a layout say about D for one fit: the runs that may
-/// hold the term attaining it, each with its own bounds, and a lower bound
-/// of D from the others.
-#[derive(Debug)]
-struct FitBounds {
-    /// `(run, its bounds)`, ascending.
-    fine: Vec<(usize, Bounds)>,
-    /// A lower bound of D: the largest lower bound of a block of runs.
-    floor: f64,
-}
-
-/// Blocks of consecutive runs are bounded first, each as one run between
-/// the cdf at its two ends; a block holds at most `n / BLOCK_SHARE` elements
-/// (or one run) and at most `BLOCK_RUNS` runs.
-const BLOCK_SHARE: usize = 2048;
-const BLOCK_RUNS: usize = 64;
-
-/// The runs' bounds against `fit`, coarse to fine. Each block of runs is
-/// bounded as one run (two cdf evaluations); only the runs of the blocks
-/// whose upper bound reaches `floor`, the largest block lower bound (less
-/// `SLACK`), get bounds of their own. No other run can hold the term that
-/// attains D, nor have an upper bound that reaches `floor`; and the block
-/// that attains `floor` is one of those kept, whose first and last runs'
-/// own lower bounds are at least its. So `candidates` finds the same lower
-/// bound and the same runs as from every run's own bounds, with a few cdf
-/// evaluations per block and per kept run: on a mixture of 2.4M values
-/// about 5K and 1K per fit, against 29K runs (counted with the former
-/// [min, max] grid; the ±8σ grid made about 35K runs there). On a close fit (D below a
-/// block's slack) nearly every block is kept, so nearly every run is
-/// bounded: finer levels of blocks were tried and cost more than they
-/// saved there.
-fn fit_bounds(layout: &Layout, blocks: &[Range<usize>], fit: &Fitted) -> FitBounds {
-    let n = layout.n as f64;
-    let edges = Edges::new(layout, fit);
-    let whole: Vec<Bounds> = blocks
-        .par_iter()
-        .map(|b| edges.span_bounds(b.start, b.end - 1, n))
-        .collect();
-    let floor = whole.iter().map(|b| b.lower).fold(0.0, f64::max);
-    let fine: Vec<(usize, Bounds)> = blocks
-        .par_iter()
-        .zip(&whole)
-        .filter(|(_, w)| w.upper + SLACK > floor)
-        .flat_map_iter(|(b, _)| b.clone().zip(edges.run_bounds(b.clone(), n)))
-        .collect();
-    FitBounds { fine, floor }
-}
-
-/// Consecutive runs in blocks of at most `n / BLOCK_SHARE` elements (a
-/// bigger run alone) and at most `BLOCK_RUNS` runs.
-fn blocks(layout: &Layout) -> Vec<Range<usize>> {
-    let cap = (layout.n / BLOCK_SHARE).max(1);
-    let mut out = Vec::with_capacity(layout.recs.len() / 4 + 1);
-    let (mut start, mut held) = (0, 0);
-    for (i, r) in layout.recs.iter().enumerate() {
-        if i > start && (held + r.count > cap || i - start == BLOCK_RUNS) {
-            out.push(start..i);
-            (start, held) = (i, 0);
-        }
-        held += r.count;
-    }
-    if start < layout.recs.len() {
-        out.push(start..layout.recs.len());
-    }
-    out
-}
-
-/// The cdf bounds at the ends of the runs of a layout. An inexact run that
-/// is not an end bucket is a whole top-level bucket: its values lie within
-/// the grid edges widened by the guard, where the cdf is within `guard * max
-/// density` of the cdf at the edges.
-struct Edges<'a> {
-    layout: &'a Layout,
-    fit: &'a Fitted,
-    approx: ApproxCdf,
-    /// Both densities peak below 0.5 / scale; doubled for rounding.
-    widen: f64,
-}
-
-impl<'a> Edges<'a> {
-    fn new(layout: &'a Layout, fit: &'a Fitted) -> Self {
-        let widen = layout.grid.guard() / fit.scale;
-        Edges {
-            layout,
-            fit,
-            approx: ApproxCdf::new(fit.family),
-            widen,
-        }
-    }
-
-    fn whole(&self, r: &Rec) -> bool {
-        !r.exact && r.root > 0 && r.root + (r.buckets as usize) < self.layout.grid.nb
-    }
-
-    /// How far the cdf of run `i`'s values can lie beyond its edge values
-    /// (`at_lo`, `at_hi`): the guard's widening for a whole bucket, and the
-    /// approximation's error unless the run is exact.
-    fn margin(&self, i: usize) -> f64 {
-        let r = &self.layout.recs[i];
-        if r.exact {
-            0.0
-        } else if self.whole(r) {
-            self.widen + APPROX_ERR
-        } else {
-            APPROX_ERR
-        }
-    }
-
-    /// The cdf at a run's edge `v`: exact for an exact run (its edges are
-    /// its first and last values, whose terms are taken as exact), else
-    /// the table's (within `APPROX_ERR`).
-    fn cdf_at(&self, r: &Rec, v: f64) -> f64 {
-        if r.exact {
-            self.fit.cdf(v)
-        } else {
-            self.fit.approx_cdf(self.approx, v)
-        }
-    }
-
-    /// The cdf at run `i`'s lower edge: its grid edge if whole, else `lo`.
-    fn at_lo(&self, i: usize) -> f64 {
-        let r = &self.layout.recs[i];
-        let v = if self.whole(r) {
-            self.layout.grid.edge(r.root)
-        } else {
-            r.lo
-        };
-        self.cdf_at(r, v)
-    }
-
-    /// The cdf at run `i`'s upper edge.
-    fn at_hi(&self, i: usize) -> f64 {
-        let r = &self.layout.recs[i];
-        let v = if self.whole(r) {
-            self.layout.grid.edge(r.root + r.buckets as usize)
-        } else {
-            r.hi
-        };
-        self.cdf_at(r, v)
-    }
-
-    /// Bounds of runs `first..=last` taken as one run (no exact terms).
-    fn span_bounds(&self, first: usize, last: usize, n: f64) -> Bounds {
-        let recs = &self.layout.recs;
-        let merged = Rec {
-            exact: false,
-            count: recs[last].offset + recs[last].count - recs[first].offset,
-            ..recs[first]
-        };
-        let fl = self.at_lo(first) - self.margin(first);
-        let fh = self.at_hi(last) + self.margin(last);
-        run_bounds(&merged, n, fl, fh)
-    }
-
-    /// Each run's own bounds. A run's upper edge is its successor's lower
-    /// edge when both are whole buckets and adjacent (most are): about one
-    /// cdf evaluation per run instead of two.
-    fn run_bounds(&self, runs: Range<usize>, n: f64) -> Vec<Bounds> {
-        let recs = &self.layout.recs;
-        let at_lo: Vec<f64> = runs.clone().map(|i| self.at_lo(i)).collect();
-        runs.clone()
-            .zip(&at_lo)
-            .map(|(i, &fl)| {
-                let r = &recs[i];
-                let shared = i + 1 < runs.end
-                    && self.whole(r)
-                    && self.whole(&recs[i + 1])
-                    && recs[i + 1].root == r.root + r.buckets as usize;
-                let fh = if shared {
-                    at_lo[i + 1 - runs.start]
-                } else {
-                    self.at_hi(i)
-                };
-                let m = self.margin(i);
-                run_bounds(r, n, fl - m, fh + m)
-            })
-            .collect()
-    }
-}
-
-/// The rank of the run's first element is `offset+1`, of its last
-/// `offset+count`, and every value lies in `[lo, hi]`, where the cdf is at
-/// least `fl` and at most `fh` (exactly the cdf there when the run is exact);
-/// `F` is monotone.
-fn run_bounds(r: &Rec, n: f64, fl: f64, fh: f64) -> Bounds {
-    let (first, last) = (r.offset + 1, r.offset + r.count);
-    let (lower, upper) = rank_bounds(r.offset, last, n, fl, fh);
-    if r.pure() {
-        return Bounds {
-            exact: upper,
-            lower: upper,
-            upper,
-        };
-    }
-    let exact = if r.exact {
-        term(first, n, fl).max(term(last, n, fh))
-    } else {
-        0.0
-    };
-    Bounds {
-        exact,
-        lower,
-        upper,
-    }
-}
-
 /// Gathers the records `idx`, sorts each, and folds in their exact terms
 /// that can reach `lower` (per fit, a lower bound of D).
 fn resolve<S: Source>(
@@ -690,7 +461,7 @@ pub(crate) fn ks_rows_reference(
 
 #[cfg(test)]
 mod tests {
-    use super::super::hist::Grid;
+    use super::super::bounds::Edges;
     use super::*;
 
     #[test]
@@ -736,52 +507,6 @@ mod tests {
             assert_eq!(pieces.iter().copied().fold(0.0, f64::max), d);
             // Above D, blocks are skipped, and what is returned is still a term.
             assert!(ks_sorted_above(&x, 0, n, &fit, 1.0) <= d);
-        }
-    }
-
-    /// Every run's bounds, from the shared edge cdf values, hold its exact
-    /// terms: `upper` is at least each term and `lower` at most the larger
-    /// of its first and last terms. Values sit on and next to the grid edges
-    /// (where the guard matters), on a grid with empty buckets in between.
-    #[test]
-    fn run_bounds_hold_the_exact_terms() {
-        let grid = Grid::new(-1.0, 1.0, 1 << 10);
-        let mut x: Vec<f32> = (0..=1024)
-            .filter(|k| k % 7 != 3)
-            .flat_map(|k| {
-                let e = grid.edge(k) as f32;
-                [e.next_down(), e, e.next_up(), e + 1e-4]
-            })
-            .filter(|v| (-1.0..=1.0).contains(v))
-            .collect();
-        x.sort_by(f32::total_cmp);
-        let n = x.len();
-        let layout = build(&Flat(&x), -1.0, 1.0, 1 << 10, Some((-1.0, 1.0)));
-        for fit in [
-            Fitted {
-                family: Family::Gaussian,
-                loc: 0.05,
-                scale: 0.4,
-            },
-            Fitted {
-                family: Family::Laplace,
-                loc: -0.02,
-                scale: 0.3,
-            },
-        ] {
-            let bounds = Edges::new(&layout, &fit).run_bounds(0..layout.recs.len(), n as f64);
-            for (r, b) in layout.recs.iter().zip(&bounds) {
-                let run = &x[r.offset..r.offset + r.count];
-                let terms: Vec<f64> = run
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &v)| term(r.offset + j + 1, n as f64, fit.cdf(f64::from(v))))
-                    .collect();
-                let top = terms.iter().copied().fold(0.0, f64::max);
-                assert!(top <= b.upper, "{r:?}: term {top} above {}", b.upper);
-                let ends = terms[0].max(terms[terms.len() - 1]);
-                assert!(b.lower <= ends, "{r:?}: lower {} above {ends}", b.lower);
-            }
         }
     }
 

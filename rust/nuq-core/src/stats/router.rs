@@ -5,7 +5,9 @@
 //! consecutive runs), or, for scattered targets, by a bit-set test on the
 //! grid index.
 
-use super::hist::{Grid, Layout};
+use super::grid::Grid;
+use super::layout::Layout;
+use super::simd::index_block;
 use super::source::{Value, CHUNK};
 
 /// Maps a value to the target record holding it, if any: one grid index and a
@@ -36,22 +38,19 @@ const MAX_SPANS: usize = 32;
 /// Ranges that neighbouring stretches are joined down to, and the share of
 /// the data (`1 / JOIN_SHARE`) the joined-in runs may hold. One range: the
 /// range test is a pass over every value of the tensor, while the values
-/// joined in cost one rejected lookup each (768x3072 and 50257x768 at
-/// channel granularity: 4% and 8-13% less time than with up to 4 ranges).
+/// joined in cost one rejected lookup each (measured: benches/README.md).
 const FEW_SPANS: usize = 1;
 const JOIN_SHARE: usize = 64;
 /// The share of the data that may be joined in to get down to `MAX_SPANS`
 /// ranges: a rejected lookup costs a few times what the bit-set test costs
-/// per value, and that test indexes every value (768x768, whose candidate
-/// runs lay in more than 32 stretches: 17% less time at tensor and 13% at
-/// group granularity).
+/// per value, and that test indexes every value.
 const LAST_SHARE: usize = 8;
 
 /// The value ranges, rounded outward to each value type (empty: not used).
 #[derive(Debug, Default)]
-pub(crate) struct Spans {
-    pub(crate) f32s: Vec<(f32, f32)>,
-    pub(crate) f64s: Vec<(f64, f64)>,
+struct Spans {
+    f32s: Vec<(f32, f32)>,
+    f64s: Vec<(f64, f64)>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -113,26 +112,15 @@ impl Router {
         self.lookup(root, v).unwrap_or(self.targets)
     }
 
-    /// Calls `f(target, value)` for every value of `vals` that belongs to a
-    /// target: a block-wide test first (value ranges, or grid indices and
-    /// the bit set), and the full lookup only for the few values that pass.
+    /// Calls `f(target, value)` for every value of `vals` (at most `CHUNK`)
+    /// that belongs to a target: the grid indices of the block and the bit
+    /// set first, the full lookup only for the few values that pass. (The
+    /// sources test a router's value ranges themselves, on raw values,
+    /// before they standardize or index anything.)
     #[inline]
     pub(crate) fn route_block<V: Value>(&self, vals: &[V], mut f: impl FnMut(usize, V)) {
-        let spans = V::spans(&self.spans);
-        if !spans.is_empty() {
-            let mut hits = in_spans(spans, vals);
-            while hits != 0 {
-                let j = hits.trailing_zeros() as usize;
-                hits &= hits - 1;
-                let v = vals[j].to_f64();
-                if let Some(t) = self.lookup(self.grid.index(v), v) {
-                    f(t, vals[j]);
-                }
-            }
-            return;
-        }
         let mut idx = [0u32; CHUNK];
-        self.grid.index_block(vals, &mut idx);
+        index_block(&self.grid, vals, &mut idx);
         for (&root, &v) in idx.iter().zip(vals) {
             let root = root as usize;
             if self.live[root / 64] & (1 << (root % 64)) != 0 {
@@ -268,194 +256,10 @@ pub(crate) fn f32_at_least(v: f64) -> f32 {
     }
 }
 
-/// Bit `j` set when `vals[j]` lies in one of the ranges: AVX-512 compares
-/// where present, else a loop compiled for AVX2 as well.
-pub(crate) fn in_spans<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::pack::Kernel::Avx512.is_allowed() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { V::in_spans_avx512(spans, vals) };
-        }
-        if crate::pack::Kernel::Avx2.is_allowed() {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { in_spans_avx2(spans, vals) };
-        }
-    }
-    in_spans_any(spans, vals)
-}
-
-/// Calls `hit(j)`, `j` ascending, for every position of `vals` whose value
-/// lies in one of the ranges: the range tests of a slice first (masks of
-/// up to `HIT_SLICE` values, AVX-512 where present), then the hits.
-#[inline]
-pub(crate) fn for_each_hit(spans: &[(f32, f32)], vals: &[f32], mut hit: impl FnMut(usize)) {
-    let mut masks = [0u64; HIT_SLICE / CHUNK];
-    for (p, piece) in vals.chunks(HIT_SLICE).enumerate() {
-        let masks = &mut masks[..piece.len().div_ceil(CHUNK)];
-        span_masks(spans, piece, masks);
-        for (c, &mask) in masks.iter().enumerate() {
-            let base = p * HIT_SLICE + c * CHUNK;
-            let mut bits = mask;
-            while bits != 0 {
-                hit(base + bits.trailing_zeros() as usize);
-                bits &= bits - 1;
-            }
-        }
-    }
-}
-
-/// Values whose range tests `for_each_hit` runs before handling their hits.
-const HIT_SLICE: usize = 4096;
-
-/// `in_spans` of every `CHUNK` of `vals` into `masks` (one per chunk):
-/// under AVX-512, with up to `REG_SPANS` ranges held in registers across
-/// the whole slice instead of loaded again for every chunk.
-fn span_masks(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
-    assert_eq!(
-        masks.len(),
-        vals.len().div_ceil(CHUNK),
-        "one mask per chunk"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if spans.len() <= x86_avx512::REG_SPANS && crate::pack::Kernel::Avx512.is_allowed() {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { x86_avx512::span_masks_f32(spans, vals, masks) };
-    }
-    for (m, chunk) in masks.iter_mut().zip(vals.chunks(CHUNK)) {
-        *m = in_spans(spans, chunk);
-    }
-}
-
-#[inline(always)]
-fn in_spans_any<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
-    let mut hit = [0u8; CHUNK];
-    for &(lo, hi) in spans {
-        for (h, &v) in hit.iter_mut().zip(vals) {
-            *h |= u8::from(v >= lo) & u8::from(v <= hi);
-        }
-    }
-    // Eight 0/1 bytes to eight bits: the multiply adds byte k's bit at bit
-    // 56 + k, and no other partial product reaches the top byte.
-    hit.chunks_exact(8).enumerate().fold(0u64, |m, (k, b)| {
-        let w = u64::from_le_bytes(b.try_into().unwrap());
-        m | ((w.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k))
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn in_spans_avx2<V: Value>(spans: &[(V, V)], vals: &[V]) -> u64 {
-    in_spans_any(spans, vals)
-}
-
-/// The AVX-512 range tests, a mask register per vector of values (16 f32
-/// or 8 f64); a partial vector is loaded under a mask, the missing lanes
-/// NaN, which no range holds.
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86_avx512 {
-    use std::arch::x86_64::*;
-
-    use super::CHUNK;
-
-    /// # Safety
-    /// The CPU must support AVX-512F; `vals.len() <= CHUNK`.
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn in_spans_f32(spans: &[(f32, f32)], vals: &[f32]) -> u64 {
-        debug_assert!(vals.len() <= CHUNK);
-        let mut mask = 0u64;
-        for k in 0..vals.len().div_ceil(16) {
-            let left = vals.len() - 16 * k;
-            let valid = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-            // SAFETY: only the lanes of `valid` are read, all inside `vals`.
-            let v = unsafe {
-                _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NAN), valid, vals.as_ptr().add(16 * k))
-            };
-            let mut hit: __mmask16 = 0;
-            for &(lo, hi) in spans {
-                let ge = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(lo));
-                hit |= _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(ge, v, _mm512_set1_ps(hi));
-            }
-            mask |= u64::from(hit) << (16 * k);
-        }
-        mask
-    }
-
-    /// Most ranges `span_masks_f32` holds in registers.
-    pub(crate) const REG_SPANS: usize = 4;
-
-    /// As `super::span_masks`, for at most `REG_SPANS` ranges.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F; `masks.len() == vals.len().div_ceil(CHUNK)`.
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn span_masks_f32(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
-        match spans.len() {
-            0 => masks.fill(0),
-            1 => masks_n::<1>(spans, vals, masks),
-            2 => masks_n::<2>(spans, vals, masks),
-            3 => masks_n::<3>(spans, vals, masks),
-            4 => masks_n::<4>(spans, vals, masks),
-            n => panic!("span_masks_f32: {n} ranges, at most {REG_SPANS}"),
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn masks_n<const N: usize>(spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64]) {
-        let lo: [__m512; N] = std::array::from_fn(|k| _mm512_set1_ps(spans[k].0));
-        let hi: [__m512; N] = std::array::from_fn(|k| _mm512_set1_ps(spans[k].1));
-        for (m, chunk) in masks.iter_mut().zip(vals.chunks(CHUNK)) {
-            let mut mask = 0u64;
-            for k in 0..chunk.len().div_ceil(16) {
-                let left = chunk.len() - 16 * k;
-                let valid = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-                // SAFETY: only the lanes of `valid` are read, all inside `chunk`.
-                let v = unsafe {
-                    _mm512_mask_loadu_ps(
-                        _mm512_set1_ps(f32::NAN),
-                        valid,
-                        chunk.as_ptr().add(16 * k),
-                    )
-                };
-                let mut hit: __mmask16 = 0;
-                for j in 0..N {
-                    let ge = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo[j]);
-                    hit |= _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(ge, v, hi[j]);
-                }
-                mask |= u64::from(hit) << (16 * k);
-            }
-            *m = mask;
-        }
-    }
-
-    /// # Safety
-    /// As `in_spans_f32`.
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn in_spans_f64(spans: &[(f64, f64)], vals: &[f64]) -> u64 {
-        debug_assert!(vals.len() <= CHUNK);
-        let mut mask = 0u64;
-        for k in 0..vals.len().div_ceil(8) {
-            let left = vals.len() - 8 * k;
-            let valid = if left >= 8 { !0 } else { (1u8 << left) - 1 };
-            // SAFETY: only the lanes of `valid` are read, all inside `vals`.
-            let v = unsafe {
-                _mm512_mask_loadu_pd(_mm512_set1_pd(f64::NAN), valid, vals.as_ptr().add(8 * k))
-            };
-            let mut hit: __mmask8 = 0;
-            for &(lo, hi) in spans {
-                let ge = _mm512_cmp_pd_mask::<_CMP_GE_OQ>(v, _mm512_set1_pd(lo));
-                hit |= _mm512_mask_cmp_pd_mask::<_CMP_LE_OQ>(ge, v, _mm512_set1_pd(hi));
-            }
-            mask |= u64::from(hit) << (8 * k);
-        }
-        mask
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::hist::{build, refine};
+    use super::super::layout::build;
+    use super::super::refine::refine;
     use super::super::source::{Flat, Source};
     use super::*;
 
@@ -500,90 +304,6 @@ mod tests {
         check_routing(&x, &layout, &runs);
     }
 
-    /// Scattered values in [-5, 5.23), and ranges over them: a single
-    /// value, bounded, open-ended, and one disjoint from the values.
-    fn filter_values(len: usize) -> Vec<f32> {
-        (0..len)
-            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) >> 22) as f32 * 0.01 - 5.0)
-            .collect()
-    }
-    const FILTER_SPANS: [(f32, f32); 6] = [
-        (-4.9, -4.9),
-        (-4.0, -3.0),
-        (0.0, 2.5),
-        (5.23, f32::INFINITY),
-        (-1.5, -1.0),
-        (f32::NEG_INFINITY, -4.95),
-    ];
-
-    #[test]
-    fn span_filters_agree_with_the_scalar_test() {
-        let (vals, spans) = (filter_values(CHUNK), FILTER_SPANS);
-        for n in [0, 1, 3, 4, 6] {
-            for len in [CHUNK, 37] {
-                let want = vals[..len].iter().enumerate().fold(0u64, |m, (j, &v)| {
-                    let hit = spans[..n].iter().any(|&(a, b)| a <= v && v <= b);
-                    m | (u64::from(hit) << j)
-                });
-                let got = [
-                    in_spans_any(&spans[..n], &vals[..len]),
-                    in_spans(&spans[..n], &vals[..len]),
-                ];
-                assert_eq!(got, [want; 2]);
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if std::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: AVX-512F is available (checked).
-                        let got = unsafe { x86_avx512::in_spans_f32(&spans[..n], &vals[..len]) };
-                        assert_eq!(got, want);
-                        let wide: Vec<(f64, f64)> = spans[..n]
-                            .iter()
-                            .map(|&(a, b)| (a.into(), b.into()))
-                            .collect();
-                        let vals64: Vec<f64> = vals[..len].iter().map(|&v| v.into()).collect();
-                        // SAFETY: as above.
-                        let got = unsafe { x86_avx512::in_spans_f64(&wide, &vals64) };
-                        assert_eq!(got, want);
-                    }
-                    if std::is_x86_feature_detected!("avx2") {
-                        // SAFETY: AVX2 is available (checked).
-                        assert_eq!(unsafe { in_spans_avx2(&spans[..n], &vals[..len]) }, want);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The slice-wide filter lists exactly the values in the ranges, in
-    /// order, for any number of ranges (registers up to `REG_SPANS`, the
-    /// chunk test beyond) and slices that end inside a chunk and span
-    /// several `HIT_SLICE`s; its AVX-512 masks are the portable ones.
-    #[test]
-    fn hits_are_the_values_in_the_ranges() {
-        let (vals, spans) = (filter_values(2 * HIT_SLICE + 3 * CHUNK + 17), FILTER_SPANS);
-        for n in 0..=spans.len() {
-            for len in [0, 37, CHUNK, HIT_SLICE + 5, vals.len()] {
-                let (xs, ranges) = (&vals[..len], &spans[..n]);
-                let want: Vec<usize> = (0..len)
-                    .filter(|&j| ranges.iter().any(|&(a, b)| a <= xs[j] && xs[j] <= b))
-                    .collect();
-                let mut got = Vec::new();
-                for_each_hit(ranges, xs, |j| got.push(j));
-                assert_eq!(got, want, "{n} ranges, {len} values");
-                #[cfg(target_arch = "x86_64")]
-                if n <= x86_avx512::REG_SPANS && std::is_x86_feature_detected!("avx512f") {
-                    let chunks = len.div_ceil(CHUNK);
-                    let portable: Vec<u64> =
-                        xs.chunks(CHUNK).map(|c| in_spans_any(ranges, c)).collect();
-                    let mut masks = vec![u64::MAX; chunks];
-                    // SAFETY: AVX-512F is available (checked); one mask per chunk.
-                    unsafe { x86_avx512::span_masks_f32(ranges, xs, &mut masks) };
-                    assert_eq!(masks, portable, "{n} ranges, {len} values");
-                }
-            }
-        }
-    }
-
     #[test]
     fn f32_bounds_round_outward() {
         for v in [
@@ -602,7 +322,7 @@ mod tests {
         }
     }
 
-    fn check_routing(x: &[f32], layout: &super::super::hist::Layout, targets: &[usize]) {
+    fn check_routing(x: &[f32], layout: &super::super::layout::Layout, targets: &[usize]) {
         let router = Router::new(layout, targets);
         let mut routed = vec![0usize; targets.len()];
         for block in x.chunks(CHUNK) {

@@ -1,13 +1,13 @@
 //! Per-row fits for channel granularity. Rows are short (10..20000), so each
 //! row is handled by one thread with exact two-pass sums (the lane sums of
-//! `moments`) and a median by pivot compares (`select::median_near`);
+//! `moments`) and a median by pivot compares (`median::median_of_row`);
 //! rows run in parallel.
 
 use crate::family::Family;
 use rayon::prelude::*;
 
-use super::moments::{abs_dev_sum, sq_dev_sum, sum};
-use super::select::{median_near, Scratch};
+use super::median::{median_of_row, Scratch};
+use super::simd::{abs_dev_sum, sq_dev_sum, sum};
 
 /// Both fits of one row: Gaussian (`mean`, `std`, population) and Laplace
 /// (`median`, `b` = mean |x - median|).
@@ -70,7 +70,7 @@ fn fit_row(row: &[f32], scratch: &mut Scratch) -> Option<RowFit> {
     }
     let mean = total / n;
     let var = sq_dev_sum(row, mean) / n;
-    let median = median_near(row, mean, var.sqrt(), scratch);
+    let median = median_of_row(row, mean, var.sqrt(), scratch);
     let b = abs_dev_sum(row, median) / n;
     Some(RowFit {
         mean,

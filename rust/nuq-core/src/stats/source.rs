@@ -5,16 +5,9 @@
 use std::cmp::Ordering;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::hist::Grid;
-#[cfg(target_arch = "x86_64")]
-use super::router::x86_avx512;
-use super::router::{f32_at_least, f32_at_most, for_each_hit, Router, Spans};
-
-/// Elements per parallel work item. Fixed, so that any per-item floating
-/// reduction is independent of the Rayon thread count.
-pub(crate) const PART: usize = 1 << 15;
+use super::grid::Grid;
+use super::router::{f32_at_least, f32_at_most, Router};
+use super::simd::{for_each_hit, scalar};
 
 /// A totally ordered sample value (`f32` data or `f64` standardized values).
 pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
@@ -29,14 +22,6 @@ pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Branch-free minimum; the inputs are never NaN.
     fn min_v(self, o: Self) -> Self;
     fn max_v(self, o: Self) -> Self;
-    /// A router's value ranges in this type.
-    fn spans(s: &Spans) -> &[(Self, Self)];
-    /// The router's AVX-512 range test for this type.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F; `vals.len() <= CHUNK`.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64;
 }
 
 impl Value for f32 {
@@ -60,14 +45,6 @@ impl Value for f32 {
     fn max_v(self, o: Self) -> Self {
         self.max(o)
     }
-    fn spans(s: &Spans) -> &[(Self, Self)] {
-        &s.f32s
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64 {
-        // SAFETY: the caller's contract.
-        unsafe { x86_avx512::in_spans_f32(spans, vals) }
-    }
 }
 
 impl Value for f64 {
@@ -90,14 +67,6 @@ impl Value for f64 {
     #[inline]
     fn max_v(self, o: Self) -> Self {
         self.max(o)
-    }
-    fn spans(s: &Spans) -> &[(Self, Self)] {
-        &s.f64s
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn in_spans_avx512(spans: &[(Self, Self)], vals: &[Self]) -> u64 {
-        // SAFETY: the caller's contract.
-        unsafe { x86_avx512::in_spans_f64(spans, vals) }
     }
 }
 
@@ -151,7 +120,7 @@ pub(crate) trait Source: Sync {
     fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
         let mut idx = [0u32; CHUNK];
         self.visit_chunks(range, |vals| {
-            grid.index_block_any(vals, &mut idx);
+            scalar::index_block(grid, vals, &mut idx);
             f(&idx[..vals.len()]);
         });
     }
@@ -265,9 +234,9 @@ impl Source for Standardized<'_> {
     /// standardized values.
     ///
     /// A chunk is handed over once the next one is indexed: a count pass
-    /// then interleaves the indexing with its scattered increments (768x3072
-    /// and 50257x768 at channel granularity: 6% less time; the same for the
-    /// flat tensor, by copying each chunk's indices, cost 7% more).
+    /// then interleaves the indexing with its scattered increments (for
+    /// the flat tensor, copying each chunk's indices to do the same was
+    /// slower: benches/README.md).
     #[inline(always)]
     fn index_chunks<F: FnMut(&[u32])>(&self, range: Range<usize>, grid: &Grid, mut f: F) {
         let mut bufs = [[0u32; CHUNK]; 2];
@@ -357,44 +326,6 @@ fn raw_range(lo: f64, hi: f64, loc: f64, inv: f64) -> (f32, f32) {
     )
 }
 
-/// Parallel fold over fixed `PART`-sized ranges of `0..n`. Only for
-/// accumulators whose merge is exact (integer counts, min/max, collections).
-/// Accumulators are big (a histogram of up to 2^16 counters, or of bins),
-/// so each Rayon task takes at least 1/4 of a thread's share of the ranges
-/// (left alone, Rayon made one accumulator per range: 17 zeroed and merged
-/// 256 KiB tables for the 18 ranges of a 768x768 tensor), and the results
-/// are merged pairwise without a further empty accumulator.
-pub(crate) fn fold_parts<A, I, S, M>(n: usize, identity: I, step: S, merge: M) -> A
-where
-    A: Send,
-    I: Fn() -> A + Sync + Send,
-    S: Fn(A, Range<usize>) -> A + Sync + Send,
-    M: Fn(A, A) -> A + Sync + Send,
-{
-    let parts = n.div_ceil(PART);
-    (0..parts)
-        .into_par_iter()
-        .with_min_len(parts.div_ceil(4 * rayon::current_num_threads()).max(1))
-        .fold(&identity, |acc, p| {
-            step(acc, p * PART..((p + 1) * PART).min(n))
-        })
-        .reduce_with(merge)
-        .unwrap_or_else(identity)
-}
-
-/// Per-range results of `f` over fixed `PART`-sized ranges, in index order,
-/// for floating reductions that must be combined in a fixed order.
-pub(crate) fn map_parts<R, F>(n: usize, f: F) -> Vec<R>
-where
-    R: Send,
-    F: Fn(Range<usize>) -> R + Sync + Send,
-{
-    (0..n.div_ceil(PART))
-        .into_par_iter()
-        .map(|p| f(p * PART..((p + 1) * PART).min(n)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,7 +337,8 @@ mod tests {
     /// scales.
     #[test]
     fn standardized_route_equals_the_generic_route() {
-        use super::super::hist::{build, refine};
+        use super::super::layout::build;
+        use super::super::refine::refine;
         let row_len = 500;
         let scales: [f64; 8] = [0.02, 0.0, 3e4, 1e-320, 1.0, 0.5, 7e-3, 2.0];
         let x: Vec<f32> = (0..row_len * scales.len())
@@ -503,17 +435,5 @@ mod tests {
             Flat(&x).visit_chunks(range.clone(), |c| flat.extend_from_slice(c));
             assert_eq!(flat, &x[range]);
         }
-    }
-
-    #[test]
-    fn parts_cover_every_index_once_in_order() {
-        let n = 3 * PART + 17;
-        let ranges = map_parts(n, |r| r);
-        assert_eq!(ranges.len(), 4);
-        assert_eq!(ranges[0].start, 0);
-        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
-        assert_eq!(ranges.last().unwrap().end, n);
-        let count = fold_parts(n, || 0usize, |a, r| a + r.len(), |a, b| a + b);
-        assert_eq!(count, n);
     }
 }

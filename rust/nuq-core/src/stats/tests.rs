@@ -144,7 +144,8 @@ proptest! {
         row_len in prop_oneof![Just(1usize), Just(256), Just(4096)],
     ) {
         use super::fit::{both_fits, central_grid};
-        use super::hist::{buckets_for, build};
+        use super::grid::buckets_for;
+use super::layout::build;
         use super::ks::{ks_layout_within, ks_rows_within};
         use super::source::Flat;
         let x = sample(kind, n - n % row_len, seed);
@@ -278,8 +279,9 @@ fn fit_errors() {
 #[test]
 fn a_close_call_is_settled_exactly() {
     use super::fit::{both_fits, central_grid};
-    use super::hist::{buckets_for, build};
+    use super::grid::buckets_for;
     use super::ks::{choice_is_certain, ks_layout_within};
+    use super::layout::build;
     use super::source::Flat;
     let (g, l) = (sample(0, 200_000, 3), sample(1, 200_000, 4));
     let mut r = Rng(5);
@@ -394,8 +396,8 @@ fn assert_within_tolerance(got: [f64; 2], exact: [f64; 2]) {
 #[test]
 fn gaussian_data_refined_in_bulk_stay_exact() {
     use super::fit::both_fits;
-    use super::hist::build;
     use super::ks::ks_layout;
+    use super::layout::build;
     use super::source::Flat;
     let x = sample(0, 1 << 21, 99);
     let f = assert_fit_is_exact(&x);
@@ -406,7 +408,7 @@ fn gaussian_data_refined_in_bulk_stay_exact() {
     let d = ks_layout(&Flat(&x), &mut layout, &fits);
     assert_eq!(d, [f.d_gaussian, f.d_laplace]);
     // The doubled top-level grid of tensors from `LARGE_N` elements on.
-    let nb = super::hist::buckets_for(usize::MAX);
+    let nb = super::grid::buckets_for(usize::MAX);
     let mut layout = build(&Flat(&x), m.min, m.max, nb, Some((m.min, m.max)));
     assert_eq!(layout.grid.nb, 1 << 17);
     let d = ks_layout(&Flat(&x), &mut layout, &fits);
@@ -447,8 +449,9 @@ fn huge_tensor_matches_the_reference() {
 #[test]
 fn ks_gathers_a_small_fraction() {
     use super::fit::{both_fits, central_grid};
-    use super::hist::{buckets_for, build};
+    use super::grid::buckets_for;
     use super::ks::ks_layout;
+    use super::layout::build;
     use super::source::Flat;
     let n = 1_000_000;
     let mut outliers = sample(0, n, 5);

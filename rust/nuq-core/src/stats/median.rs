@@ -1,47 +1,56 @@
-//! Exact order statistics without sorting or copying the tensor: the layout
-//! says which run holds a rank; a run's first and last elements and runs of
-//! ties are known outright, otherwise only that run is gathered (or refined
-//! first when it is large) and `select_nth` finds the value.
+//! Exact medians without sorting the data, as `numpy.median` (the mean of
+//! the two middle values for even `n`, averaged in f64; 0 when empty), by
+//! one strategy: **bracket, copy, select**. Counting finds a value range
+//! holding the middle ranks and how many values lie below it; only the
+//! values in that range are copied out, and the middle ranks less that
+//! count are selected among them by integer keys that order as
+//! `f32::total_cmp` ([`select_middle`]). Every bracket test is monotone in
+//! the value and keeps ties (and `-0.0` with `0.0`) on one side, so the
+//! values below a bracket are exactly those the sort puts before it, and
+//! the result is the sort's, bit for bit.
+//!
+//! Brackets come from what each caller already has:
+//! - a short slice ([`median`] below `SMALL_N`): the whole slice;
+//! - a row with its mean and standard deviation ([`median_of_row`], one
+//!   per channel): compare passes against pivots about the mean, or, when
+//!   no narrow pivot bracket holds the middle ranks (ties, skew), a count
+//!   on about `n / 4` buckets over the mean ± 4 standard deviations;
+//! - a tensor's histogram layout ([`median_of_layout`]): the runs holding
+//!   the middle ranks, whose first and last values are known once exact,
+//!   refined first when too large to copy. The tensor fit fuses this
+//!   bracket with the mean absolute deviation in one pass (`laplace`).
 
 use super::gather::gather;
-use super::hist::{buckets_for, build, refine, Layout, GATHER_MAX};
+use super::grid::buckets_for;
+use super::layout::{build, Layout, GATHER_MAX};
 use super::moments::min_max;
-use super::router::{f32_at_least, f32_at_most, for_each_hit};
-use super::source::{Flat, Source, Value, CHUNK};
+use super::refine::refine;
+use super::router::{f32_at_least, f32_at_most};
+use super::simd::{count_below, count_bins, for_each_hit};
+use super::source::{Flat, Source, Value};
 use super::SMALL_N;
 
 /// Exact median (mean of the two middle values for even `n`, as
 /// `numpy.median`, averaged in f64). 0 for empty `x`; `x` must be finite.
 pub fn median(x: &[f32]) -> f64 {
-    if x.len() < SMALL_N {
-        return median_small(&mut x.to_vec());
+    let n = x.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n < SMALL_N {
+        return select_middle(x, &mut Vec::new(), (n - 1) / 2, n / 2);
     }
     let (lo, hi) = min_max(x);
     let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
     median_of_layout(&Flat(x), &mut layout)
 }
 
-/// Median by copy + select, for small inputs (reorders `v`).
-pub(crate) fn median_small(v: &mut [f32]) -> f64 {
-    let n = v.len();
-    if n == 0 {
-        return 0.0;
-    }
-    let (_, &mut hi, _) = v.select_nth_unstable_by(n / 2, f32::total_cmp);
-    if n % 2 == 1 {
-        return f64::from(hi);
-    }
-    // After selection the lower half sits before n/2: its max is rank n/2-1.
-    let lo = v[..n / 2].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (f64::from(lo) + f64::from(hi)) / 2.0
-}
-
-/// `median_small` of `x` without reordering it, for a row whose values
-/// spread about `center` by about `spread` (its mean and standard
-/// deviation): [`median_pivoted`], or [`median_binned`] when the middle
-/// ranks are not within a narrow pivot bracket (the hints are off, or ties
-/// crowd the middle). Exact, bit for bit, whatever the hints.
-pub(crate) fn median_near(x: &[f32], center: f64, spread: f64, scratch: &mut Scratch) -> f64 {
+/// [`median`] of a row whose values spread about `center` by about
+/// `spread` (its mean and standard deviation): [`median_pivoted`], or
+/// [`median_binned`] when the middle ranks are not within a narrow pivot
+/// bracket (the hints are off, or ties crowd the middle). Exact, bit for
+/// bit, whatever the hints; `scratch` is reused between rows.
+pub(crate) fn median_of_row(x: &[f32], center: f64, spread: f64, scratch: &mut Scratch) -> f64 {
     median_pivoted(x, center, spread, scratch)
         .unwrap_or_else(|| median_binned(x, center, spread, scratch))
 }
@@ -51,10 +60,9 @@ pub(crate) fn median_near(x: &[f32], center: f64, spread: f64, scratch: &mut Scr
 /// mostly lies (a bracket of 0.07 standard deviations holds 3% of Gaussian
 /// values), then, when the middle ranks are not within one of its narrow
 /// brackets, a second round dense near the centre and reaching further
-/// out. Each pivot costs a compare pass over the row: the second round
-/// alone for every row cost 4-5% more time at channel granularity
-/// (768x3072, 50257x768). Of the 1084 rows of the MTCNN and default model
-/// weights, 8 are left to the bucket fallback either way.
+/// out. Each pivot costs a compare pass over the row, so the wide round
+/// runs only when the narrow one fails. Of the 1084 rows of the MTCNN and
+/// default model weights, 8 are left to the bucket fallback either way.
 const CENTRE: [f64; 3] = [-0.07, 0.0, 0.07];
 const PIVOTS: [f64; 10] = [-0.6, -0.3, -0.15, -0.07, -0.02, 0.02, 0.07, 0.15, 0.3, 0.6];
 
@@ -125,51 +133,10 @@ fn middle_bracket<const P: usize>(
     Some((lo, hi, base, end - base))
 }
 
-/// Number of values of `x` below each pivot: one compare-and-add pass per
-/// pivot over data in L1, compiled for AVX-512 and AVX2 as well.
-fn count_below<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::pack::Kernel::Avx512.is_allowed() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { count_below_avx512(x, pivots) };
-        }
-        if crate::pack::Kernel::Avx2.is_allowed() {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { count_below_avx2(x, pivots) };
-        }
-    }
-    count_below_any(x, pivots)
-}
-
-#[inline(always)]
-fn count_below_any<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    let mut below = [0usize; P];
-    // u32 lane sums cannot overflow within a piece.
-    for piece in x.chunks(1 << 20) {
-        for (b, &p) in below.iter_mut().zip(pivots) {
-            *b += piece.iter().map(|&v| u32::from(v < p)).sum::<u32>() as usize;
-        }
-    }
-    below
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn count_below_avx512<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    count_below_any(x, pivots)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn count_below_avx2<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    count_below_any(x, pivots)
-}
-
 /// The median from the values holding 0-based ranks `lo..=hi` (`hi - lo`
 /// is 0 or 1) of the data, at those positions of `vals` in sorted order.
 /// The values are selected as [`total_key`]s (in `keys`, reused): integer
-/// compares, not `total_cmp` calls (channel granularity: 2% less time).
+/// compares, not `total_cmp` calls.
 fn select_middle(vals: &[f32], keys: &mut Vec<i32>, lo: usize, hi: usize) -> f64 {
     keys.clear();
     keys.extend(vals.iter().map(|&v| total_key(v)));
@@ -198,7 +165,7 @@ fn from_total_key(key: i32) -> f32 {
     f32::from_bits(total_key(f32::from_bits(key as u32)) as u32)
 }
 
-/// `median_small` of `x` without reordering it, by bucket selection: one
+/// [`median`] of `x` by bucket selection: one
 /// pass counts the values on a grid of about `n / 4` buckets over `center
 /// ± 4 spread`, and a second copies out only the values of the bucket(s)
 /// holding the middle ranks, which are then selected. The bucket index is a
@@ -222,7 +189,7 @@ pub(crate) fn median_binned(x: &[f32], center: f64, spread: f64, scratch: &mut S
     };
     scratch.counts.clear();
     scratch.counts.resize(nb, 0);
-    bins.count(x, &mut scratch.counts);
+    count_bins(x, &mut scratch.counts, |v| bins.index(v));
     let (lo_rank, hi_rank) = ((n - 1) / 2, n / 2);
     let (first, below) = bucket_of(&scratch.counts, lo_rank);
     let (last, _) = bucket_of(&scratch.counts, hi_rank);
@@ -248,7 +215,7 @@ pub(crate) fn median_binned(x: &[f32], center: f64, spread: f64, scratch: &mut S
 /// Most buckets of `median_binned` (16 KiB of counters, in L1).
 const MAX_ROW_BUCKETS: usize = 1 << 12;
 
-/// Buffers of `median_binned`, kept between rows.
+/// Buffers of [`median_of_row`], kept between rows.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     counts: Vec<u32>,
@@ -273,35 +240,6 @@ impl Bins {
         // SAFETY: `t` is within [0, top] (max() maps NaN to 0) and `top` <
         // 2^12, so it fits an i32.
         unsafe { t.to_int_unchecked::<i32>() as u32 }
-    }
-
-    /// Adds each value's bucket to `counts`.
-    fn count(&self, x: &[f32], counts: &mut [u32]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::pack::Kernel::Avx512.is_allowed() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { self.count_avx512(x, counts) };
-        }
-        self.count_any(x, counts);
-    }
-
-    #[inline(always)]
-    fn count_any(&self, x: &[f32], counts: &mut [u32]) {
-        let mut idx = [0u32; CHUNK];
-        for c in x.chunks(CHUNK) {
-            for (o, &v) in idx.iter_mut().zip(c) {
-                *o = self.index(v);
-            }
-            for &b in &idx[..c.len()] {
-                counts[b as usize] += 1;
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn count_avx512(&self, x: &[f32], counts: &mut [u32]) {
-        self.count_any(x, counts);
     }
 
     /// Pushes the values whose bucket is in `first..=last`, in order: a
@@ -447,12 +385,23 @@ fn known_or_pending<V: Value>(
 mod tests {
     use super::*;
 
+    /// The definition: sort, then the middle value(s).
+    fn sorted_median(x: &[f32]) -> f64 {
+        let mut v = x.to_vec();
+        v.sort_by(f32::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return 0.0;
+        }
+        (f64::from(v[(n - 1) / 2]) + f64::from(v[n / 2])) / 2.0
+    }
+
     /// Found by fuzz/fuzz_quantize.py: a row of weights near `f32::MAX`
     /// (per-channel Lloyd–Max fits) overflowed the bucket index, counted and
     /// collected values disagreed, and selecting from none panicked.
     #[test]
     #[allow(clippy::excessive_precision)] // the fuzzer's row, digit for digit
-    fn median_near_of_weights_near_f32_max_is_the_sorted_median() {
+    fn row_median_of_weights_near_f32_max_is_the_sorted_median() {
         #[rustfmt::skip]
         let row: Vec<f32> = vec![-8.573521e+37, -2.176611e+37, 5.183989e+37, -5.615988e+37, -7.709522e+37, 1.109905e+38, -7.343985e+37, 9.238135e+37, 6.180910e+37, 7.343985e+37, 5.881834e+37, 4.552606e+37, 8.307675e+37, -5.881834e+37, 8.573521e+37, 1.335874e+38, 9.105212e+37, -6.878755e+37, 4.286760e+37, 6.563063e+36, -1.083321e+38, -7.277523e+37, 7.875676e+37, 4.818451e+37, 1.561843e+38, -1.209597e+38, -1.136490e+38, -1.010213e+38, 6.313833e+37, 1.309290e+38, 5.682450e+37, 4.652298e+37];
         let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / row.len() as f64;
@@ -464,7 +413,7 @@ mod tests {
         let mut sorted = row.clone();
         sorted.sort_by(f32::total_cmp);
         let expected = (f64::from(sorted[15]) + f64::from(sorted[16])) / 2.0;
-        let got = median_near(&row, mean, var.sqrt(), &mut Scratch::default());
+        let got = median_of_row(&row, mean, var.sqrt(), &mut Scratch::default());
         assert_eq!(got, expected);
         let binned = median_binned(&row, mean, var.sqrt(), &mut Scratch::default());
         assert_eq!(binned, expected);
@@ -525,7 +474,7 @@ mod tests {
                 .collect(),
         ];
         for x in cases {
-            let want = median_small(&mut x.clone());
+            let want = sorted_median(&x);
             let n = x.len().max(1) as f64;
             let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
             let std = (x
@@ -547,7 +496,7 @@ mod tests {
             ] {
                 let got = median_binned(&x, center, spread, &mut scratch);
                 assert_eq!(got.to_bits(), want.to_bits(), "{x:?} {center} {spread}");
-                let near = median_near(&x, center, spread, &mut scratch);
+                let near = median_of_row(&x, center, spread, &mut scratch);
                 assert_eq!(near.to_bits(), want.to_bits(), "{x:?} {center} {spread}");
             }
         }
@@ -556,8 +505,7 @@ mod tests {
     /// Rows like weights (Gaussian, Laplace, heavy-tailed, a few exact
     /// zeros; odd and even lengths) are settled by the pivots alone, with
     /// the sort's median, also when the hints put the median off centre; rows crowded with ties fall back to the bins,
-    /// with the same result. The CPU versions of the pivot count agree with
-    /// the portable one.
+    /// with the same result. The pivot counts are the direct counts.
     #[test]
     fn pivoted_medians_of_weight_rows() {
         use super::super::tests::sample;
@@ -572,7 +520,7 @@ mod tests {
                 let m = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
                 let s =
                     (x.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / n as f64).sqrt();
-                let want = median_small(&mut x.clone());
+                let want = sorted_median(&x);
                 // Hints off by a quarter of a standard deviation either
                 // way: the second round of pivots settles Gaussian and
                 // Laplace rows (heavy tails crowd its bracket).
@@ -581,22 +529,11 @@ mod tests {
                     if kind < 5 && (k == 0 || kind < 2) {
                         assert_eq!(got.map(f64::to_bits), Some(want.to_bits()), "kind {kind}");
                     }
-                    let near = median_near(&x, centre, s, &mut scratch);
+                    let near = median_of_row(&x, centre, s, &mut scratch);
                     assert_eq!(near.to_bits(), want.to_bits(), "kind {kind}");
                 }
                 let pivots = [-0.6, -0.15, -0.07, 0.0, 0.07, 0.6].map(|c| (m + c * s) as f32);
-                let below = count_below_any(&x, &pivots);
-                assert_eq!(count_below(&x, &pivots), below);
-                #[cfg(target_arch = "x86_64")]
-                {
-                    // SAFETY (each): called only if the CPU supports it.
-                    if std::is_x86_feature_detected!("avx2") {
-                        assert_eq!(unsafe { count_below_avx2(&x, &pivots) }, below);
-                    }
-                    if std::is_x86_feature_detected!("avx512f") {
-                        assert_eq!(unsafe { count_below_avx512(&x, &pivots) }, below);
-                    }
-                }
+                let below = count_below(&x, &pivots);
                 for (b, p) in below.iter().zip(pivots) {
                     assert_eq!(*b, x.iter().filter(|&&v| v < p).count());
                 }
@@ -617,12 +554,12 @@ mod tests {
             if ties > 0 {
                 x.iter_mut().step_by(ties + 1).for_each(|v| *v = 0.0);
             }
-            let want = median_small(&mut x.clone()).to_bits();
+            let want = sorted_median(&x).to_bits();
             let mut scratch = Scratch::default();
             if let Some(m) = median_pivoted(&x, center, spread, &mut scratch) {
                 proptest::prop_assert_eq!(m.to_bits(), want);
             }
-            proptest::prop_assert_eq!(median_near(&x, center, spread, &mut scratch).to_bits(), want);
+            proptest::prop_assert_eq!(median_of_row(&x, center, spread, &mut scratch).to_bits(), want);
         }
 
         #[test]
@@ -634,7 +571,7 @@ mod tests {
             let mut scratch = Scratch::default();
             proptest::prop_assert_eq!(
                 median_binned(&x, center, spread, &mut scratch).to_bits(),
-                median_small(&mut x.clone()).to_bits()
+                sorted_median(&x).to_bits()
             );
         }
     }
