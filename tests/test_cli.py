@@ -278,6 +278,22 @@ def test_unwritable_output_folder(capsys, source, tmp_path):
     assert not out.exists() and sha256(source) == digest
 
 
+def test_data_is_flushed_behind_the_writes(capsys, source, out_dir, monkeypatch):
+    # With a flush after every tensor, the background fdatasync runs during the
+    # writes (not only the fsync at the end), and the file still decodes as the
+    # in-memory quantization does.
+    import nuq_rs._writer as writer
+
+    real, synced = os.fdatasync, []
+    monkeypatch.setattr(writer, "FLUSH_BYTES", 1)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    out = out_dir / "m.nuq.safetensors"
+    code, _, err = run(capsys, "quantize", source, "-o", out, "--bits", "3")
+    assert code == 0, err
+    assert synced
+    assert_decodes_like_in_memory(out, state_dict(), bits=3)
+
+
 def test_disk_full(capsys, source, out_dir, monkeypatch):
     real, calls = FileWriter._write_at, []
 

@@ -43,21 +43,32 @@ def in_order(
             yield name, work(name, item)
         return
     budget = max(size(item) for _, item in jobs)
+    pending = iter(jobs)
+    queued = next(pending, None)
     running: deque[tuple[str, Future[R], int]] = deque()
     held = 0
     with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="nuq-rs-job") as pool:
-        try:
-            for name, item in jobs:
+
+        def start() -> None:
+            """Start the next jobs while both a worker and the memory budget allow."""
+            nonlocal queued, held
+            while queued is not None and len(running) < IN_FLIGHT:
+                name, item = queued
                 need = size(item)
-                while running and (len(running) == IN_FLIGHT or held + need > budget):
-                    done, future, freed = running.popleft()
-                    held -= freed
-                    yield done, future.result()
+                if running and held + need > budget:
+                    return
                 running.append((name, pool.submit(work, name, item), need))
                 held += need
+                queued = next(pending, None)
+
+        try:
+            start()
             while running:
-                done, future, _ = running.popleft()
-                yield done, future.result()
+                name, future, freed = running.popleft()
+                result = future.result()
+                held -= freed
+                start()  # the next job runs while the consumer handles this result
+                yield name, result
         finally:
             for _, future, _ in running:
                 future.cancel()

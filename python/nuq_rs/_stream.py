@@ -21,7 +21,7 @@ from ._options import QuantConfig
 from ._overlap import in_order
 from ._plan import Spec
 from ._progress import Progress
-from ._report import Report, report_row
+from ._report import Report, TensorReport, report_row
 from ._writer import FileWriter, Planned
 
 
@@ -50,28 +50,32 @@ def quantize_checkpoint(
     quantize = checkpoint_source(checkpoint).quantize
     rows = []
     bar = Progress(len(specs), checkpoint.nbytes, enabled=progress)
-    # Two quantized tensors may be in flight (see ._overlap); kept ones are
-    # copied as their turn comes, and every tensor's pages are released once
-    # it is written.
-    jobs = [(n, (configs[n], 4 * math.prod(s))) for n, (_, s) in specs.items() if n in configs]
-    done = in_order(
-        jobs,
-        lambda name, job: quantize(name, job[0]),
-        lambda job: job[1],
-    )
-    with writer or nullcontext(), bar:
-        for name, (code, shape) in specs.items():
-            if name in configs:
-                _, q = next(done)
-                rows.append(report_row(name, q))
-                if writer:
-                    writer.write_quantized(name, q)
-            else:
-                rows.append(kept_report(name, Slot(code, shape)))
-                if writer:
-                    writer.write_kept(name, checkpoint.raw(name))
-            checkpoint.release(name)
-            bar.advance(Slot(code, shape).nbytes)
+    # Two quantized tensors may be in flight (see ._overlap), each written and
+    # its pages released by the job that quantized it; kept ones are copied as
+    # their turn comes.
+
+    def job(name: str, item: tuple[QuantConfig, int]) -> TensorReport:
+        q = quantize(name, item[0])
         if writer:
-            writer.commit()
+            writer.write_quantized(name, q)
+        checkpoint.release(name)
+        return report_row(name, q)
+
+    jobs = [(n, (configs[n], 4 * math.prod(s))) for n, (_, s) in specs.items() if n in configs]
+    done = in_order(jobs, job, lambda item: item[1])
+    with writer or nullcontext(), bar:
+        try:
+            for name, (code, shape) in specs.items():
+                if name in configs:
+                    rows.append(next(done)[1])
+                else:
+                    rows.append(kept_report(name, Slot(code, shape)))
+                    if writer:
+                        writer.write_kept(name, checkpoint.raw(name))
+                    checkpoint.release(name)
+                bar.advance(Slot(code, shape).nbytes)
+            if writer:
+                writer.commit()
+        finally:
+            done.close()  # on an error: no job still writes when the writer aborts
     return Report(tuple(rows))

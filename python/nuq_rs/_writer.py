@@ -6,12 +6,18 @@ they come, and the header (whose statistics are known only at the end) is
 rewritten last into space reserved for its widest possible form. The file is
 built under a temporary name in the destination folder and renamed over the
 destination only when complete; on any error the temporary file is removed.
+Tensors may be written from several threads at once (each to its own range).
+The data is flushed to disk behind the writes (``fdatasync`` in a background
+thread every :data:`FLUSH_BYTES`), so that the ``fsync`` before the rename has
+little left to wait for.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,9 @@ from . import _arrays, _format
 from ._format import CODES, Slot
 from ._options import QuantConfig
 from ._tensor import QuantizedTensor
+
+#: Bytes written between two background flushes.
+FLUSH_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,10 @@ class FileWriter:
         self._pending = set(self._entries)
         self._width = 0
         self._width = len(self._header()) - 8  # placeholders are as wide as any value
+        self._lock = threading.Lock()
+        self._unflushed = 0
+        self._flusher: ThreadPoolExecutor | None = None
+        self._flushing: Future[None] | None = None
         self._tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
@@ -108,6 +121,25 @@ class FileWriter:
             raise ValueError(f"tensor {key!r}: {len(data)} bytes, the layout expects {slot.nbytes}")
         self._checksums[key] = _format.checksum(data)
         self._write_at(8 + self._width + slot.begin, data)
+        self._flush_behind(len(data))
+
+    def _flush_behind(self, written: int) -> None:
+        """Start an ``fdatasync`` of what is written so far once enough is unflushed
+        and none is running."""
+        with self._lock:
+            self._unflushed += written
+            if self._unflushed < FLUSH_BYTES or (self._flushing and not self._flushing.done()):
+                return
+            self._unflushed = 0
+            if self._flusher is None:
+                self._flusher = ThreadPoolExecutor(1, thread_name_prefix="nuq-rs-flush")
+            self._flushing = self._flusher.submit(os.fdatasync, self._fd)
+
+    def _stop_flushing(self) -> None:
+        """Wait for the background flush (its error, if any, is the final fsync's too)."""
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
 
     def _take(self, name: str) -> dict[str, Any]:
         if name not in self._pending:
@@ -145,6 +177,7 @@ class FileWriter:
             if len(header) != 8 + self._width:
                 raise ValueError(f"header grew beyond its reserved {self._width} bytes")
             self._write_at(0, memoryview(header))
+            self._stop_flushing()
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -157,6 +190,7 @@ class FileWriter:
 
     def abort(self) -> None:
         """Close and remove the temporary file (idempotent)."""
+        self._stop_flushing()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
