@@ -127,14 +127,8 @@ mod tests {
     use super::super::layout::build;
     use super::super::moments::{mean_abs_dev, moments};
     use super::super::source::Flat;
+    use super::super::tests::sorted_median;
     use super::*;
-
-    fn sorted_median(x: &[f32]) -> f64 {
-        let mut v = x.to_vec();
-        v.sort_by(f32::total_cmp);
-        let n = v.len();
-        (f64::from(v[(n - 1) / 2]) + f64::from(v[n / 2])) / 2.0
-    }
 
     fn fit_of(x: &[f32]) -> Option<LocScale> {
         let m = moments(x).unwrap();

@@ -383,18 +383,8 @@ fn known_or_pending<V: Value>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::sorted_median;
     use super::*;
-
-    /// The definition: sort, then the middle value(s).
-    fn sorted_median(x: &[f32]) -> f64 {
-        let mut v = x.to_vec();
-        v.sort_by(f32::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return 0.0;
-        }
-        (f64::from(v[(n - 1) / 2]) + f64::from(v[n / 2])) / 2.0
-    }
 
     /// Found by fuzz/fuzz_quantize.py: a row of weights near `f32::MAX`
     /// (per-channel Lloyd–Max fits) overflowed the bucket index, counted and

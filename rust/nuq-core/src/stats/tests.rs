@@ -72,7 +72,8 @@ pub(super) fn sample(kind: u8, n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn sorted_median(x: &[f32]) -> f64 {
+/// The median by its definition: sort, then the middle value(s); 0 when empty.
+pub(super) fn sorted_median(x: &[f32]) -> f64 {
     let mut s = x.to_vec();
     s.sort_by(f32::total_cmp);
     let n = s.len();
