@@ -28,6 +28,19 @@ use crate::pack::Kernel;
 // or, in the tests, one of `available_kernels()`, so the CPU supports its
 // instructions.
 
+/// `f(args)` of the kernel's module (`scalar`'s for a kernel without one).
+macro_rules! dispatch {
+    ($k:expr, $f:ident($($arg:expr),*)) => {
+        match $k {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { x86_avx512::$f($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86_avx2::$f($($arg),*) },
+            _ => scalar::$f($($arg),*),
+        }
+    };
+}
+
 /// `Σ v` over `x` in f64, in `LANES` lanes added pairwise, then the tail.
 pub(crate) fn sum(x: &[f32]) -> f64 {
     sum_on(Kernel::selected(), x)
@@ -35,13 +48,7 @@ pub(crate) fn sum(x: &[f32]) -> f64 {
 
 #[inline]
 fn sum_on(k: Kernel, x: &[f32]) -> f64 {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::sum(x) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::sum(x) },
-        _ => scalar::sum(x),
-    }
+    dispatch!(k, sum(x))
 }
 
 /// `Σ (v - center)²` in f64, as [`sum`].
@@ -51,13 +58,7 @@ pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
 
 #[inline]
 fn sq_dev_sum_on(k: Kernel, x: &[f32], center: f64) -> f64 {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::sq_dev_sum(x, center) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::sq_dev_sum(x, center) },
-        _ => scalar::sq_dev_sum(x, center),
-    }
+    dispatch!(k, sq_dev_sum(x, center))
 }
 
 /// `Σ |v - center|` in f64, as [`sum`].
@@ -67,13 +68,7 @@ pub(crate) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
 
 #[inline]
 fn abs_dev_sum_on(k: Kernel, x: &[f32], center: f64) -> f64 {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::abs_dev_sum(x, center) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::abs_dev_sum(x, center) },
-        _ => scalar::abs_dev_sum(x, center),
-    }
+    dispatch!(k, abs_dev_sum(x, center))
 }
 
 /// Smallest and largest of finite `x` (`(inf, -inf)` if empty).
@@ -83,13 +78,7 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
 
 #[inline]
 fn min_max_on(k: Kernel, x: &[f32]) -> (f32, f32) {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::min_max(x) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::min_max(x) },
-        _ => scalar::min_max(x),
-    }
+    dispatch!(k, min_max(x))
 }
 
 /// Number of values of `x` below each pivot.
@@ -99,13 +88,7 @@ pub(crate) fn count_below<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usiz
 
 #[inline]
 fn count_below_on<const P: usize>(k: Kernel, x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::count_below(x, pivots) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::count_below(x, pivots) },
-        _ => scalar::count_below(x, pivots),
-    }
+    dispatch!(k, count_below(x, pivots))
 }
 
 /// Adds one to `counts[index(v)]` for every value of `x` (`index` must stay
@@ -147,13 +130,7 @@ pub(crate) fn band_split(x: &[f32], lo: f64, hi: f64, centre: f64) -> BandSplit 
 
 #[inline]
 fn band_split_on(k: Kernel, x: &[f32], lo: f64, hi: f64, centre: f64) -> BandSplit {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::band_split(x, lo, hi, centre) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::band_split(x, lo, hi, centre) },
-        _ => scalar::band_split(x, lo, hi, centre),
-    }
+    dispatch!(k, band_split(x, lo, hi, centre))
 }
 
 /// `grid.index` of every value of `vals` (at most `CHUNK`) into `out`: a
@@ -164,13 +141,7 @@ pub(crate) fn index_block<V: Value>(grid: &Grid, vals: &[V], out: &mut [u32; CHU
 
 #[inline]
 fn index_block_on<V: Value>(k: Kernel, grid: &Grid, vals: &[V], out: &mut [u32; CHUNK]) {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::index_block(grid, vals, out) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::index_block(grid, vals, out) },
-        _ => scalar::index_block(grid, vals, out),
-    }
+    dispatch!(k, index_block(grid, vals, out))
 }
 
 /// Adds the `grid` bucket of every value of `src` in `range` to `h`
@@ -237,13 +208,7 @@ fn span_masks_on(k: Kernel, spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64
 /// Bit `j` set when `vals[j]` (at most `CHUNK` values) lies in a range.
 #[inline]
 fn in_spans_on(k: Kernel, spans: &[(f32, f32)], vals: &[f32]) -> u64 {
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86_avx512::in_spans(spans, vals) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86_avx2::in_spans(spans, vals) },
-        _ => scalar::in_spans(spans, vals),
-    }
+    dispatch!(k, in_spans(spans, vals))
 }
 
 #[cfg(test)]
