@@ -3,6 +3,8 @@
 //! prefill kernel (`tile`), so the `[positions, C·kh·kw]` matrix of an
 //! explicit im2col is never materialized, and the products come out as
 //! `[out channels, positions]`, which is already the NCHW output layout.
+//! Convolutions with one input channel per group (depthwise) have too few
+//! columns for that kernel and run tap by tap instead (`depthwise`).
 
 use rayon::prelude::*;
 
@@ -87,6 +89,10 @@ pub fn conv2d_with(
 ) -> Result<()> {
     let [oh, ow] = check(shape, x, w, bias, y)?;
     if y.is_empty() {
+        return Ok(());
+    }
+    if depthwise::applies(shape) {
+        depthwise::run(kernel, shape, [oh, ow], (x, w, bias), y);
         return Ok(());
     }
     let (isa, n, positions) = (kernel.isa(), w.rows, oh * ow);
@@ -293,5 +299,6 @@ fn fill_patches(shape: &ConvShape, x: &[f32], runs: &[Run], width: usize, panel:
     }
 }
 
+mod depthwise;
 #[cfg(test)]
 mod tests;
