@@ -183,8 +183,7 @@ def per_call(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: int) -> 
 def paired(fp32: nn.Module, q: nn.Module, inputs, repeats: int, min_s: float) -> dict:
     """Median ms of each and median of the per-pair ratios fp32 / quantized."""
     with torch.inference_mode():
-        for _ in range(2):  # warm-up: page faults, thread pools, lazy imports
-            fp32(*inputs), q(*inputs)
+        fp32(*inputs), q(*inputs)  # warm-up: page faults, thread pools, lazy imports
         calls = max(1, math.ceil(min_s / per_call(fp32, inputs, 1)))
         pairs = [
             (per_call(fp32, inputs, calls), per_call(q, inputs, calls)) for _ in range(repeats)

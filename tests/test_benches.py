@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -91,9 +92,13 @@ def test_weights_cover_twice_l3_unless_the_user_asks_for_more():
     assert bm.weights_mb(None, None) == bm.FALLBACK_MB
 
 
-def test_bench_models_quick_on_the_fashion_cnn(tmp_path):
+def _need_fashion_mnist() -> None:
     if not (_default_model.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_bench_models_quick_on_the_fashion_cnn(tmp_path):
+    _need_fashion_mnist()
     out = tmp_path / "models.json"
     cmd = [sys.executable, str(BENCHES / "bench_models.py"), "--quick", "--models", "fashion"]
     run = subprocess.run(
@@ -114,3 +119,23 @@ def test_bench_models_quick_on_the_fashion_cnn(tmp_path):
         assert row["error"] < 1e-3 and row["ratio"] > 0 and row["q_ms"] > 0
         # 4 bits and codebooks against 32 bits: well under a fifth of the fp32 bytes.
         assert row["q_bytes"] < row["fp32_bytes"] / 5
+
+
+def test_bench_models_check_catches_a_kernel_that_strays(monkeypatch):
+    """The check before timing compares the kernels with the decoded weights: a
+    linear kernel 1 % off must fail it, the real one must pass."""
+    _need_fashion_mnist()
+    from nuq_rs import PackedWeight
+
+    # Importing the bench sets OMP_WAIT_POLICY; undone after the test.
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    spec = importlib.util.spec_from_file_location("bench_models", BENCHES / "bench_models.py")
+    bm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bm)
+    ((_, model, inputs_of),) = bm.fashion()
+    q = bm.VARIANTS["quantize_ bits=4"](model)
+    x = inputs_of(8)
+    assert bm.max_rel_error(q, x) < bm.TOLERANCE
+    linear = PackedWeight.linear
+    monkeypatch.setattr(PackedWeight, "linear", lambda w, x2, b=None: 1.01 * linear(w, x2, b))
+    assert bm.max_rel_error(q, x) > bm.TOLERANCE
