@@ -15,13 +15,21 @@ that the machine's slow spells hit all cases alike:
 - for M > 16, the opt-in int8-activation path (``int8_activations=True``, the
   VNNI kernel where the CPU has it) and its speed-up against fp32 and int8.
 
-    python benches/bench_matmul.py [--quick] [--repeats 5] [--min-mb 96]
+The weights cycled per case are at least twice the L3 size that ``lscpu`` reports
+(else ``/sys/devices/system/cpu/cpu0/cache/index3/size``; 96 MB if neither says),
+or ``--min-mb`` where that is larger. The output names the CPU and the L3 source.
+
+    python benches/bench_matmul.py [--quick] [--repeats 5] [--min-mb MB]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import statistics
+import subprocess
 import time
 import warnings
 
@@ -34,6 +42,64 @@ from nuq_rs._nuq_rs import linear
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)]
 GROUP = 128
+SYS_L3 = "/sys/devices/system/cpu/cpu0/cache/index3/size"
+# Where neither lscpu nor sysfs tells the L3 size: more than any L3 of this
+# project's machines.
+FALLBACK_MB = 96
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+# "L3:  32 MiB (1 instance)" (util-linux >= 2.37, the total of all instances),
+# "L3 cache:  32 MiB (1 instance)" or "L3 cache:  32768K" (older versions).
+_LSCPU_L3 = re.compile(r"^\s*L3(?: cache)?\s*:\s*([\d.]+)\s*([KMG]?)i?B?\b", re.I | re.M)
+
+
+def cpu_model() -> str:
+    """The CPU's 'model name' from /proc/cpuinfo (or 'unknown')."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def parse_size(number: str, unit: str) -> int:
+    """Bytes of a cache size such as ('32', 'M') or ('32768', 'K')."""
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def l3_from_lscpu(text: str) -> int | None:
+    """The L3 size in bytes from ``lscpu`` output, or None if it has no L3 line."""
+    found = _LSCPU_L3.search(text)
+    return parse_size(*found.groups()) if found else None
+
+
+def l3_size() -> tuple[int | None, str]:
+    """``(bytes, source)`` of the L3 cache: lscpu, else sysfs, else ``(None, ...)``."""
+    try:
+        env = {**os.environ, "LC_ALL": "C"}  # English field names
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env=env).stdout
+        size = l3_from_lscpu(out)
+        if size:
+            return size, "lscpu"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        with open(SYS_L3) as f:
+            found = re.fullmatch(r"([\d.]+)\s*([KMG]?)i?B?", f.read().strip(), re.I)
+        if found:
+            return parse_size(*found.groups()), SYS_L3
+    except OSError:
+        pass
+    return None, "neither lscpu nor sysfs"
+
+
+def weights_mb(user_mb: int | None, l3: int | None) -> int:
+    """MB of weights to cycle per case: twice the L3 (so every pass misses it),
+    or the user's figure where that is larger."""
+    need = math.ceil(2 * l3 / 2**20) if l3 else FALLBACK_MB
+    return max(need, user_mb or 0)
 
 
 def one_pass(fn, layers) -> float:
@@ -64,9 +130,9 @@ def interleaved(cases: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def read_bandwidth(repeats: int) -> float:
-    """np.sum's read bandwidth over 256 MB (more than any L3), GB/s."""
-    a = np.ones(64 << 20, np.float32)
+def read_bandwidth(repeats: int, min_mb: int) -> float:
+    """np.sum's read bandwidth over 256 MB or ``min_mb`` if larger (more than L3), GB/s."""
+    a = np.ones(max(256, min_mb) << 18, np.float32)
     a.sum()
     return a.nbytes / statistics.median(_timed(a.sum) for _ in range(repeats)) / 1e9
 
@@ -168,7 +234,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape, M = 1 and 64")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--min-mb", type=int, default=96, help="weights cycled per case")
+    parser.add_argument(
+        "--min-mb", type=int, help="weights cycled per case (default and floor: twice L3)"
+    )
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8, 64])
     args = parser.parse_args()
@@ -176,10 +244,15 @@ def main() -> None:
     if args.quick:
         args.m = [1, 64]
     torch.set_num_threads(nuq_rs.get_num_threads())
-    bandwidth = read_bandwidth(args.repeats)
+    l3, source = l3_size()
+    args.min_mb = weights_mb(args.min_mb, l3)
+    print(f"CPU: {cpu_model()}")
+    l3_text = f"{l3 / 2**20:g} MiB (from {source})" if l3 else f"unknown ({source})"
+    print(f"L3: {l3_text}; weights cycled per case >= {args.min_mb} MB")
+    bandwidth = read_bandwidth(args.repeats, args.min_mb)
     print(
         f"threads: torch {torch.get_num_threads()}, nuq {nuq_rs.get_num_threads()}; "
-        f"np.sum read bandwidth {bandwidth:.1f} GB/s; weights cycled >= {args.min_mb} MB"
+        f"np.sum read bandwidth {bandwidth:.1f} GB/s"
     )
     print(
         "| KxN | M | bits | gran | nuq ms | fp32 ms | vs fp32 | vs int8 | vs int4 "

@@ -28,6 +28,7 @@ import importlib.util
 import math
 import re
 import unicodedata
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -84,20 +85,31 @@ def _layers(sd: dict[str, torch.Tensor]) -> int:
     return 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
 
 
-def encode(sd: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean-pooled sentence embeddings ``(batch, 384)`` of padded ``ids``."""
+def encode(
+    sd: Mapping[str, torch.Tensor],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    linear: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Mean-pooled sentence embeddings ``(batch, 384)`` of padded ``ids``.
+
+    ``linear(x, name)`` runs the dense layer ``name`` (default: ``F.linear`` with
+    ``sd``'s weight and bias), so a module whose layers were swapped can reuse this."""
     hidden = sd["embeddings.word_embeddings.weight"].shape[1]
 
     def ln(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.layer_norm(x, (hidden,), sd[f"{name}.weight"], sd[f"{name}.bias"], LN_EPS)
 
-    def lin(x: torch.Tensor, name: str) -> torch.Tensor:
+    def dense(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, sd[f"{name}.weight"], sd[f"{name}.bias"])
 
+    lin = linear or dense
     n, t = ids.shape
-    x = sd["embeddings.word_embeddings.weight"][ids]
+    x = F.embedding(ids, sd["embeddings.word_embeddings.weight"])
     x = x + sd["embeddings.position_embeddings.weight"][:t]
-    x = ln(x + sd["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+    # Token type 0 everywhere; a slice, since a packed weight's select fails under
+    # inference_mode.
+    x = ln(x + sd["embeddings.token_type_embeddings.weight"][:1], "embeddings.LayerNorm")
     bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
     for i in range(_layers(sd)):
         p = f"encoder.layer.{i}."
