@@ -21,9 +21,9 @@ each and the median of the per-pair ratios fp32 / quantized (above 1: the quanti
 model is faster), with the state dict bytes of both (packed codes and everything
 else the model keeps).
 
-Threads follow the README: torch gets as many threads as nuq-rs's pool, and
-``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported unless the environment
-sets it, so that torch's idle OpenMP workers do not spin against the LUT kernels'.
+Threads: torch gets as many threads as nuq-rs's pool. The environment is left as
+the user's: a default one (no ``OMP_WAIT_POLICY``) is the case that counts, and the
+header says what was set.
 
     python benches/bench_models.py [--models fashion,mtcnn,mobilenet,transformer]
                                    [--batches 1 64] [--repeats 9] [--quick] [--json PATH]
@@ -31,26 +31,22 @@ sets it, so that torch's idle OpenMP workers do not spin against the LUT kernels
 
 from __future__ import annotations
 
+import argparse
+import copy
+import json
+import math
 import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-OMP_FROM_ENV = os.environ.get("OMP_WAIT_POLICY")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch is imported
+import torch
+from torch import nn
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import nuq_rs  # noqa: E402
-import nuq_rs.nn as qnn  # noqa: E402
+import nuq_rs
+import nuq_rs.nn as qnn
 
 BENCHES = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHES))
@@ -223,15 +219,13 @@ def bench(name: str, model: nn.Module, inputs_of, args) -> tuple[list[dict], boo
 
 
 def machine() -> dict:
-    omp = os.environ["OMP_WAIT_POLICY"]
     return {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "nuq_threads": nuq_rs.get_num_threads(),
-        "omp_wait_policy": omp,
-        "omp_wait_policy_from": "environment" if OMP_FROM_ENV is not None else "this script",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (default)"),
         "torch": torch.__version__,
         "nuq_rs": nuq_rs.__version__,
     }
@@ -256,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {info['cpu']}; CPUs: {info['cpus']} ({info['cpus_usable']} usable)")
     print(
         f"threads: torch {info['torch_threads']}, nuq {info['nuq_threads']}; "
-        f"OMP_WAIT_POLICY={info['omp_wait_policy']} (from {info['omp_wait_policy_from']})"
+        f"OMP_WAIT_POLICY={info['omp_wait_policy']}"
     )
     print(f"torch {info['torch']}, nuq_rs {info['nuq_rs']}; tolerance {TOLERANCE:g}")
     print(
