@@ -51,6 +51,7 @@ def test_lut_ops_match_the_decoded_weight_and_decode_nothing(options):
         rows = F.embedding(idx, w)
         q, k, v = w.split(8)  # row views (MultiheadAttention's packed projection)
         sliced = F.linear(x, w[8:16])
+        row, last = w[5], w[-1]  # one row: a packed 1-D view, also in inference mode
     wd, cd, c1d = decoded
     want = [
         F.linear(x, wd, bias),
@@ -68,6 +69,8 @@ def test_lut_ops_match_the_decoded_weight_and_decode_nothing(options):
     assert torch.equal(rows, F.embedding(idx, wd))
     assert torch.equal(k.dequantize(), wd[8:16]) and k.shape == (8, 40)
     torch.testing.assert_close(sliced, F.linear(x, wd[8:16]))
+    assert isinstance(row, PackedWeight) and row.shape == (40,)
+    assert torch.equal(row.dequantize(), wd[5]) and torch.equal(last.dequantize(), wd[-1])
 
 
 def test_every_other_op_decodes_and_writes_are_refused():

@@ -107,9 +107,7 @@ def encode(
     n, t = ids.shape
     x = F.embedding(ids, sd["embeddings.word_embeddings.weight"])
     x = x + sd["embeddings.position_embeddings.weight"][:t]
-    # Token type 0 everywhere; a slice, since a packed weight's select fails under
-    # inference_mode.
-    x = ln(x + sd["embeddings.token_type_embeddings.weight"][:1], "embeddings.LayerNorm")
+    x = ln(x + sd["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
     bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
     for i in range(_layers(sd)):
         p = f"encoder.layer.{i}."

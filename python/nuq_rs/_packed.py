@@ -442,6 +442,16 @@ def _slice(func, w, dim=0, start=None, end=None, step=1):
     return w._with(**w._row_parts(slice(r0, r1)), stored_shape=(r1 - r0, *w.stored_shape[1:]))
 
 
+def _select(func, w, dim, index):
+    """Row ``index`` of a matrix (``w[i]``): a packed 1-D view of that row."""
+    if not isinstance(w, PackedWeight) or w.transposed or w.ndim != 2 or dim % w.ndim != 0:
+        return NotImplemented
+    if not -w.rows <= index < w.rows:
+        raise IndexError(f"index {index} is out of range for a packed weight of {w.rows} rows")
+    r = index % w.rows
+    return w._with(**w._row_parts(slice(r, r + 1)), stored_shape=(w.cols,))
+
+
 def _split(func, w, sizes, dim=0):
     if not isinstance(w, PackedWeight) or w.transposed or dim % w.ndim != 0:
         return NotImplemented
@@ -504,6 +514,7 @@ _VIEWS = {
     aten.transpose.int,
     aten.permute.default,
     aten.slice.Tensor,
+    aten.select.int,
     aten.split.Tensor,
     aten.split_with_sizes.default,
     aten.detach.default,
@@ -521,6 +532,7 @@ _HANDLERS = {
     aten.convolution.default: _convolution,
     aten.embedding.default: _embedding,
     aten.slice.Tensor: _slice,
+    aten.select.int: _select,
     aten.split.Tensor: _split,
     aten.split_with_sizes.default: _split,
     aten.detach.default: _alias,
