@@ -293,12 +293,13 @@ fn bad_lengths_are_errors_not_panics() {
 fn bit_identical_for_any_thread_count() {
     let case = Case::new(70, 600, 4, Gran::Group(120), 3);
     let w = case.view();
-    let x = Rng(4).vec(20 * 600, -1.0, 1.0);
+    // m = 530: two chunks of rows of x for the gemm prefill.
+    let x = Rng(4).vec(530 * 600, -1.0, 1.0);
     for (k, p) in Kernel::available()
         .into_iter()
         .flat_map(|k| Prefill::ALL.map(|p| (k, p)))
     {
-        for m in [3, 20] {
+        for m in [3, 20, 530] {
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
