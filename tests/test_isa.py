@@ -1,7 +1,8 @@
 """Determinism across instruction sets: ``NUQ_ISA`` forces scalar, AVX2 or
 AVX-512 for packing, encoding, the statistics and the LUT kernels. The same
 work (tests/_isa_cases.py) runs in a subprocess under every instruction set
-this CPU has: codes, codebooks and scales are bit-identical, and matmul
+this CPU has, and once more with ``NUQ_PREFILL=gemm`` (the ``gemm`` crate's
+prefill product): codes, codebooks and scales are bit-identical, and matmul
 outputs agree within the stated bound. Paths the CPU lacks are skipped, with
 the reason."""
 
@@ -31,7 +32,8 @@ HAS_VNNI = CPUINFO.exists() and " avx512_vnni" in CPUINFO.read_text()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NUQ_ISA", "NUQ_FORCE_SCALAR")}
+    forced = ("NUQ_ISA", "NUQ_FORCE_SCALAR", "NUQ_PREFILL")
+    env = {k: v for k, v in os.environ.items() if k not in forced}
     return env | extra
 
 
@@ -49,17 +51,19 @@ def kernels_under(**env: str) -> dict:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
-    """The cases' results under every available instruction set (in parallel:
-    each subprocess is mostly single-threaded work)."""
+    """The cases' results under every available instruction set, and under
+    the fastest with ``NUQ_PREFILL=gemm`` (key ``"gemm"``), in parallel: each
+    subprocess is mostly single-threaded work."""
     out = tmp_path_factory.mktemp("isa")
+    envs = {isa: {"NUQ_ISA": isa} for isa in AVAILABLE} | {"gemm": {"NUQ_PREFILL": "gemm"}}
     procs = {
-        isa: subprocess.Popen(
-            [sys.executable, str(HERE / "_isa_cases.py"), str(out / f"{isa}.npz")],
-            env=clean_env(NUQ_ISA=isa, RAYON_NUM_THREADS="1"),
+        key: subprocess.Popen(
+            [sys.executable, str(HERE / "_isa_cases.py"), str(out / f"{key}.npz")],
+            env=clean_env(RAYON_NUM_THREADS="1", **env),
             stderr=subprocess.PIPE,
             text=True,
         )
-        for isa in AVAILABLE
+        for key, env in envs.items()
     }
     res = {}
     for isa, p in procs.items():
@@ -75,7 +79,7 @@ def test_each_path_runs_what_it_names(results, isa):
     if isa not in AVAILABLE:
         pytest.skip(f"this CPU lacks {isa} (has {', '.join(AVAILABLE)})")
     k = json.loads(str(results[isa]["kernels"]))
-    assert (k["isa"], k["requested"]) == (isa, isa)
+    assert (k["isa"], k["requested"], k["prefill"]) == (isa, isa, "micro")
     # The int8 path: its scalar reference under NUQ_ISA=scalar, VNNI under
     # AVX-512 where the CPU has it, the fp32 kernels otherwise.
     vnni = "vnni" if HAS_VNNI else None
@@ -95,14 +99,20 @@ def test_codes_are_bit_identical_on_every_path(results, isa):
         assert a.tobytes() == b.tobytes(), f"{key} differs between scalar and {isa}"
 
 
-@pytest.mark.parametrize("isa", ISAS[1:])
+def test_the_gemm_prefill_runs_what_it_names(results):
+    k = json.loads(str(results["gemm"]["kernels"]))
+    assert (k["isa"], k["requested"], k["prefill"]) == (AVAILABLE[-1], None, "gemm")
+
+
+@pytest.mark.parametrize("isa", (*ISAS[1:], "gemm"))
 def test_matmul_outputs_agree_within_the_stated_bound(results, isa):
     """Each path is within 1e-5 of ``sum |x| |w|`` of the product with the
     decoded weights (README), so two paths are within twice that; int8
     outputs are bit-identical where both paths ran an int8 kernel (scalar
     and VNNI do the same integer sums), and within the int8 bound of the
-    exact product otherwise (tests/test_int8.py checks that bound)."""
-    if isa not in AVAILABLE:
+    exact product otherwise (tests/test_int8.py checks that bound). ``gemm``
+    is the fastest instruction set with the ``gemm`` crate's prefill."""
+    if isa not in (*AVAILABLE, "gemm"):
         pytest.skip(f"this CPU lacks {isa} (has {', '.join(AVAILABLE)})")
     ref, got = results["scalar"], results[isa]
     int8_both = json.loads(str(got["kernels"]))["int8"] is not None
@@ -150,3 +160,10 @@ def test_an_unknown_isa_refuses_the_import():
     p = python("import nuq_rs", NUQ_ISA="avx-512")
     assert p.returncode != 0
     assert 'ValueError: NUQ_ISA="avx-512" is not one of auto, scalar, avx2, avx512' in p.stderr
+
+
+def test_an_unknown_prefill_refuses_the_import():
+    p = python("import nuq_rs", NUQ_PREFILL="blas")
+    assert p.returncode != 0
+    assert 'ValueError: NUQ_PREFILL="blas" is not one of auto, micro, gemm' in p.stderr
+    assert kernels_under(NUQ_PREFILL="auto")["prefill"] == "micro"

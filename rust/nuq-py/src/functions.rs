@@ -319,8 +319,10 @@ fn get_num_threads() -> usize {
 
 /// The kernels in use: `isa` (the selected instruction set), `requested`
 /// (what `NUQ_ISA` asked for, or None), `available` (what this CPU runs,
-/// slowest first) and `int8` (the int8-activation kernel, or None where
-/// `activations="int8"` runs the fp32 kernels).
+/// slowest first), `int8` (the int8-activation kernel, or None where
+/// `activations="int8"` runs the fp32 kernels) and `prefill` (the product
+/// of decoded weight tiles for more than 16 rows and convolutions: "micro"
+/// or "gemm", see `NUQ_PREFILL`).
 ///
 /// >>> k = nuq_rs.kernels(); k["isa"] in k["available"]
 /// True
@@ -335,12 +337,14 @@ fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("available", available)?;
     let int8 = nuq_core::lut::Int8Kernel::selected().map(|k| k.name());
     d.set_item("int8", int8)?;
+    d.set_item("prefill", nuq_core::lut::Prefill::selected().name())?;
     Ok(d)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // An unknown `NUQ_ISA` refuses the import rather than panic in a kernel.
     nuq_core::pack::Kernel::requested().map_err(PyValueError::new_err)?;
+    nuq_core::lut::Prefill::requested().map_err(PyValueError::new_err)?;
     m.add_function(wrap_pyfunction!(kernels, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;

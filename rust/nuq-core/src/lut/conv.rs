@@ -3,13 +3,19 @@
 //! prefill kernel (`tile`), so the `[positions, C·kh·kw]` matrix of an
 //! explicit im2col is never materialized, and the products come out as
 //! `[out channels, positions]`, which is already the NCHW output layout.
+//! With [`Prefill::Gemm`] the patches of a chunk form one panel, i.e. the
+//! row-major `[C·kh·kw, chunk]` im2col matrix of the chunk (the same
+//! `MC · C·kh·kw` floats as the micro-kernel's panels), which `gemm` reads
+//! with strides.
 //! Convolutions with one input channel per group (depthwise) have too few
-//! columns for that kernel and run tap by tap instead (`depthwise`).
+//! columns for either product and run tap by tap instead (`depthwise`).
 
 use rayon::prelude::*;
 
+use super::dense;
 use super::kernel::{Isa, Kernel};
 use super::output;
+use super::prefill::Prefill;
 use super::tile::{products, Panels, MC, TILE_K, TILE_N};
 use crate::error::{NuqError, Result};
 use crate::weights::{check_len, PackedWeights};
@@ -87,6 +93,20 @@ pub fn conv2d_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    conv2d_with_prefill(kernel, Prefill::selected(), shape, x, w, bias, y)
+}
+
+/// [`conv2d_with`] with an explicit prefill product (for tests and
+/// benchmarks; [`conv2d`] takes [`Prefill::selected`]).
+pub fn conv2d_with_prefill(
+    kernel: Kernel,
+    prefill: Prefill,
+    shape: &ConvShape,
+    x: &[f32],
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
     let [oh, ow] = check(shape, x, w, bias, y)?;
     if y.is_empty() {
         return Ok(());
@@ -99,7 +119,7 @@ pub fn conv2d_with(
     let per_out = n / shape.groups;
     for g in 0..shape.groups {
         let wg = w.row_range(g * per_out, (g + 1) * per_out);
-        let blocks = group_products(isa, shape, [oh, ow], (x, g), &wg);
+        let blocks = group_products((isa, prefill), shape, [oh, ow], (x, g), &wg);
         y.par_chunks_mut(n * positions)
             .enumerate()
             .for_each(|(b, y_b)| {
@@ -154,7 +174,7 @@ fn check(
 /// offset-free products `[wg.rows, chunk]` and the patch sums `[chunk]`
 /// (zeros, without a pass over the patches, when no row has an offset).
 fn group_products(
-    isa: Isa,
+    (isa, prefill): (Isa, Prefill),
     shape: &ConvShape,
     out_hw: [usize; 2],
     (x, g): (&[f32], usize),
@@ -170,16 +190,23 @@ fn group_products(
                 let q0 = c * MC;
                 let chunk = q0..q0 + MC.min(total - q0);
                 let scratch = std::mem::take(storage);
-                let panels = patches(isa.panel_width(), shape, out_hw, (x, g, scratch), chunk);
+                let width = match prefill {
+                    Prefill::Micro => isa.panel_width(),
+                    Prefill::Gemm => chunk.len(),
+                };
+                let panels = patches(width, shape, out_hw, (x, g, scratch), chunk);
                 let sums = if offsets {
                     panels.row_sums()
                 } else {
                     vec![0.0; panels.m]
                 };
-                let mut dots = Vec::with_capacity(wg.rows * panels.m);
-                for r0 in (0..wg.rows).step_by(TILE_N) {
-                    dots.extend(products(isa, wg, &panels, r0, tile));
-                }
+                let dots = match prefill {
+                    Prefill::Micro => (0..wg.rows)
+                        .step_by(TILE_N)
+                        .flat_map(|r0| products(isa, wg, &panels, r0, tile))
+                        .collect(),
+                    Prefill::Gemm => dense::panel_products(isa, wg, &panels, tile),
+                };
                 *storage = panels.into_data();
                 (dots, sums)
             },

@@ -13,13 +13,16 @@
 //!   of `x` (`small`).
 //! - larger `m` (prefill, im2col): compute-bound; a tile of W is decoded into a
 //!   small f32 buffer and reused by an outer-product micro-kernel over panels
-//!   of `x` (`tile`).
+//!   of `x` (`tile`), or, with [`Prefill::Gemm`] (`NUQ_PREFILL=gemm`), by the
+//!   `gemm` crate (`dense`).
 //!
 //! Every output element is computed by exactly one task in a fixed order, so
 //! results are bit-identical for any Rayon thread count.
 
 mod conv;
+mod dense;
 mod phased;
+mod prefill;
 mod q8;
 mod scalar;
 mod small;
@@ -38,8 +41,9 @@ mod x86_avx512_q8;
 mod kernel;
 
 pub use crate::weights::PackedWeights;
-pub use conv::{conv2d, conv2d_with, ConvShape};
+pub use conv::{conv2d, conv2d_with, conv2d_with_prefill, ConvShape};
 pub use kernel::Kernel;
+pub use prefill::{Prefill, PREFILL_VAR};
 pub use q8::BLOCK as INT8_BLOCK;
 
 use crate::weights::check_len;
@@ -97,6 +101,20 @@ pub fn linear_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    linear_with_prefill(kernel, Prefill::selected(), x, m, w, bias, y)
+}
+
+/// [`linear_with`] with an explicit prefill product for `m > 16` (for tests
+/// and benchmarks; [`linear`] takes [`Prefill::selected`]).
+pub fn linear_with_prefill(
+    kernel: Kernel,
+    prefill: Prefill,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
     check_call(x, m, w, bias, y)?;
     if m == 0 || w.rows == 0 {
         return Ok(());
@@ -108,7 +126,10 @@ pub fn linear_with(
         small::run(isa, x, m, w, &mut y_t);
         finish(&y_t, &sumx, m, w, bias, y);
     } else {
-        tile::run(isa, x, w, (&sumx, bias), y);
+        match prefill {
+            Prefill::Micro => tile::run(isa, x, w, (&sumx, bias), y),
+            Prefill::Gemm => dense::linear(isa, x, w, (&sumx, bias), y),
+        }
     }
     Ok(())
 }

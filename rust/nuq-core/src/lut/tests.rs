@@ -71,7 +71,7 @@ impl Case {
         let (loc, scale, group) = match gran {
             Gran::Tensor => (rng.vec(1, -0.1, 0.1), rng.vec(1, 0.01, 0.2), None),
             Gran::Channel => (rng.vec(rows, -0.1, 0.1), rng.vec(rows, 0.01, 0.2), None),
-            Gran::Group(g) => (vec![], rng.vec(rows * (cols / g), 0.01, 0.2), Some(g)),
+            Gran::Group(g) => (vec![], rng.vec(rows * cols.div_ceil(g), 0.01, 0.2), Some(g)),
         };
         Case {
             rows,
@@ -137,14 +137,22 @@ fn check_all(case: &Case, m: usize, seed: u64) -> std::result::Result<(), String
     let bias = rng.vec(w.rows, -0.5, 0.5);
     let bias = seed.is_multiple_of(2).then_some(&bias[..]);
     let (want, mag) = dense_f64(&x, m, &w, bias);
-    let mut runs: Vec<(&str, Vec<f32>)> = vec![];
+    let mut runs: Vec<(String, Vec<f32>)> = vec![];
     let mut y = vec![f32::NAN; m * w.rows];
     linear_reference(&x, m, &w, bias, &mut y).map_err(|e| e.to_string())?;
-    runs.push(("reference", y));
+    runs.push(("reference".into(), y));
+    // Both prefill products where they differ (m > SMALL_M).
+    let prefills = if m > SMALL_M {
+        &Prefill::ALL[..]
+    } else {
+        &Prefill::ALL[..1]
+    };
     for k in Kernel::available() {
-        let mut y = vec![f32::NAN; m * w.rows];
-        linear_with(k, &x, m, &w, bias, &mut y).map_err(|e| e.to_string())?;
-        runs.push((k.name(), y));
+        for &p in prefills {
+            let mut y = vec![f32::NAN; m * w.rows];
+            linear_with_prefill(k, p, &x, m, &w, bias, &mut y).map_err(|e| e.to_string())?;
+            runs.push((format!("{}/{}", k.name(), p.name()), y));
+        }
     }
     for (name, y) in runs {
         for (idx, ((&got, &exp), &mg)) in y.iter().zip(&want).zip(&mag).enumerate() {
@@ -205,6 +213,31 @@ fn several_tiles_in_both_directions() {
 }
 
 #[test]
+fn gemm_prefill_every_width_granularity_and_tile_edge() {
+    // 133 rows: two blocks of decoded rows, the last short; k = 1037: three
+    // tiles along k, the last short; groups that divide k and that do not
+    // (the last group of a row is short); m past one and two chunks of rows
+    // of x only in the last case (the reference costs m·n·k).
+    for bits in 1..=8 {
+        for gran in [
+            Gran::Tensor,
+            Gran::Channel,
+            Gran::Group(61),
+            Gran::Group(100),
+        ] {
+            let case = Case::new(133, 1037, bits, gran, u64::from(bits) * 31);
+            for m in [17, 33] {
+                check_all(&case, m, m as u64).unwrap();
+            }
+        }
+    }
+    let case = Case::new(133, 1037, 4, Gran::Group(128), 5);
+    check_all(&case, 256 + 7, 2).unwrap();
+    let wide = Case::new(9, 300, 3, Gran::Channel, 6);
+    check_all(&wide, 1100, 4).unwrap();
+}
+
+#[test]
 fn phase_split_decode_chunks_and_tails() {
     // Chunk-aligned segments (128/256/512 codes per chunk on AVX-512, half on
     // AVX2) with a scalar tail; every block size of rows of x.
@@ -260,16 +293,20 @@ fn bad_lengths_are_errors_not_panics() {
 fn bit_identical_for_any_thread_count() {
     let case = Case::new(70, 600, 4, Gran::Group(120), 3);
     let w = case.view();
-    let x = Rng(4).vec(20 * 600, -1.0, 1.0);
-    for k in Kernel::available() {
-        for m in [3, 20] {
+    // m = 530: two chunks of rows of x for the gemm prefill.
+    let x = Rng(4).vec(530 * 600, -1.0, 1.0);
+    for (k, p) in Kernel::available()
+        .into_iter()
+        .flat_map(|k| Prefill::ALL.map(|p| (k, p)))
+    {
+        for m in [3, 20, 530] {
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
                     .unwrap();
                 let mut y = vec![0.0f32; m * 70];
-                pool.install(|| linear_with(k, &x[..m * 600], m, &w, None, &mut y))
+                pool.install(|| linear_with_prefill(k, p, &x[..m * 600], m, &w, None, &mut y))
                     .unwrap();
                 y
             };
@@ -278,8 +315,9 @@ fn bit_identical_for_any_thread_count() {
                 one.iter()
                     .zip(run(3))
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{}",
-                k.name()
+                "{}/{}",
+                k.name(),
+                p.name()
             );
         }
     }

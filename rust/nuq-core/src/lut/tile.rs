@@ -190,6 +190,11 @@ impl Panels {
         sums
     }
 
+    /// Every panel, one after the other.
+    pub(super) fn data(&self) -> &[f32] {
+        &self.data
+    }
+
     /// The storage, for the next [`Panels::build`].
     pub(super) fn into_data(self) -> Vec<f32> {
         self.data

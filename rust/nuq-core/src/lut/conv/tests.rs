@@ -68,9 +68,12 @@ fn check(
     let bias = seed.is_multiple_of(2).then_some(&bias[..]);
     let [oh, ow] = s.output_size().unwrap();
     let (positions, per_out) = (oh * ow, cout / s.groups);
-    for k in Kernel::available() {
+    let runs = Kernel::available()
+        .into_iter()
+        .flat_map(|k| Prefill::ALL.map(|pf| (k, pf)));
+    for (k, pf) in runs {
         let mut y = vec![f32::NAN; s.batch * cout * positions];
-        conv2d_with(k, s, &x, &w, bias, &mut y).map_err(|e| e.to_string())?;
+        conv2d_with_prefill(k, pf, s, &x, &w, bias, &mut y).map_err(|e| e.to_string())?;
         for b in 0..s.batch {
             for g in 0..s.groups {
                 let wg = w.row_range(g * per_out, (g + 1) * per_out);
@@ -82,8 +85,9 @@ fn check(
                     let err = (f64::from(got) - exp).abs();
                     if err.is_nan() || err > REL_TOL * mg + 1e-30 {
                         return Err(format!(
-                            "{}: {s:?} b{b} g{g} ch{t} pos{p}: got {got}, want {exp}",
-                            k.name()
+                            "{}/{}: {s:?} b{b} g{g} ch{t} pos{p}: got {got}, want {exp}",
+                            k.name(),
+                            pf.name()
                         ));
                     }
                 }
@@ -133,6 +137,20 @@ fn several_chunks_tiles_and_k_blocks() {
     // (two k blocks), groups that cut codes.
     let s = shape(3, 32, [20, 20], [3, 3], [1, 1, 1, 1]);
     check(&s, 50, 4, Gran::Group(96), 7).unwrap();
+}
+
+#[test]
+fn depthwise_and_pointwise_past_one_tile_of_rows() {
+    // 1x1 over 140 channels into 150 (two blocks of decoded rows, 600
+    // positions: three chunks); a depthwise 3x3 with stride 2 over 24
+    // channels; a dilated 3x3 whose patch (40 * 9 = 360) is not a multiple
+    // of any tile.
+    let point = shape(2, 140, [15, 20], [1, 1], [1, 0, 1, 1]);
+    check(&point, 150, 4, Gran::Channel, 11).unwrap();
+    let depthwise = shape(2, 24, [13, 9], [3, 3], [2, 1, 1, 24]);
+    check(&depthwise, 48, 3, Gran::Tensor, 12).unwrap();
+    let dilated = shape(1, 40, [11, 12], [3, 3], [1, 2, 2, 1]);
+    check(&dilated, 20, 5, Gran::Group(50), 13).unwrap();
 }
 
 #[test]
