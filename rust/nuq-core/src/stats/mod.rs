@@ -30,7 +30,7 @@
 //! and a run of ties, min == max, is known outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that
 //! attains D always survives the skip test, so the answer, the largest exact
 //! term computed, is the very maximum the sort-based reference computes: it
-//! equals [`ks_sorted_reference`] bit for bit (the skip test keeps a 1e-14
+//! equals the tests' sort-based reference bit for bit (the skip test keeps a 1e-14
 //! margin for ulp-level non-monotonicity of `erfc`/`exp`). Typically a few
 //! runs near the arg-max survive (under 2% of the data for most samples of
 //! the tests; close fits and heavy ties use more of the n/8 budget), so the
@@ -101,16 +101,15 @@ mod source;
 mod tests;
 
 pub use fit::{fit_rows, fit_tensor, ChannelFit, LocScale, TensorFit};
-pub use ks::{ks_rows, ks_sorted_reference, ks_tensor};
 pub use median::median;
 pub use moments::{mean_abs_dev, moments, Moments};
-pub use rows::{row_fits, RowFit};
+pub use rows::RowFit;
 
 /// How close the KS statistics of [`fit_tensor`] and [`fit_rows`] (the
 /// pipeline's) are to the exact ones: their runs need no gather once D is
 /// bracketed `2 * KS_TOLERANCE` wide, and they report the bracket's middle.
 /// Both statistics are computed exactly when their brackets overlap, so the
-/// family choice is the exact one. [`ks_tensor`] and [`ks_rows`] are exact.
+/// family choice is the exact one.
 pub const KS_TOLERANCE: f64 = 5e-5;
 
 /// Below this many elements a sorted copy is cheaper than histogram passes.
