@@ -136,8 +136,10 @@ fn middle_bracket<const P: usize>(
 /// The median from the values holding 0-based ranks `lo..=hi` (`hi - lo`
 /// is 0 or 1) of the data, at those positions of `vals` in sorted order.
 /// The values are selected as [`total_key`]s (in `keys`, reused): integer
-/// compares, not `total_cmp` calls.
-fn select_middle(vals: &[f32], keys: &mut Vec<i32>, lo: usize, hi: usize) -> f64 {
+/// compares, not `total_cmp` calls. `keys` is left as the selection
+/// permuted it, an order fixed by the values alone, so a sum over it
+/// (`laplace`'s) rounds the same way every run.
+pub(super) fn select_middle(vals: &[f32], keys: &mut Vec<i32>, lo: usize, hi: usize) -> f64 {
     keys.clear();
     keys.extend(vals.iter().map(|&v| total_key(v)));
     let (lower, &mut top, _) = keys.select_nth_unstable(hi);
@@ -161,7 +163,7 @@ fn total_key(v: f32) -> i32 {
 }
 
 /// The value of a [`total_key`] (the map is its own inverse).
-fn from_total_key(key: i32) -> f32 {
+pub(super) fn from_total_key(key: i32) -> f32 {
     f32::from_bits(total_key(f32::from_bits(key as u32)) as u32)
 }
 
