@@ -4,8 +4,8 @@
 use super::grid::{buckets_for, Grid, GRID_SIGMAS};
 use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
-use super::layout::{build_coarse, expand};
-use super::median::{median, median_of_layout, run_of};
+use super::layout::build_coarse;
+use super::median::{expand_middle, median, median_of_layout};
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};
 use super::source::Flat;
@@ -105,12 +105,7 @@ pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
         let range = Some((moments.min, moments.max));
         let grid = Grid::new(lo, hi, buckets_for(x.len()));
         let mut layout = build_coarse(&Flat(x), grid, range);
-        // The median's runs in buckets: its band stays narrow.
-        let n = x.len();
-        let mut middle = vec![run_of(&layout, (n - 1) / 2), run_of(&layout, n / 2)];
-        middle.dedup();
-        middle.retain(|&i| layout.recs[i].buckets > 1);
-        expand(&mut layout, &middle);
+        expand_middle(&mut layout);
         let laplace = laplace_fit(x, &layout).unwrap_or_else(|| {
             let median = median_of_layout(&Flat(x), &mut layout);
             LocScale {

@@ -21,8 +21,8 @@
 //!   bracket with the mean absolute deviation in one pass (`laplace`).
 
 use super::gather::gather;
-use super::grid::buckets_for;
-use super::layout::{build, Layout, GATHER_MAX};
+use super::grid::{buckets_for, Grid};
+use super::layout::{build_coarse, expand, Layout, GATHER_MAX};
 use super::moments::min_max;
 use super::refine::refine;
 use super::router::{f32_at_least, f32_at_most};
@@ -41,7 +41,9 @@ pub fn median(x: &[f32]) -> f64 {
         return select_middle(x, &mut Vec::new(), (n - 1) / 2, n / 2);
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
+    let grid = Grid::new(lo, hi, buckets_for(n));
+    let mut layout = build_coarse(&Flat(x), grid, Some((lo, hi)));
+    expand_middle(&mut layout);
     median_of_layout(&Flat(x), &mut layout)
 }
 
@@ -312,7 +314,19 @@ fn bucket_of(counts: &[u32], rank: usize) -> (usize, usize) {
     (b, below)
 }
 
-/// Median from a layout of the same source (which may get refined).
+/// Splits the coarse runs holding the middle ranks into their buckets
+/// (from the kept counts, no pass over the data), so that the runs the
+/// median is selected from stay narrow.
+pub(crate) fn expand_middle(layout: &mut Layout) {
+    let n = layout.n;
+    let mut middle = vec![run_of(layout, (n - 1) / 2), run_of(layout, n / 2)];
+    middle.dedup();
+    middle.retain(|&i| layout.recs[i].buckets > 1);
+    expand(layout, &middle);
+}
+
+/// Median from a layout of the same source (which may get refined); the
+/// runs holding the middle ranks must not be coarse.
 pub(crate) fn median_of_layout<S: Source>(src: &S, layout: &mut Layout) -> f64 {
     let n = layout.n;
     if n == 0 {
@@ -385,6 +399,7 @@ fn known_or_pending<V: Value>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::build;
     use super::super::tests::sorted_median;
     use super::*;
 
