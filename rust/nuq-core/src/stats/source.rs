@@ -10,7 +10,7 @@ use super::router::{f32_at_least, f32_at_most, Router};
 use super::simd::{for_each_hit, scalar};
 
 /// A totally ordered sample value (`f32` data or `f64` standardized values).
-pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
+pub(crate) trait Value: Copy + Default + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Identity of `min` (larger than every finite value).
     const HIGHEST: Self;
     /// Identity of `max`.
