@@ -98,8 +98,7 @@ pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
             loc,
             scale: mean_abs_dev(x, loc),
         };
-        let d = ks_small(x.to_vec(), &both_fits(gaussian, laplace));
-        (laplace, d)
+        (laplace, ks_small(x.to_vec(), &both_fits(gaussian, laplace)))
     } else {
         let (lo, hi) = central_grid(&moments);
         let range = Some((moments.min, moments.max));
@@ -148,18 +147,8 @@ pub(crate) fn central_grid(m: &Moments) -> (f64, f64) {
 
 /// The Gaussian and Laplace fits as the KS code takes them, in that order.
 pub(crate) fn both_fits(g: LocScale, l: LocScale) -> [Fitted; 2] {
-    [
-        Fitted {
-            family: Family::Gaussian,
-            loc: g.loc,
-            scale: g.scale,
-        },
-        Fitted {
-            family: Family::Laplace,
-            loc: l.loc,
-            scale: l.scale,
-        },
-    ]
+    let fitted = |family, LocScale { loc, scale }| Fitted { family, loc, scale };
+    [fitted(Family::Gaussian, g), fitted(Family::Laplace, l)]
 }
 
 /// Per-row fits (rows of `row_len`) and, per family, the KS statistic of the
