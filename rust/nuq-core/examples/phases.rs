@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use nuq_core::encode::Encoder;
 use nuq_core::pack::pack;
-use nuq_core::stats::{fit_rows, fit_tensor, moments, row_fits};
+use nuq_core::stats::{fit_rows, fit_tensor, moments};
 use nuq_core::{quantize, CodebookChoice, Config, FamilyChoice, Granularity};
 
 const REPEATS: usize = 5;
@@ -86,22 +86,10 @@ fn main() {
     let base = base.max(1e-9);
     time("moments", base, || moments(&x).unwrap());
     time("fit_tensor", base, || fit_tensor(&x).unwrap());
-    let f = fit_tensor(&x).unwrap();
     time("median", base, || nuq_core::stats::median(&x));
     time("mean_abs_dev", base, || {
         nuq_core::stats::mean_abs_dev(&x, 0.0)
     });
-    let fits = [
-        (nuq_core::Family::Gaussian, f.gaussian.loc, f.gaussian.scale),
-        (nuq_core::Family::Laplace, f.laplace.loc, f.laplace.scale),
-    ];
-    time("ks_tensor (both)", base, || {
-        nuq_core::stats::ks_tensor(&x, &fits)
-    });
-    time("ks_tensor (gaussian)", base, || {
-        nuq_core::stats::ks_tensor(&x, &fits[..1])
-    });
-    time("row_fits", base, || row_fits(&x, cols));
     time("fit_rows", base, || fit_rows(&x, cols).unwrap());
     let bounds: Vec<f32> = (1..16).map(|i| (i as f32 - 8.0) * 0.3).collect();
     let enc = Encoder::new(&bounds);

@@ -14,13 +14,14 @@
 //! every group is weighed. Both KS statistics are still reported, over every
 //! element.
 
-use half::f16;
 use rayon::prelude::*;
 
 use super::rows::{encode_rows, Codebook, Encoded};
+use super::simd::scan_task;
 use super::{energy_of, rows_per_task, Config, FamilyChoice, Quantized};
 use crate::error::Result;
 use crate::family::Family;
+use crate::pack::Kernel;
 use crate::solve::{bin_centers, implied_codebook, weighted_mse, BINS};
 use crate::stats::fit_tensor;
 
@@ -127,7 +128,7 @@ const CLOSE: f64 = 0.02;
 /// `stride`-th row (whole rows, so that every column position counts alike),
 /// as seen by a task whose first group is group `first` of the tensor.
 #[derive(Debug, Clone, Copy)]
-struct RowSample {
+pub(super) struct RowSample {
     per_row: usize,
     stride: usize,
     first: usize,
@@ -159,7 +160,7 @@ impl RowSample {
 
     /// Whether the task's group `k` is in the sample.
     #[inline]
-    fn holds(&self, k: usize) -> bool {
+    pub(super) fn holds(&self, k: usize) -> bool {
         ((self.first + k) / self.per_row).is_multiple_of(self.stride)
     }
 }
@@ -192,6 +193,7 @@ fn scan_groups(
         .map(|(task, (out, data))| {
             let mut hist = vec![0f64; weights.len()];
             scan_task(
+                Kernel::selected(),
                 data,
                 g,
                 sample.starting_at(task * (chunk / g)),
@@ -205,71 +207,6 @@ fn scan_groups(
         weights.iter_mut().zip(hist).for_each(|(a, b)| *a += b);
     }
     (scale, weights)
-}
-
-/// `scan_groups` on one task's groups (`hist` empty: scales only). The loops
-/// are compiled for AVX-512 and AVX2 as well and chosen at run time; every
-/// version does the same IEEE operations, so the results are identical.
-fn scan_task(data: &[f32], g: usize, at: RowSample, scale: &mut [f32], hist: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::pack::Kernel::Avx512.is_allowed() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { scan_task_avx512(data, g, at, scale, hist) };
-        }
-        if crate::pack::Kernel::Avx2.is_allowed() {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { scan_task_avx2(data, g, at, scale, hist) };
-        }
-    }
-    scan_task_any(data, g, at, scale, hist);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn scan_task_avx512(data: &[f32], g: usize, at: RowSample, scale: &mut [f32], hist: &mut [f64]) {
-    scan_task_any(data, g, at, scale, hist);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn scan_task_avx2(data: &[f32], g: usize, at: RowSample, scale: &mut [f32], hist: &mut [f64]) {
-    scan_task_any(data, g, at, scale, hist);
-}
-
-#[inline(always)]
-fn scan_task_any(data: &[f32], g: usize, at: RowSample, scale: &mut [f32], hist: &mut [f64]) {
-    assert!(hist.is_empty() || hist.len() == BINS, "one weight per bin");
-    let half_span = (BINS - 1) as f32 / 2.0;
-    // A group's bins, computed in one vectorizable loop before the scatter
-    // (which then runs without waiting on the arithmetic).
-    let mut idx = vec![0u32; if hist.is_empty() { 0 } else { g }];
-    for (k, (s, grp)) in scale.iter_mut().zip(data.chunks_exact(g)).enumerate() {
-        *s = f16::from_f32(absmax(grp).min(f16::MAX.to_f32())).to_f32();
-        if hist.is_empty() || *s == 0.0 || !at.holds(k) {
-            continue;
-        }
-        let (inv, w) = (1.0 / *s, f64::from(*s) * f64::from(*s));
-        for (b, &v) in idx.iter_mut().zip(grp) {
-            // max/min rather than clamp: they map a NaN (a non-finite
-            // input, which the fit running beside this rejects) to -1,
-            // where clamp keeps it.
-            #[allow(clippy::manual_clamp)]
-            let pos = ((v * inv).max(-1.0).min(1.0) + 1.0) * half_span;
-            // `pos.round()` for pos >= 0 (halves up), without the libm call
-            // and in f32: truncation is floor, and `pos - floor(pos)` is
-            // exact (Sterbenz, as floor(pos) >= pos / 2 once it is >= 1).
-            // SAFETY: pos lies in [0, BINS - 1] whatever v is (above), so
-            // it fits an i32 (the unchecked conversion vectorizes).
-            let floor = unsafe { pos.to_int_unchecked::<i32>() };
-            *b = (floor + i32::from(pos - floor as f32 >= 0.5)) as u32;
-        }
-        for &b in &idx {
-            // SAFETY: b <= BINS - 1 (above) and `hist` holds BINS weights
-            // (asserted at the top).
-            unsafe { *hist.get_unchecked_mut(b as usize) += w };
-        }
-    }
 }
 
 /// Largest |v| of `x` (0 when empty, NaN skipped), in lanes that vectorize
@@ -351,6 +288,9 @@ fn relative_gap(errors: &[f64]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
+    use super::super::simd::scalar;
     use super::*;
 
     /// Rows of groups with ordinary, zero, tiny, huge (beyond f16) and
@@ -518,44 +458,20 @@ mod tests {
         assert!(weights.iter().all(|w| w.is_finite()));
     }
 
-    type Scan<'a> = &'a dyn Fn(&[f32], usize, RowSample, &mut [f32], &mut [f64]);
-
-    /// Every compiled version of the scan agrees with the portable one, bit
-    /// for bit.
+    /// Every version of the scan this CPU runs agrees with the portable
+    /// one, bit for bit.
     #[test]
     fn simd_scans_equal_the_portable_scan() {
         let (cols, g) = (512, 64);
         let x = sample(8, cols);
-        let run = |f: Scan| {
-            let (mut scale, mut hist) = (vec![0f32; x.len() / g], vec![0f64; BINS]);
-            f(
-                &x,
-                g,
-                RowSample::new(x.len() / g, cols / g),
-                &mut scale,
-                &mut hist,
-            );
-            (scale, hist)
-        };
-        let want = run(&scan_task_any);
-        assert!(want.1.iter().any(|&w| w > 0.0));
-        assert_eq!(run(&scan_task), want);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above).
-                assert_eq!(
-                    run(&|a, b, at, c, d| unsafe { scan_task_avx512(a, b, at, c, d) }),
-                    want
-                );
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                assert_eq!(
-                    run(&|a, b, at, c, d| unsafe { scan_task_avx2(a, b, at, c, d) }),
-                    want
-                );
-            }
+        let at = RowSample::new(x.len() / g, cols / g);
+        let (mut scale, mut hist) = (vec![0f32; x.len() / g], vec![0f64; BINS]);
+        scalar::scan_task(&x, g, at, &mut scale, &mut hist);
+        assert!(hist.iter().any(|&w| w > 0.0));
+        for kernel in crate::pack::available_kernels() {
+            let (mut got_scale, mut got_hist) = (vec![0f32; x.len() / g], vec![0f64; BINS]);
+            scan_task(kernel, &x, g, at, &mut got_scale, &mut got_hist);
+            assert_eq!((&got_scale, &got_hist), (&scale, &hist), "{kernel:?}");
         }
     }
 }

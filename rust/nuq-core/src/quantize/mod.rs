@@ -17,7 +17,7 @@ mod decode;
 mod fitted;
 mod group;
 mod rows;
-mod sse;
+mod simd;
 
 pub use decode::dequantize;
 

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::rows_per_task;
-use super::sse::span_error;
+use super::simd::span_error;
 use crate::encode::Encoder;
 use crate::pack::{pack, packed_len};
 

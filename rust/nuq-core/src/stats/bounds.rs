@@ -59,12 +59,9 @@ const BLOCK_RUNS: usize = 64;
 /// that attains `floor` is one of those kept, whose first and last runs'
 /// own lower bounds are at least its. So `candidates` finds the same lower
 /// bound and the same runs as from every run's own bounds, with a few cdf
-/// evaluations per block and per kept run: on a mixture of 2.4M values
-/// about 5K and 1K per fit, against 29K runs (counted with the former
-/// [min, max] grid; the ±8σ grid made about 35K runs there). On a close fit (D below a
+/// evaluations per block and per kept run. On a close fit (D below a
 /// block's slack) nearly every block is kept, so nearly every run is
-/// bounded: finer levels of blocks were tried and cost more than they
-/// saved there.
+/// bounded.
 pub(super) fn fit_bounds(layout: &Layout, blocks: &[Range<usize>], fit: &Fitted) -> FitBounds {
     let n = layout.n as f64;
     let edges = Edges::new(layout, fit);

@@ -20,6 +20,7 @@ const MIN_LEN: usize = 64;
 const PER_CELL: usize = 16;
 
 /// Buffers reused across the runs [`run_terms`] is called on.
+#[derive(Default)]
 pub(crate) struct CellScratch<V> {
     cell: Vec<u32>,
     ends: Vec<u32>,
@@ -27,18 +28,6 @@ pub(crate) struct CellScratch<V> {
     out: Vec<V>,
     /// Per non-empty cell: (cell, upper bound of its terms).
     bounds: Vec<(usize, f64)>,
-}
-
-impl<V> Default for CellScratch<V> {
-    fn default() -> Self {
-        CellScratch {
-            cell: Vec::new(),
-            ends: Vec::new(),
-            sorted: Vec::new(),
-            out: Vec::new(),
-            bounds: Vec::new(),
-        }
-    }
 }
 
 /// For each fit, the largest term of `run` (order statistics `offset + 1

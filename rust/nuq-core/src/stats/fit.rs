@@ -4,8 +4,8 @@
 use super::grid::{buckets_for, Grid, GRID_SIGMAS};
 use super::ks::{choice_is_certain, ks_layout_within, ks_rows_within, ks_small, Estimate, Fitted};
 use super::laplace::laplace_fit;
-use super::layout::{build_coarse, expand};
-use super::median::{median, median_of_layout, run_of};
+use super::layout::build_coarse;
+use super::median::{expand_middle, median, median_of_layout};
 use super::moments::{mean_abs_dev, moments, Moments};
 use super::rows::{checked_row_fits, RowFit};
 use super::source::Flat;
@@ -98,19 +98,13 @@ pub(crate) fn fit_tensor_within(x: &[f32], tol: f64) -> Result<TensorFit> {
             loc,
             scale: mean_abs_dev(x, loc),
         };
-        let d = ks_small(x.to_vec(), &both_fits(gaussian, laplace));
-        (laplace, d)
+        (laplace, ks_small(x.to_vec(), &both_fits(gaussian, laplace)))
     } else {
         let (lo, hi) = central_grid(&moments);
         let range = Some((moments.min, moments.max));
         let grid = Grid::new(lo, hi, buckets_for(x.len()));
         let mut layout = build_coarse(&Flat(x), grid, range);
-        // The median's runs in buckets: its band stays narrow.
-        let n = x.len();
-        let mut middle = vec![run_of(&layout, (n - 1) / 2), run_of(&layout, n / 2)];
-        middle.dedup();
-        middle.retain(|&i| layout.recs[i].buckets > 1);
-        expand(&mut layout, &middle);
+        expand_middle(&mut layout);
         let laplace = laplace_fit(x, &layout).unwrap_or_else(|| {
             let median = median_of_layout(&Flat(x), &mut layout);
             LocScale {
@@ -153,18 +147,8 @@ pub(crate) fn central_grid(m: &Moments) -> (f64, f64) {
 
 /// The Gaussian and Laplace fits as the KS code takes them, in that order.
 pub(crate) fn both_fits(g: LocScale, l: LocScale) -> [Fitted; 2] {
-    [
-        Fitted {
-            family: Family::Gaussian,
-            loc: g.loc,
-            scale: g.scale,
-        },
-        Fitted {
-            family: Family::Laplace,
-            loc: l.loc,
-            scale: l.scale,
-        },
-    ]
+    let fitted = |family, LocScale { loc, scale }| Fitted { family, loc, scale };
+    [fitted(Family::Gaussian, g), fitted(Family::Laplace, l)]
 }
 
 /// Per-row fits (rows of `row_len`) and, per family, the KS statistic of the

@@ -26,12 +26,6 @@ impl<V> Gathered<V> {
     pub(crate) fn runs_mut(&mut self) -> Vec<&mut [V]> {
         split_at_starts(&mut self.values, &self.starts)
     }
-
-    /// The values of target `t`.
-    #[cfg(test)]
-    pub(crate) fn run(&self, t: usize) -> &[V] {
-        &self.values[self.starts[t]..self.starts[t + 1]]
-    }
 }
 
 /// `buf` cut at `starts` (ascending, from 0 to `buf.len()`).
@@ -135,6 +129,13 @@ mod tests {
     use super::super::layout::build;
     use super::super::source::Flat;
     use super::*;
+
+    impl<V> Gathered<V> {
+        /// The values of target `t`.
+        fn run(&self, t: usize) -> &[V] {
+            &self.values[self.starts[t]..self.starts[t + 1]]
+        }
+    }
 
     #[test]
     fn gathers_every_value_of_each_target_in_data_order() {

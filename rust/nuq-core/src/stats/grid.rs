@@ -100,12 +100,10 @@ const LARGE_N: usize = 1 << 23;
 /// spans (a tensor's grid never reaches beyond its range). Beyond, the end
 /// buckets hold the tails. A grid over `[min, max]` instead lets a few far
 /// outliers (weight matrices have some at 50σ and more) stretch it until
-/// the central runs hold thousands of values each: 5 outliers at up to
-/// 150σ among 2.4M Gaussian values made 1.7M of them KS candidates. Six
-/// rather than eight: the bulk gets finer runs (fewer KS candidates, whose
-/// gathering costs more than the count pass loses to a wider hot zone of
-/// counters), while beyond 6σ a Laplace tensor of millions holds a few
-/// hundred values, whose terms are far from D.
+/// the central runs hold thousands of values each. Six rather than eight:
+/// the bulk gets finer runs (fewer KS candidates to gather), while beyond
+/// 6σ a Laplace tensor of millions holds a few hundred values, whose terms
+/// are far from D.
 pub(crate) const GRID_SIGMAS: f64 = 6.0;
 
 #[cfg(test)]

@@ -8,10 +8,9 @@ use super::bounds::{blocks, fit_bounds, rank_bounds, FitBounds};
 use super::cells::{run_terms, CellScratch};
 use super::gather::gather;
 use super::grid::{buckets_for, Grid, GRID_SIGMAS, MAX_BUCKETS};
-use super::layout::{build, build_coarse, expand, Layout};
-use super::moments::min_max;
+use super::layout::{build_coarse, expand, Layout};
 use super::refine::refine;
-use super::source::{inv_scale, Flat, Source, Standardized, Value};
+use super::source::{inv_scale, Source, Standardized, Value};
 use super::SMALL_N;
 use crate::Family;
 
@@ -130,23 +129,6 @@ pub(super) fn ks_sorted_above<V: Value>(
     best
 }
 
-/// D by full sort, exactly as `scipy.stats.kstest(x, family, args=(loc,
-/// scale))`: the definition the fast paths are tested against. `scale == 0`
-/// or empty `x` gives 0.
-pub fn ks_sorted_reference(x: &[f32], family: Family, loc: f64, scale: f64) -> f64 {
-    let fit = Fitted { family, loc, scale };
-    ks_by_sort(x.to_vec(), &[fit])[0]
-}
-
-/// Sort, then every term of every non-degenerate fit: the definition.
-fn ks_by_sort<V: Value>(mut v: Vec<V>, fits: &[Fitted]) -> Vec<f64> {
-    v.sort_unstable_by(V::total_order);
-    fits.iter()
-        .map(|f| active(f, v.len()).then(|| ks_sorted(&v, 0, v.len(), f)))
-        .map(Option::unwrap_or_default)
-        .collect()
-}
-
 /// D of a small sample for every fit, as [`ks_by_sort`] but without the
 /// sort or most cdf evaluations: the sample is one run of cells
 /// ([`run_terms`]), and only the cells that can hold the maximum are sorted.
@@ -169,36 +151,15 @@ fn active(fit: &Fitted, n: usize) -> bool {
     n > 0 && fit.scale != 0.0
 }
 
-/// D of `x` against each `(family, loc, scale)`, over all elements, from one
-/// shared histogram pass. Matches `scipy.stats.kstest` (see
-/// [`ks_sorted_reference`]). `x` must be finite.
-pub fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
-    let fits: Vec<Fitted> = fits
-        .iter()
-        .map(|&(family, loc, scale)| Fitted { family, loc, scale })
-        .collect();
-    if x.len() < SMALL_N {
-        return ks_small(x.to_vec(), &fits);
-    }
-    let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
-    ks_layout(&Flat(x), &mut layout, &fits)
-}
-
 /// D of the pooled per-row standardized values `z = (x - loc[r]) / scale[r]`
 /// (rows of `row_len`; `scale[r] == 0` gives `z = 0`) against the standard
-/// `family` cdf. `x` must be finite. `z` is computed as `(x - loc) * (1 /
-/// scale)`, within an ulp of the quotient.
+/// `family` cdf, known within `tol` (see [`ks_layout_within`]; exact for
+/// `tol == 0` and below `SMALL_N` elements). `x` must be finite. `z` is
+/// computed as `(x - loc) * (1 / scale)`, within an ulp of the quotient.
 ///
 /// # Panics
 /// If `row_len == 0`, `x.len()` is not a multiple of it, or `loc`/`scale`
 /// do not have one entry per row.
-pub fn ks_rows(x: &[f32], row_len: usize, family: Family, loc: &[f64], scale: &[f64]) -> f64 {
-    ks_rows_within(x, row_len, family, loc, scale, 0.0).value()
-}
-
-/// [`ks_rows`] known within `tol` (see [`ks_layout_within`]): exact below
-/// `SMALL_N` elements.
 pub(crate) fn ks_rows_within(
     x: &[f32],
     row_len: usize,
@@ -209,13 +170,13 @@ pub(crate) fn ks_rows_within(
 ) -> Estimate {
     assert!(
         row_len > 0 && x.len().is_multiple_of(row_len),
-        "ks_rows: row_len {row_len} must be > 0 and divide {}",
+        "ks_rows_within: row_len {row_len} must be > 0 and divide {}",
         x.len()
     );
     let rows = x.len() / row_len;
     assert!(
         loc.len() == rows && scale.len() == rows,
-        "ks_rows: need {rows} loc/scale entries, got {}/{}",
+        "ks_rows_within: need {rows} loc/scale entries, got {}/{}",
         loc.len(),
         scale.len()
     );
@@ -244,14 +205,6 @@ pub(crate) fn ks_rows_within(
     let grid = Grid::new(-GRID_SIGMAS, GRID_SIGMAS, nb);
     let mut layout = build_coarse(&src, grid, None);
     ks_layout_within(&src, &mut layout, &fit, tol)[0]
-}
-
-/// D for each fit from a layout of the same source (shared across fits).
-pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]) -> Vec<f64> {
-    ks_layout_within(src, layout, fits, 0.0)
-        .iter()
-        .map(Estimate::value)
-        .collect()
 }
 
 /// D for each fit, known to within `tol` (exact for `tol == 0`): runs whose
@@ -433,6 +386,64 @@ fn resolve<S: Source>(
     }
 }
 
+/// D by full sort, exactly as `scipy.stats.kstest(x, family, args=(loc,
+/// scale))`: the definition the fast paths are tested against. `scale == 0`
+/// or empty `x` gives 0.
+#[cfg(test)]
+pub(crate) fn ks_sorted_reference(x: &[f32], family: Family, loc: f64, scale: f64) -> f64 {
+    let fit = Fitted { family, loc, scale };
+    ks_by_sort(x.to_vec(), &[fit])[0]
+}
+
+/// Sort, then every term of every non-degenerate fit: the definition.
+#[cfg(test)]
+fn ks_by_sort<V: Value>(mut v: Vec<V>, fits: &[Fitted]) -> Vec<f64> {
+    v.sort_unstable_by(V::total_order);
+    fits.iter()
+        .map(|f| active(f, v.len()).then(|| ks_sorted(&v, 0, v.len(), f)))
+        .map(Option::unwrap_or_default)
+        .collect()
+}
+
+/// The exact D of `x` against each `(family, loc, scale)`, over all
+/// elements, from one shared histogram pass (the pipeline's path with no
+/// tolerance). `x` must be finite.
+#[cfg(test)]
+pub(crate) fn ks_tensor(x: &[f32], fits: &[(Family, f64, f64)]) -> Vec<f64> {
+    use super::{grid::buckets_for, layout::build, moments::min_max, source::Flat, SMALL_N};
+    let fits: Vec<Fitted> = fits
+        .iter()
+        .map(|&(family, loc, scale)| Fitted { family, loc, scale })
+        .collect();
+    if x.len() < SMALL_N {
+        return ks_small(x.to_vec(), &fits);
+    }
+    let (lo, hi) = min_max(x);
+    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
+    ks_layout(&Flat(x), &mut layout, &fits)
+}
+
+/// The exact D for each fit from a layout of the same source.
+#[cfg(test)]
+pub(crate) fn ks_layout<S: Source>(src: &S, layout: &mut Layout, fits: &[Fitted]) -> Vec<f64> {
+    ks_layout_within(src, layout, fits, 0.0)
+        .iter()
+        .map(Estimate::value)
+        .collect()
+}
+
+/// The exact [`ks_rows_within`].
+#[cfg(test)]
+pub(crate) fn ks_rows(
+    x: &[f32],
+    row_len: usize,
+    family: Family,
+    loc: &[f64],
+    scale: &[f64],
+) -> f64 {
+    ks_rows_within(x, row_len, family, loc, scale, 0.0).value()
+}
+
 /// Reference for `ks_rows`: materialize every `z`, sort, scipy formula.
 #[cfg(test)]
 pub(crate) fn ks_rows_reference(
@@ -462,6 +473,7 @@ pub(crate) fn ks_rows_reference(
 #[cfg(test)]
 mod tests {
     use super::super::bounds::Edges;
+    use super::super::{layout::build, moments::min_max, source::Flat};
     use super::*;
 
     #[test]

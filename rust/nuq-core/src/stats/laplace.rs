@@ -19,7 +19,7 @@
 
 use super::fit::LocScale;
 use super::layout::{Layout, GATHER_MAX};
-use super::median::run_of;
+use super::median::{from_total_key, run_of, select_middle};
 use super::parts::map_parts;
 use super::simd::band_split;
 
@@ -61,27 +61,20 @@ pub(crate) fn laplace_fit(x: &[f32], layout: &Layout) -> Option<LocScale> {
         total.above = total.above.add(p.above);
         total.band.extend_from_slice(&p.band);
     }
-    let Split {
-        below,
-        above,
-        mut band,
-    } = total;
+    let Split { below, above, band } = total;
     // Everything below the band ranks first, so the band holds the ranks
     // `below.n ..` in order.
     let at = |k: usize| k.checked_sub(below.n).filter(|&i| i < band.len());
     let (lo_at, hi_at) = (at(k_lo)?, at(k_hi)?);
-    // Selected in place rather than by `median::select_middle`: the sum of
-    // `|x - m|` over the band below runs in the order this leaves, which
-    // fixes its rounding.
-    let (lower, &mut hi_val, _) = band.select_nth_unstable_by(hi_at, f32::total_cmp);
-    let median = if lo_at == hi_at {
-        f64::from(hi_val)
-    } else {
-        let lo_val = lower.iter().copied().max_by(f32::total_cmp)?;
-        (f64::from(lo_val) + f64::from(hi_val)) / 2.0
-    };
+    let mut keys = Vec::new();
+    let median = select_middle(&band, &mut keys, lo_at, hi_at);
     let shift = median - centre;
-    let in_band: f64 = band.iter().map(|&v| (f64::from(v) - median).abs()).sum();
+    // Summed in the order the selection left the keys, which fixes its
+    // rounding.
+    let in_band: f64 = keys
+        .iter()
+        .map(|&k| (f64::from(from_total_key(k)) - median).abs())
+        .sum();
     let outside = (above.sum - shift * above.n as f64) + (shift * below.n as f64 - below.sum);
     Some(LocScale {
         loc: median,

@@ -10,8 +10,6 @@
 //! from the counts it keeps. Runs are examined by `gather` (their values
 //! copied out, one pass for any number of runs) or `refine`.
 
-use rayon::prelude::*;
-
 use super::counts::count_histogram;
 use super::grid::Grid;
 use super::source::Source;
@@ -87,29 +85,10 @@ pub(crate) struct Coarse {
     range: (f64, f64),
 }
 
-/// Counts `src` on `nb` buckets over `[lo, hi]`. `range`: bounds `[a, b]`
-/// the data are known to lie in (tightens the end runs' bounds).
-pub(crate) fn build<S: Source>(
-    src: &S,
-    lo: f64,
-    hi: f64,
-    nb: usize,
-    range: Option<(f64, f64)>,
-) -> Layout {
-    let grid = Grid::new(lo, hi, nb);
-    let counts = count_histogram(src, &grid);
-    Layout {
-        n: src.len(),
-        grid,
-        recs: records(&grid, &counts, range),
-        coarse: None,
-    }
-}
-
 /// Top-level buckets per coarse run of [`build_coarse`].
 const COARSE: usize = 64;
 
-/// [`build`] on `grid` with one coarse run per aligned group of
+/// Counts `src` on `grid` into one coarse run per aligned group of
 /// [`COARSE`] buckets holding values, from its first to its last non-empty
 /// bucket; the counts are kept. A coarse run is bounded as one run across
 /// its buckets, and [`expand`] splits the ones that may hold the KS
@@ -198,55 +177,41 @@ pub(crate) fn expand(layout: &mut Layout, targets: &[usize]) {
     }
 }
 
-/// Buckets per task of [`records`].
-const RECORD_CHUNK: usize = 1 << 12;
-
-/// One record per non-empty bucket, in bucket order, built in parallel: a
-/// first pass takes each chunk of buckets' record count and element count,
-/// so every chunk knows where its records go and their offsets, and writes
-/// them in place (a 2^16-bucket layout is some 3 MB of records, too much
-/// for a serial loop or a copy of per-chunk vectors while the other
-/// threads idle).
-fn records(grid: &Grid, counts: &[usize], range: Option<(f64, f64)>) -> Vec<Rec> {
-    let sizes: Vec<(usize, usize)> = counts
-        .par_chunks(RECORD_CHUNK)
-        .map(|c| (c.iter().filter(|&&k| k > 0).count(), c.iter().sum()))
-        .collect();
-    let total = sizes.iter().map(|s| s.0).sum();
-    let mut recs: Vec<Rec> = Vec::with_capacity(total);
-    // Each chunk's share of the spare capacity and its first offset.
-    let mut rest = &mut recs.spare_capacity_mut()[..total];
-    let mut shares = Vec::with_capacity(sizes.len());
+/// One run per non-empty bucket of `nb` over `[lo, hi]`, laid out
+/// directly: what a coarse layout expands into. `range`: bounds `[a, b]`
+/// the data are known to lie in (tightens the end runs' bounds).
+#[cfg(test)]
+pub(crate) fn build<S: Source>(
+    src: &S,
+    lo: f64,
+    hi: f64,
+    nb: usize,
+    range: Option<(f64, f64)>,
+) -> Layout {
+    let grid = Grid::new(lo, hi, nb);
+    let (min, max) = range.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+    let mut recs = Vec::new();
     let mut offset = 0;
-    for &(k, sum) in &sizes {
-        let (share, tail) = std::mem::take(&mut rest).split_at_mut(k);
-        shares.push((share, offset));
-        rest = tail;
-        offset += sum;
+    for (root, &count) in count_histogram(src, &grid).iter().enumerate() {
+        if count > 0 {
+            let (a, b) = grid.bounds(root, grid.guard());
+            recs.push(Rec::top_level(
+                a.max(min),
+                b.min(max),
+                offset,
+                count,
+                root,
+                1,
+            ));
+            offset += count;
+        }
     }
-    let guard = grid.guard();
-    shares
-        .into_par_iter()
-        .zip(counts.par_chunks(RECORD_CHUNK))
-        .enumerate()
-        .for_each(|(c, ((share, mut offset), chunk))| {
-            let mut slots = share.iter_mut();
-            for (i, &count) in chunk.iter().enumerate().filter(|e| *e.1 > 0) {
-                let root = c * RECORD_CHUNK + i;
-                let (mut a, mut b) = grid.bounds(root, guard);
-                if let Some((min, max)) = range {
-                    (a, b) = (a.max(min), b.min(max));
-                }
-                let slot = slots.next().expect("one slot per non-empty bucket");
-                slot.write(Rec::top_level(a, b, offset, count, root, 1));
-                offset += count;
-            }
-        });
-    // SAFETY: the shares partition the first `total` slots, and each chunk
-    // wrote one record into every slot of its share (as many as its
-    // non-empty buckets, counted above).
-    unsafe { recs.set_len(total) };
-    recs
+    Layout {
+        n: src.len(),
+        grid,
+        recs,
+        coarse: None,
+    }
 }
 
 #[cfg(test)]
@@ -289,7 +254,7 @@ pub(crate) mod tests {
         // Several chunks of records, some of them without a value (the data
         // hold 1013 distinct values): one record per non-empty bucket, in
         // bucket order, holding that bucket's values.
-        let nb = 3 * RECORD_CHUNK + 5;
+        let nb = 3 * 4096 + 5;
         let layout = build(&Flat(&x), lo, hi, nb, Some((lo, hi)));
         check_layout(&x, &layout);
         let mut want = vec![0usize; nb];

@@ -21,8 +21,8 @@
 //!   bracket with the mean absolute deviation in one pass (`laplace`).
 
 use super::gather::gather;
-use super::grid::buckets_for;
-use super::layout::{build, Layout, GATHER_MAX};
+use super::grid::{buckets_for, Grid};
+use super::layout::{build_coarse, expand, Layout, GATHER_MAX};
 use super::moments::min_max;
 use super::refine::refine;
 use super::router::{f32_at_least, f32_at_most};
@@ -41,7 +41,9 @@ pub fn median(x: &[f32]) -> f64 {
         return select_middle(x, &mut Vec::new(), (n - 1) / 2, n / 2);
     }
     let (lo, hi) = min_max(x);
-    let mut layout = build(&Flat(x), lo, hi, buckets_for(x.len()), Some((lo, hi)));
+    let grid = Grid::new(lo, hi, buckets_for(n));
+    let mut layout = build_coarse(&Flat(x), grid, Some((lo, hi)));
+    expand_middle(&mut layout);
     median_of_layout(&Flat(x), &mut layout)
 }
 
@@ -136,8 +138,10 @@ fn middle_bracket<const P: usize>(
 /// The median from the values holding 0-based ranks `lo..=hi` (`hi - lo`
 /// is 0 or 1) of the data, at those positions of `vals` in sorted order.
 /// The values are selected as [`total_key`]s (in `keys`, reused): integer
-/// compares, not `total_cmp` calls.
-fn select_middle(vals: &[f32], keys: &mut Vec<i32>, lo: usize, hi: usize) -> f64 {
+/// compares, not `total_cmp` calls. `keys` is left as the selection
+/// permuted it, an order fixed by the values alone, so a sum over it
+/// (`laplace`'s) rounds the same way every run.
+pub(super) fn select_middle(vals: &[f32], keys: &mut Vec<i32>, lo: usize, hi: usize) -> f64 {
     keys.clear();
     keys.extend(vals.iter().map(|&v| total_key(v)));
     let (lower, &mut top, _) = keys.select_nth_unstable(hi);
@@ -161,7 +165,7 @@ fn total_key(v: f32) -> i32 {
 }
 
 /// The value of a [`total_key`] (the map is its own inverse).
-fn from_total_key(key: i32) -> f32 {
+pub(super) fn from_total_key(key: i32) -> f32 {
     f32::from_bits(total_key(f32::from_bits(key as u32)) as u32)
 }
 
@@ -310,7 +314,19 @@ fn bucket_of(counts: &[u32], rank: usize) -> (usize, usize) {
     (b, below)
 }
 
-/// Median from a layout of the same source (which may get refined).
+/// Splits the coarse runs holding the middle ranks into their buckets
+/// (from the kept counts, no pass over the data), so that the runs the
+/// median is selected from stay narrow.
+pub(crate) fn expand_middle(layout: &mut Layout) {
+    let n = layout.n;
+    let mut middle = vec![run_of(layout, (n - 1) / 2), run_of(layout, n / 2)];
+    middle.dedup();
+    middle.retain(|&i| layout.recs[i].buckets > 1);
+    expand(layout, &middle);
+}
+
+/// Median from a layout of the same source (which may get refined); the
+/// runs holding the middle ranks must not be coarse.
 pub(crate) fn median_of_layout<S: Source>(src: &S, layout: &mut Layout) -> f64 {
     let n = layout.n;
     if n == 0 {
@@ -383,6 +399,7 @@ fn known_or_pending<V: Value>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::build;
     use super::super::tests::sorted_median;
     use super::*;
 

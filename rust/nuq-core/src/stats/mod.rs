@@ -18,49 +18,45 @@
 //! `L = max(F(lo) - C/n, (C+c)/n - F(hi))` (the terms of its first and last
 //! order statistics can be no smaller).
 //!
-//! Let `L*` be the largest lower bound over all runs. A run with `U < L* <= D`
-//! cannot hold the term that attains D: skip it. The others are gathered (one
-//! data pass for all of them) and their terms computed exactly: each run is
-//! counted into cells of about 16 values on a grid over its own range, and
-//! only the cells whose own bound is not below `L*` by the same test are
-//! sorted and their terms computed. Runs of more than 2^16 elements (or of
-//! more than 16, when all of them hold more than `n / 8`) are refined
+//! Let `L*` be the largest lower bound over all runs. A run with
+//! `U < L* <= D` cannot hold the term that attains D: skip it. The others are
+//! gathered (one data pass for all of them) and their terms computed exactly:
+//! each run is counted into cells of about 16 values on a grid over its own
+//! range, and only the cells whose own bound is not below `L*` by the same
+//! test are sorted and their terms computed. Runs of more than 2^16 elements
+//! (or of more than 16, when all of them hold more than `n / 8`) are refined
 //! first: re-histogrammed over their own range on a finer grid that also
-//! records each sub-run's exact min and max (whose terms are then exact,
-//! and a run of ties, min == max, is known outright). Repeat until no unresolved run's `U` exceeds `L*`. The run that
-//! attains D always survives the skip test, so the answer, the largest exact
-//! term computed, is the very maximum the sort-based reference computes: it
-//! equals [`ks_sorted_reference`] bit for bit (the skip test keeps a 1e-14
-//! margin for ulp-level non-monotonicity of `erfc`/`exp`). Typically a few
-//! runs near the arg-max survive (under 2% of the data for most samples of
-//! the tests; close fits and heavy ties use more of the n/8 budget), so the
-//! cost is one counting pass, a few thousand cdf evaluations per fit and one
-//! gather pass: blocks of consecutive runs (at most `n / 2048` elements or 64
-//! runs each) are bounded first as if each were one run, and only the runs of
-//! the blocks whose `U` reaches the largest block `L` are bounded one by one
-//! (the same `L*` and the same surviving runs as bounding every run). The
-//! counts do not depend on the fit: one pass serves every fit and the median
-//! (whose middle ranks are located the same way).
+//! records each sub-run's exact min and max (whose terms are then exact, and
+//! a run of ties, min == max, is known outright). Repeat until no unresolved
+//! run's `U` exceeds `L*`. The run that attains D always survives the skip
+//! test, so the answer, the largest exact term computed, is the maximum the
+//! sort-based definition computes, bit for bit (the skip test keeps a 1e-14
+//! margin for ulp-level non-monotonicity of `erfc`/`exp`). The cost is one
+//! counting pass, a few thousand cdf evaluations per fit and one gather pass:
+//! blocks of consecutive runs (at most `n / 2048` elements or 64 runs each)
+//! are bounded first as if each were one run, and only the runs of the blocks
+//! whose `U` reaches the largest block `L` are bounded one by one (the same
+//! `L*` and the same surviving runs as bounding every run). The counts do not
+//! depend on the fit: one pass serves every fit and the median (whose middle
+//! ranks are located the same way).
 //!
 //! # Within a tolerance
 //! The pipeline's fits ([`fit_tensor`], [`fit_rows`]) need D only to
 //! [`KS_TOLERANCE`] (within 1e-4 of `scipy.stats.kstest`, as documented):
 //! runs whose upper bound exceeds `L*` by at most twice the tolerance are
-//! left unresolved, D lies between `L*` and the largest upper bound left,
-//! and the middle of that bracket is reported. A whole top-level bucket
-//! bounds its terms within the fitted cdf's rise across it: at most its
-//! width times the fitted density's peak, on a grid of 2^16 buckets over
-//! ±6σ 7.3e-5 for the Gaussian fit and about 1.3e-4 for the Laplace fit of
-//! Laplace-shaped data (σ = √2 b). So most statistics are bracketed by the
-//! counting pass alone, or with the few densest runs resolved, and most
-//! gather passes are skipped. When the two families' brackets
-//! overlap, both statistics are computed exactly, so the family choice is
-//! always that of the exact statistics. The pipeline's layouts (of a
-//! tensor, and of the pooled standardized values of channel granularity)
-//! hold coarse runs of 64 buckets, split into buckets only where they may
-//! hold the arg-max or the median (`layout::build_coarse`): with few runs to
-//! resolve, writing and bounding a run per bucket was most of what was
-//! left besides the counting passes.
+//! left unresolved, D lies between `L*` and the largest upper bound left, and
+//! the middle of that bracket is reported. A whole top-level bucket bounds
+//! its terms within the fitted cdf's rise across it: at most its width times
+//! the fitted density's peak, on a grid of 2^16 buckets over ±6σ 7.3e-5 for
+//! the Gaussian fit and about 1.3e-4 for the Laplace fit of Laplace-shaped
+//! data (σ = √2 b). So most statistics are bracketed by the counting pass
+//! alone, or with the few densest runs resolved, and most gather passes are
+//! skipped. When the two families' brackets overlap, both statistics are
+//! computed exactly, so the family choice is always that of the exact
+//! statistics. The pipeline's layouts (of a tensor, and of the pooled
+//! standardized values of channel granularity) hold coarse runs of 64
+//! buckets, split into buckets only where they may hold the arg-max or the
+//! median (`layout::build_coarse`).
 //!
 //! Everything reduces deterministically: integer counts and min/max merge
 //! exactly, floating sums run over fixed-size parts combined in index order.
@@ -101,16 +97,15 @@ mod source;
 mod tests;
 
 pub use fit::{fit_rows, fit_tensor, ChannelFit, LocScale, TensorFit};
-pub use ks::{ks_rows, ks_sorted_reference, ks_tensor};
 pub use median::median;
 pub use moments::{mean_abs_dev, moments, Moments};
-pub use rows::{row_fits, RowFit};
+pub use rows::RowFit;
 
 /// How close the KS statistics of [`fit_tensor`] and [`fit_rows`] (the
 /// pipeline's) are to the exact ones: their runs need no gather once D is
 /// bracketed `2 * KS_TOLERANCE` wide, and they report the bracket's middle.
 /// Both statistics are computed exactly when their brackets overlap, so the
-/// family choice is the exact one. [`ks_tensor`] and [`ks_rows`] are exact.
+/// family choice is the exact one.
 pub const KS_TOLERANCE: f64 = 5e-5;
 
 /// Below this many elements a sorted copy is cheaper than histogram passes.

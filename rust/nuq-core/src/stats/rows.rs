@@ -29,16 +29,6 @@ impl RowFit {
     }
 }
 
-/// Fit of every row of `row_len` elements.
-///
-/// # Panics
-/// If `row_len == 0` or it does not divide `x.len()`, or `x` holds a NaN
-/// or infinity.
-pub fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
-    checked_row_fits(x, row_len)
-        .unwrap_or_else(|r| panic!("row_fits: row {r} holds a NaN or infinity"))
-}
-
 /// Fit of every row of `row_len` elements, or the lowest row that holds a
 /// NaN or infinity: a row's f64 sum of f32 values is finite exactly when
 /// all of them are (it cannot overflow), so the check costs no pass of
@@ -78,6 +68,17 @@ fn fit_row(row: &[f32], scratch: &mut Scratch) -> Option<RowFit> {
         median,
         b,
     })
+}
+
+/// Fit of every row of `row_len` elements.
+///
+/// # Panics
+/// If `row_len == 0` or it does not divide `x.len()`, or `x` holds a NaN
+/// or infinity.
+#[cfg(test)]
+pub(crate) fn row_fits(x: &[f32], row_len: usize) -> Vec<RowFit> {
+    checked_row_fits(x, row_len)
+        .unwrap_or_else(|r| panic!("row_fits: row {r} holds a NaN or infinity"))
 }
 
 #[cfg(test)]

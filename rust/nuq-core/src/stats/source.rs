@@ -10,7 +10,7 @@ use super::router::{f32_at_least, f32_at_most, Router};
 use super::simd::{for_each_hit, scalar};
 
 /// A totally ordered sample value (`f32` data or `f64` standardized values).
-pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
+pub(crate) trait Value: Copy + Default + PartialOrd + Send + Sync + std::fmt::Debug {
     /// Identity of `min` (larger than every finite value).
     const HIGHEST: Self;
     /// Identity of `max`.
@@ -24,51 +24,36 @@ pub(crate) trait Value: Copy + PartialOrd + Send + Sync + std::fmt::Debug {
     fn max_v(self, o: Self) -> Self;
 }
 
-impl Value for f32 {
-    const HIGHEST: Self = f32::INFINITY;
-    const LOWEST: Self = f32::NEG_INFINITY;
-    #[inline]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    fn total_order(&self, other: &Self) -> Ordering {
-        self.total_cmp(other)
-    }
-    #[inline]
-    fn min_v(self, o: Self) -> Self {
-        self.min(o)
-    }
-    #[inline]
-    fn max_v(self, o: Self) -> Self {
-        self.max(o)
-    }
+/// The same `Value` for both float types: their own min/max, total order
+/// and infinities; `to_f64` widens exactly and `from_f64` inverts it.
+macro_rules! impl_value {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            const HIGHEST: Self = <$t>::INFINITY;
+            const LOWEST: Self = <$t>::NEG_INFINITY;
+            #[inline]
+            fn to_f64(self) -> f64 {
+                f64::from(self)
+            }
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn total_order(&self, other: &Self) -> Ordering {
+                self.total_cmp(other)
+            }
+            #[inline]
+            fn min_v(self, o: Self) -> Self {
+                self.min(o)
+            }
+            #[inline]
+            fn max_v(self, o: Self) -> Self {
+                self.max(o)
+            }
+        }
+    )*};
 }
 
-impl Value for f64 {
-    const HIGHEST: Self = f64::INFINITY;
-    const LOWEST: Self = f64::NEG_INFINITY;
-    #[inline]
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    fn total_order(&self, other: &Self) -> Ordering {
-        self.total_cmp(other)
-    }
-    #[inline]
-    fn min_v(self, o: Self) -> Self {
-        self.min(o)
-    }
-    #[inline]
-    fn max_v(self, o: Self) -> Self {
-        self.max(o)
-    }
-}
+impl_value!(f32, f64);
 
 /// A sequence of sample values that can be re-read cheaply, in parallel.
 pub(crate) trait Source: Sync {

@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 
 use super::fit::{fit_rows_within, fit_tensor_within};
-use super::ks::ks_rows_reference;
+use super::ks::{ks_rows, ks_rows_reference, ks_sorted_reference, ks_tensor};
+use super::rows::row_fits;
 use super::*;
 use crate::Family;
 

@@ -43,52 +43,27 @@ macro_rules! dispatch {
 
 /// `Σ v` over `x` in f64, in `LANES` lanes added pairwise, then the tail.
 pub(crate) fn sum(x: &[f32]) -> f64 {
-    sum_on(Kernel::selected(), x)
-}
-
-#[inline]
-fn sum_on(k: Kernel, x: &[f32]) -> f64 {
-    dispatch!(k, sum(x))
+    dispatch!(Kernel::selected(), sum(x))
 }
 
 /// `Σ (v - center)²` in f64, as [`sum`].
 pub(crate) fn sq_dev_sum(x: &[f32], center: f64) -> f64 {
-    sq_dev_sum_on(Kernel::selected(), x, center)
-}
-
-#[inline]
-fn sq_dev_sum_on(k: Kernel, x: &[f32], center: f64) -> f64 {
-    dispatch!(k, sq_dev_sum(x, center))
+    dispatch!(Kernel::selected(), sq_dev_sum(x, center))
 }
 
 /// `Σ |v - center|` in f64, as [`sum`].
 pub(crate) fn abs_dev_sum(x: &[f32], center: f64) -> f64 {
-    abs_dev_sum_on(Kernel::selected(), x, center)
-}
-
-#[inline]
-fn abs_dev_sum_on(k: Kernel, x: &[f32], center: f64) -> f64 {
-    dispatch!(k, abs_dev_sum(x, center))
+    dispatch!(Kernel::selected(), abs_dev_sum(x, center))
 }
 
 /// Smallest and largest of finite `x` (`(inf, -inf)` if empty).
 pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
-    min_max_on(Kernel::selected(), x)
-}
-
-#[inline]
-fn min_max_on(k: Kernel, x: &[f32]) -> (f32, f32) {
-    dispatch!(k, min_max(x))
+    dispatch!(Kernel::selected(), min_max(x))
 }
 
 /// Number of values of `x` below each pivot.
 pub(crate) fn count_below<const P: usize>(x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    count_below_on(Kernel::selected(), x, pivots)
-}
-
-#[inline]
-fn count_below_on<const P: usize>(k: Kernel, x: &[f32], pivots: &[f32; P]) -> [usize; P] {
-    dispatch!(k, count_below(x, pivots))
+    dispatch!(Kernel::selected(), count_below(x, pivots))
 }
 
 /// Adds one to `counts[index(v)]` for every value of `x` (`index` must stay
@@ -125,23 +100,13 @@ pub(crate) struct BandSplit {
 /// `centre`, and the band's values: one pass for the median and mean
 /// absolute deviation of `laplace`.
 pub(crate) fn band_split(x: &[f32], lo: f64, hi: f64, centre: f64) -> BandSplit {
-    band_split_on(Kernel::selected(), x, lo, hi, centre)
-}
-
-#[inline]
-fn band_split_on(k: Kernel, x: &[f32], lo: f64, hi: f64, centre: f64) -> BandSplit {
-    dispatch!(k, band_split(x, lo, hi, centre))
+    dispatch!(Kernel::selected(), band_split(x, lo, hi, centre))
 }
 
 /// `grid.index` of every value of `vals` (at most `CHUNK`) into `out`: a
 /// routing pass without value ranges runs it on every block.
 pub(crate) fn index_block<V: Value>(grid: &Grid, vals: &[V], out: &mut [u32; CHUNK]) {
-    index_block_on(Kernel::selected(), grid, vals, out);
-}
-
-#[inline]
-fn index_block_on<V: Value>(k: Kernel, grid: &Grid, vals: &[V], out: &mut [u32; CHUNK]) {
-    dispatch!(k, index_block(grid, vals, out))
+    dispatch!(Kernel::selected(), index_block(grid, vals, out))
 }
 
 /// Adds the `grid` bucket of every value of `src` in `range` to `h`
@@ -201,14 +166,8 @@ fn span_masks_on(k: Kernel, spans: &[(f32, f32)], vals: &[f32], masks: &mut [u64
         return unsafe { x86_avx512::span_masks(spans, vals, masks) };
     }
     for (m, chunk) in masks.iter_mut().zip(vals.chunks(CHUNK)) {
-        *m = in_spans_on(k, spans, chunk);
+        *m = dispatch!(k, in_spans(spans, chunk));
     }
-}
-
-/// Bit `j` set when `vals[j]` (at most `CHUNK` values) lies in a range.
-#[inline]
-fn in_spans_on(k: Kernel, spans: &[(f32, f32)], vals: &[f32]) -> u64 {
-    dispatch!(k, in_spans(spans, vals))
 }
 
 #[cfg(test)]
@@ -237,11 +196,18 @@ mod tests {
         for k in available_kernels() {
             for len in LENGTHS {
                 let x = values(len);
-                assert_eq!(sum_on(k, &x).to_bits(), scalar::sum(&x).to_bits());
-                let (sq, ab) = (sq_dev_sum_on(k, &x, 0.3), abs_dev_sum_on(k, &x, 0.3));
+                assert_eq!(dispatch!(k, sum(&x)).to_bits(), scalar::sum(&x).to_bits());
+                let (sq, ab) = (
+                    dispatch!(k, sq_dev_sum(&x, 0.3)),
+                    dispatch!(k, abs_dev_sum(&x, 0.3)),
+                );
                 assert_eq!(sq.to_bits(), scalar::sq_dev_sum(&x, 0.3).to_bits());
                 assert_eq!(ab.to_bits(), scalar::abs_dev_sum(&x, 0.3).to_bits());
-                assert_eq!(min_max_on(k, &x), scalar::min_max(&x), "{k:?} {len}");
+                assert_eq!(
+                    dispatch!(k, min_max(&x)),
+                    scalar::min_max(&x),
+                    "{k:?} {len}"
+                );
             }
         }
     }
@@ -260,7 +226,7 @@ mod tests {
         scalar::count_bins(&x, &mut bins, index);
         assert_eq!(bins.iter().sum::<u32>() as usize, x.len());
         for k in available_kernels() {
-            assert_eq!(count_below_on(k, &x, &pivots), want, "{k:?}");
+            assert_eq!(dispatch!(k, count_below(&x, &pivots)), want, "{k:?}");
             let mut got = vec![0u32; 256];
             count_bins_on(k, &x, &mut got, index);
             assert_eq!(got, bins, "{k:?}");
@@ -277,7 +243,7 @@ mod tests {
         let want = scalar::band_split(&x, lo, hi, centre);
         for k in available_kernels() {
             for len in [0, 5, 16, 33, x.len()] {
-                let got = band_split_on(k, &x[..len], lo, hi, centre);
+                let got = dispatch!(k, band_split(&x[..len], lo, hi, centre));
                 assert_eq!(
                     format!("{got:?}"),
                     format!("{:?}", scalar::band_split(&x[..len], lo, hi, centre))
@@ -324,9 +290,9 @@ mod tests {
             let want64: Vec<u32> = wide.iter().map(|&v| grid.index(v) as u32).collect();
             for k in available_kernels() {
                 let mut got = [u32::MAX; CHUNK];
-                index_block_on(k, &grid, &vals, &mut got);
+                dispatch!(k, index_block(&grid, &vals, &mut got));
                 assert_eq!(got.as_slice(), want.as_slice(), "{k:?}");
-                index_block_on(k, &grid, &wide, &mut got);
+                dispatch!(k, index_block(&grid, &wide, &mut got));
                 assert_eq!(got.as_slice(), want64.as_slice(), "{k:?}");
             }
         }
@@ -399,7 +365,11 @@ mod tests {
                     m | (u64::from(hit) << j)
                 });
                 for k in available_kernels() {
-                    assert_eq!(in_spans_on(k, &spans[..n], &vals[..len]), want, "{k:?}");
+                    assert_eq!(
+                        dispatch!(k, in_spans(&spans[..n], &vals[..len])),
+                        want,
+                        "{k:?}"
+                    );
                 }
             }
         }
