@@ -79,7 +79,11 @@ def test_each_path_runs_what_it_names(results, isa):
     if isa not in AVAILABLE:
         pytest.skip(f"this CPU lacks {isa} (has {', '.join(AVAILABLE)})")
     k = json.loads(str(results[isa]["kernels"]))
-    assert (k["isa"], k["requested"], k["prefill"]) == (isa, isa, "micro")
+    # The default products: the micro-kernel for matmuls, the gemm crate for
+    # convolutions, except under the scalar reference.
+    conv = "micro" if isa == "scalar" else "gemm"
+    assert (k["isa"], k["requested"]) == (isa, isa)
+    assert k["prefill"] == {"linear": "micro", "conv2d": conv}
     # The int8 path: its scalar reference under NUQ_ISA=scalar, VNNI under
     # AVX-512 where the CPU has it, the fp32 kernels otherwise.
     vnni = "vnni" if HAS_VNNI else None
@@ -101,7 +105,8 @@ def test_codes_are_bit_identical_on_every_path(results, isa):
 
 def test_the_gemm_prefill_runs_what_it_names(results):
     k = json.loads(str(results["gemm"]["kernels"]))
-    assert (k["isa"], k["requested"], k["prefill"]) == (AVAILABLE[-1], None, "gemm")
+    assert (k["isa"], k["requested"]) == (AVAILABLE[-1], None)
+    assert k["prefill"] == {"linear": "gemm", "conv2d": "gemm"}
 
 
 @pytest.mark.parametrize("isa", (*ISAS[1:], "gemm"))
@@ -166,4 +171,5 @@ def test_an_unknown_prefill_refuses_the_import():
     p = python("import nuq_rs", NUQ_PREFILL="blas")
     assert p.returncode != 0
     assert 'ValueError: NUQ_PREFILL="blas" is not one of auto, micro, gemm' in p.stderr
-    assert kernels_under(NUQ_PREFILL="auto")["prefill"] == "micro"
+    assert kernels_under(NUQ_PREFILL="auto")["prefill"]["linear"] == "micro"
+    assert kernels_under(NUQ_PREFILL="micro")["prefill"] == {"linear": "micro", "conv2d": "micro"}

@@ -321,13 +321,14 @@ fn get_num_threads() -> usize {
 /// (what `NUQ_ISA` asked for, or None), `available` (what this CPU runs,
 /// slowest first), `int8` (the int8-activation kernel, or None where
 /// `activations="int8"` runs the fp32 kernels) and `prefill` (the product
-/// of decoded weight tiles for more than 16 rows and convolutions: "micro"
-/// or "gemm", see `NUQ_PREFILL`).
+/// of decoded weight tiles for more than 16 rows, `{"linear": ..., "conv2d":
+/// ...}`, each "micro" or "gemm", see `NUQ_PREFILL`).
 ///
 /// >>> k = nuq_rs.kernels(); k["isa"] in k["available"]
 /// True
 #[pyfunction]
 fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    use nuq_core::lut::Prefill;
     use nuq_core::pack::{available_kernels, Kernel};
     let requested = Kernel::requested().map_err(PyValueError::new_err)?;
     let d = PyDict::new(py);
@@ -337,7 +338,11 @@ fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("available", available)?;
     let int8 = nuq_core::lut::Int8Kernel::selected().map(|k| k.name());
     d.set_item("int8", int8)?;
-    d.set_item("prefill", nuq_core::lut::Prefill::selected().name())?;
+    let prefill = PyDict::new(py);
+    prefill.set_item("linear", Prefill::for_linear().name())?;
+    let conv = Prefill::for_conv(nuq_core::lut::Kernel::detect());
+    prefill.set_item("conv2d", conv.name())?;
+    d.set_item("prefill", prefill)?;
     Ok(d)
 }
 

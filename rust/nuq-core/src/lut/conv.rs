@@ -93,11 +93,11 @@ pub fn conv2d_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
-    conv2d_with_prefill(kernel, Prefill::selected(), shape, x, w, bias, y)
+    conv2d_with_prefill(kernel, Prefill::for_conv(kernel), shape, x, w, bias, y)
 }
 
 /// [`conv2d_with`] with an explicit prefill product (for tests and
-/// benchmarks; [`conv2d`] takes [`Prefill::selected`]).
+/// benchmarks; [`conv2d`] takes [`Prefill::for_conv`]).
 pub fn conv2d_with_prefill(
     kernel: Kernel,
     prefill: Prefill,

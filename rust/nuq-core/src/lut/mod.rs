@@ -101,11 +101,11 @@ pub fn linear_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
-    linear_with_prefill(kernel, Prefill::selected(), x, m, w, bias, y)
+    linear_with_prefill(kernel, Prefill::for_linear(), x, m, w, bias, y)
 }
 
 /// [`linear_with`] with an explicit prefill product for `m > 16` (for tests
-/// and benchmarks; [`linear`] takes [`Prefill::selected`]).
+/// and benchmarks; [`linear`] takes [`Prefill::for_linear`]).
 pub fn linear_with_prefill(
     kernel: Kernel,
     prefill: Prefill,

@@ -2,18 +2,27 @@
 //! hand-written outer-product micro-kernel over decoded tiles (`tile`), or
 //! the `gemm` crate over decoded tiles (`dense`).
 //!
-//! `NUQ_PREFILL` (read once, at first use) forces one: `micro` or `gemm`;
-//! unset, empty or `auto` is the default, `micro`. Any other value is an
-//! error ([`Prefill::requested`]; [`Prefill::selected`] panics with its
-//! message, and the Python module refuses to import).
+//! The default (`NUQ_PREFILL` unset, empty or `auto`): `micro` for
+//! matmuls and `gemm` for convolutions, except under the scalar instruction
+//! set, which runs `micro` everywhere (the portable reference). That is what
+//! `cargo bench -p nuq-core --bench prefill` measured: the micro-kernel
+//! ahead for matmuls at 64 rows and level at 512, `gemm` ahead on
+//! convolutions (benches/README.md).
+//!
+//! `NUQ_PREFILL` (read once, at first use) forces one for both: `micro` or
+//! `gemm`. Any other value is an error ([`Prefill::requested`];
+//! [`Prefill::for_linear`] and [`Prefill::for_conv`] panic with its message,
+//! and the Python module refuses to import).
 //!
 //! Both decode W with the kernels of the selected instruction set
 //! (`NUQ_ISA`). The `gemm` crate picks its own f32 kernel from the CPU at
 //! run time (AVX-512F, else FMA, else its portable one); `NUQ_ISA` does not
 //! cap that choice, so `NUQ_ISA=scalar` runs the portable references
-//! everywhere only with the default `micro`.
+//! everywhere only with `micro` (the default there).
 
 use std::sync::OnceLock;
+
+use super::Kernel;
 
 /// The environment variable naming the prefill product.
 pub const PREFILL_VAR: &str = "NUQ_PREFILL";
@@ -53,18 +62,32 @@ impl Prefill {
         parse(std::env::var(PREFILL_VAR).ok().as_deref())
     }
 
-    /// The choice of [`super::linear`] and [`super::conv2d`] (see the module
-    /// doc).
+    /// The product of [`super::linear`]: the forced one, else `micro`.
     ///
     /// # Panics
     /// When `NUQ_PREFILL` holds an unknown value.
-    pub fn selected() -> Self {
-        static SELECTED: OnceLock<Prefill> = OnceLock::new();
-        *SELECTED.get_or_init(|| {
-            Self::requested()
-                .unwrap_or_else(|e| panic!("{e}"))
-                .unwrap_or(Prefill::Micro)
+    pub fn for_linear() -> Self {
+        Self::forced().unwrap_or(Prefill::Micro)
+    }
+
+    /// The product of [`super::conv2d`] with `kernel`: the forced one, else
+    /// `gemm`, or `micro` under the scalar kernel.
+    ///
+    /// # Panics
+    /// When `NUQ_PREFILL` holds an unknown value.
+    pub fn for_conv(kernel: Kernel) -> Self {
+        let portable = kernel == Kernel::scalar();
+        Self::forced().unwrap_or(if portable {
+            Prefill::Micro
+        } else {
+            Prefill::Gemm
         })
+    }
+
+    /// What `NUQ_PREFILL` forces, read once.
+    fn forced() -> Option<Self> {
+        static FORCED: OnceLock<Option<Prefill>> = OnceLock::new();
+        *FORCED.get_or_init(|| Self::requested().unwrap_or_else(|e| panic!("{e}")))
     }
 }
 
@@ -97,8 +120,18 @@ mod tests {
     }
 
     #[test]
-    fn selected_follows_the_environment() {
-        let want = Prefill::requested().unwrap().unwrap_or(Prefill::Micro);
-        assert_eq!(Prefill::selected(), want);
+    fn the_default_follows_the_op_and_forcing_covers_both() {
+        let forced = Prefill::requested().unwrap();
+        assert_eq!(Prefill::for_linear(), forced.unwrap_or(Prefill::Micro));
+        assert_eq!(
+            Prefill::for_conv(Kernel::scalar()),
+            forced.unwrap_or(Prefill::Micro)
+        );
+        for k in Kernel::available()
+            .into_iter()
+            .filter(|&k| k != Kernel::scalar())
+        {
+            assert_eq!(Prefill::for_conv(k), forced.unwrap_or(Prefill::Gemm));
+        }
     }
 }
