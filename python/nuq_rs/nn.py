@@ -62,30 +62,17 @@ class _Packed(nn.Module):
         w = _dequantize(*(p.numpy() for p in parts), rows, cols, self.bits, self.group_size)
         return torch.from_numpy(w).reshape(self.weight_shape)
 
-    def _matmul(
-        self,
-        x2: torch.Tensor,
-        rows: slice,
-        cols: int,
-        bias: torch.Tensor | None = None,
-        int8: bool = False,
-    ) -> torch.Tensor:
-        """``x2 @ W[rows]^T (+ bias)`` for a float32 CPU matrix ``x2`` of ``cols`` columns
-        (``int8``: int8 activations, see the module docstring)."""
-        n_rows = self.scale_rows
-        r0, r1 = rows.start, rows.stop
-        row_bytes = self.packed.numel() // n_rows
-        packed = self.packed[r0 * row_bytes : r1 * row_bytes]
-        loc = self.loc[r0:r1] if self.loc.numel() > 1 else self.loc
-        per_row = self.scale.numel() // n_rows if self.scale.numel() > 1 else 0
-        scale = self.scale[r0 * per_row : r1 * per_row] if per_row else self.scale
+    def _matmul(self, x2: torch.Tensor, bias: torch.Tensor | None, int8: bool) -> torch.Tensor:
+        """``x2 @ W^T (+ bias)`` for a float32 CPU matrix ``x2`` of ``in_features``
+        columns (``int8``: int8 activations, see the module docstring)."""
+        rows, cols = matrix_shape(self.weight_shape)
         y = _linear(
             x2.numpy(),
-            packed.numpy(),
+            self.packed.numpy(),
             self.levels.numpy(),
-            loc.numpy(),
-            scale.numpy(),
-            r1 - r0,
+            self.loc.numpy(),
+            self.scale.numpy(),
+            rows,
             cols,
             self.bits,
             self.group_size,
@@ -129,7 +116,6 @@ class NuqLinear(_Packed):
         super().__init__()
         self.activations = check_activations(activations)
         self.out_features, self.in_features = matrix_shape(q.shape)
-        self.scale_rows = self.out_features
         self._store(q)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
@@ -151,7 +137,7 @@ class NuqLinear(_Packed):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
         int8 = check_activations(self.activations) == "int8"
-        y = self._matmul(x2, slice(0, self.out_features), self.in_features, self.bias, int8)
+        y = self._matmul(x2, self.bias, int8)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def dequantize(self) -> nn.Linear:
@@ -179,7 +165,6 @@ class NuqConv2d(_Packed):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation, self.groups = conv.padding, conv.dilation, conv.groups
-        self.scale_rows = self.out_channels
         self._store(q)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
