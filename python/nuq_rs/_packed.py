@@ -366,11 +366,15 @@ def _transpose(func, w, *args, **kwargs):
 def _mm(a: Any, b: Any, bias: Any = None) -> Any:
     """``a @ b (+ bias)`` through the LUT when one side is packed the right way round."""
     if isinstance(b, PackedWeight) and b.transposed and not isinstance(a, PackedWeight):
-        x, w, flip = a, b, False
-    elif isinstance(a, PackedWeight) and not a.transposed and not isinstance(b, PackedWeight):
-        x, w, flip = b.t(), a, True
-    else:
-        return NotImplemented
+        return _lut_mm(a, b, bias, flip=False)
+    if isinstance(a, PackedWeight) and not a.transposed and not isinstance(b, PackedWeight):
+        return _lut_mm(b.t(), a, bias, flip=True)
+    return NotImplemented
+
+
+def _lut_mm(x: torch.Tensor, w: PackedWeight, bias: Any, flip: bool) -> torch.Tensor:
+    """``x @ W^T (+ bias)`` for ``W`` the stored matrix of ``w`` (``flip``: its
+    transpose, ``W @ x^T``, with ``bias`` added after)."""
     _on_cpu(x)
     _refuse_grad(x)
     fused = not flip and bias is not None and bias.ndim == 1 and bias.shape[0] == w.rows
@@ -396,12 +400,13 @@ def _matmul(func, a, b):
 
 
 def _linear_fn(func, x, w, bias=None):
-    if not isinstance(w, PackedWeight) or w.transposed or w.ndim != 2:
+    if not isinstance(w, PackedWeight) or w.transposed or len(w.stored_shape) != 2:
         return NotImplemented
     if not isinstance(x, torch.Tensor) or isinstance(x, PackedWeight) or x.ndim < 1:
         return NotImplemented
-    y = _mm(x.reshape(-1, x.shape[-1]), w._with(transposed=True), bias)
-    return y if y is NotImplemented else y.reshape(*x.shape[:-1], w.shape[0])
+    # F.linear multiplies by the stored matrix's transpose: no transposed view needed.
+    y = _lut_mm(x.reshape(-1, x.shape[-1]), w, bias, flip=False)
+    return y.reshape(*x.shape[:-1], w.rows)
 
 
 def _mm_handler(func, a, b):
