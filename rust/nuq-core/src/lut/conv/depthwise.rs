@@ -30,6 +30,11 @@ pub(super) fn run(
 ) {
     let plane = shape.height * shape.width;
     let per_out = w.rows / shape.groups;
+    // Per tap column: the output columns that read inside the image, and
+    // the input column of the first (the same for every row and plane).
+    let spans: Vec<Span> = (0..shape.kernel[1])
+        .map(|kx| Span::of(shape, kx, ow))
+        .collect();
     y.par_chunks_mut(oh * ow).enumerate().for_each_init(
         || vec![0.0f32; w.cols],
         |taps, (i, out)| {
@@ -39,41 +44,60 @@ pub(super) fn run(
             let c = r / per_out;
             let src = &x[(b * shape.in_channels + c) * plane..][..plane];
             for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
-                add_taps(shape, oy, src, taps, out_row);
+                add_taps(shape, oy, src, (taps, &spans), out_row);
             }
         },
     );
 }
 
+/// Output columns `lo..hi` read input columns `first`, `first + step`, ...
+/// of one tap column, all inside the image.
+struct Span {
+    lo: usize,
+    hi: usize,
+    first: usize,
+}
+
+impl Span {
+    fn of(shape: &ConvShape, kx: usize, ow: usize) -> Span {
+        let step = shape.stride[1];
+        let offset = (kx * shape.dilation[1]) as isize - shape.padding[1] as isize;
+        let (lo, hi) = inside(offset, step, shape.width, ow);
+        // Only read when lo < hi, and then the first column is inside.
+        let first = ((lo * step) as isize + offset).max(0) as usize;
+        Span { lo, hi, first }
+    }
+}
+
 /// Adds every tap's contribution to output row `oy`.
-fn add_taps(shape: &ConvShape, oy: usize, src: &[f32], taps: &[f32], out: &mut [f32]) {
+fn add_taps(
+    shape: &ConvShape,
+    oy: usize,
+    src: &[f32],
+    (taps, spans): (&[f32], &[Span]),
+    out: &mut [f32],
+) {
     let (h, width) = (shape.height, shape.width);
-    let [kh, kw] = shape.kernel;
     let step = shape.stride[1];
-    for ky in 0..kh {
+    for (ky, row_taps) in taps.chunks_exact(spans.len()).enumerate() {
         // A row in the padding wraps to a huge value: one compare.
         let iy = (oy * shape.stride[0] + ky * shape.dilation[0]).wrapping_sub(shape.padding[0]);
         if iy >= h {
             continue;
         }
         let row = &src[iy * width..][..width];
-        for kx in 0..kw {
-            let t = taps[ky * kw + kx];
-            let offset = (kx * shape.dilation[1]) as isize - shape.padding[1] as isize;
-            let (lo, hi) = inside(offset, step, width, out.len());
-            if lo >= hi {
+        for (&t, span) in row_taps.iter().zip(spans) {
+            if span.lo >= span.hi {
                 continue;
             }
-            // Output column `ox` reads input column `ox * step + offset`.
-            let first = (lo * step) as isize + offset;
-            let dst = &mut out[lo..hi];
+            let dst = &mut out[span.lo..span.hi];
             if step == 1 {
-                let seg = &row[first as usize..][..dst.len()];
+                let seg = &row[span.first..][..dst.len()];
                 for (d, &v) in dst.iter_mut().zip(seg) {
                     *d += t * v;
                 }
             } else {
-                let seg = row[first as usize..].iter().step_by(step);
+                let seg = row[span.first..].iter().step_by(step);
                 for (d, &v) in dst.iter_mut().zip(seg) {
                     *d += t * v;
                 }
