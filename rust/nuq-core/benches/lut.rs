@@ -9,58 +9,11 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
 
-use nuq_core::lut::{self, PackedWeights};
-use nuq_core::pack::{packed_len, scalar::pack};
+use nuq_core::lut;
 
-/// Deterministic test data (xorshift64*), uniform in [-1, 1).
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            2.0 * u - 1.0
-        })
-        .collect()
-}
+mod common;
 
-/// Quantized weights owned by the bench: packed codes plus metadata.
-struct Quantized {
-    packed: Vec<u8>,
-    levels: Vec<f32>,
-    loc: Vec<f32>,
-    scale: Vec<f32>,
-}
-
-fn quantize(n: usize, k: usize, bits: u32, group: Option<usize>) -> Quantized {
-    let codes: Vec<u8> = data(n * k, 11)
-        .iter()
-        .map(|v| ((v + 1.0) * 0.5 * (1 << bits) as f32) as u8 % (1 << bits))
-        .collect();
-    let row_bytes = packed_len(k, bits);
-    let mut packed = vec![0u8; n * row_bytes];
-    for (row, c) in packed
-        .chunks_exact_mut(row_bytes)
-        .zip(codes.chunks_exact(k))
-    {
-        pack(c, bits, row);
-    }
-    let levels = (0..1 << bits)
-        .map(|i| i as f32 - (1 << (bits - 1)) as f32)
-        .collect();
-    let (loc, scale) = match group {
-        Some(g) => (vec![], vec![0.01; n * (k / g)]),
-        None => (vec![0.001; n], vec![0.01; n]),
-    };
-    Quantized {
-        packed,
-        levels,
-        loc,
-        scale,
-    }
-}
+use common::{data, Quantized};
 
 /// Baseline: `y = x · Wᵀ` on a materialized f32 W, parallel over output rows
 /// like the LUT kernels, with 8 independent partial sums so the compiler
@@ -94,17 +47,8 @@ fn bench_shape(c: &mut Criterion, k: usize, n: usize) {
         });
         for bits in [4u32, 3] {
             for g in [Some(128), None] {
-                let q = quantize(n, k, bits, g);
-                let w = PackedWeights {
-                    rows: n,
-                    cols: k,
-                    bits,
-                    packed: &q.packed,
-                    levels: &q.levels,
-                    loc: &q.loc,
-                    scale: &q.scale,
-                    group_size: g,
-                };
+                let q = Quantized::new(n, k, bits, g);
+                let w = q.view();
                 let name = match g {
                     Some(g) => format!("b{bits}_g{g}"),
                     None => format!("b{bits}_channel"),
