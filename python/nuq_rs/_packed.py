@@ -451,9 +451,7 @@ def _select(func, w, dim, index):
     """Row ``index`` of a matrix (``w[i]``): a packed 1-D view of that row."""
     if not isinstance(w, PackedWeight) or w.transposed or w.ndim != 2 or dim % w.ndim != 0:
         return NotImplemented
-    if not -w.rows <= index < w.rows:
-        raise IndexError(f"index {index} is out of range for a packed weight of {w.rows} rows")
-    r = index % w.rows
+    r = index % w.rows  # torch has checked the bounds
     return w._with(**w._row_parts(slice(r, r + 1)), stored_shape=(w.cols,))
 
 
