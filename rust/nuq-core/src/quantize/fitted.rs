@@ -240,6 +240,9 @@ impl Binned {
     }
 
     /// Bins the values of `rows`; those with |w| >= `threshold` also in `top`.
+    /// Bins are filled in the values' order (the sums are the same whatever
+    /// the blocking), a block of values at a time: their bins and normalised
+    /// values first (a loop that vectorises), then the adds into the bins.
     fn of_rows(
         x: &[f32],
         cols: usize,
@@ -250,6 +253,7 @@ impl Binned {
     ) -> Binned {
         let mut all = Hist::new(bins);
         let mut top = Hist::new(bins);
+        let mut block = Block::default();
         for &r in rows {
             for (s, chunk) in x[r * cols..(r + 1) * cols].chunks(spans.span).enumerate() {
                 let (loc, scale) = spans.at(r, s);
@@ -258,13 +262,20 @@ impl Binned {
                 }
                 let unit = q * f64::from(scale);
                 let (inv, w) = (1.0 / unit, unit * unit);
-                // Non-finite values are the fit's error to report (it runs
-                // beside this); here they are only kept out of the bins.
-                for &v in chunk.iter().filter(|v| v.is_finite()) {
-                    let u = ((f64::from(v) - f64::from(loc)) * inv).clamp(-1.0, 1.0);
-                    all.add(u, w);
-                    if v.abs() >= threshold {
-                        top.add(u, w);
+                for values in chunk.chunks(BLOCK) {
+                    block.place(values, f64::from(loc), inv, bins);
+                    for (k, &v) in values.iter().enumerate() {
+                        // Non-finite values are the fit's error to report (it
+                        // runs beside this); here they are only kept out of
+                        // the bins.
+                        if !v.is_finite() {
+                            continue;
+                        }
+                        let (i, u) = (block.bin[k] as usize, block.u[k]);
+                        all.add_at(i, u, w);
+                        if v.abs() >= threshold {
+                            top.add_at(i, u, w);
+                        }
                     }
                 }
             }
@@ -280,6 +291,36 @@ impl Binned {
             all: all.points(),
             top: top.points(),
             top_on_all,
+        }
+    }
+}
+
+/// Values binned per step of [`Binned::of_rows`].
+const BLOCK: usize = 64;
+
+/// A block's normalised values `u` and their bins.
+struct Block {
+    u: [f64; BLOCK],
+    bin: [u32; BLOCK],
+}
+
+impl Default for Block {
+    fn default() -> Block {
+        Block {
+            u: [0.0; BLOCK],
+            bin: [0; BLOCK],
+        }
+    }
+}
+
+impl Block {
+    /// `u = clamp((v − loc)·inv, −1, 1)` of each of `values` (at most
+    /// [`BLOCK`]) and its bin of `bins` equal bins of [−1, 1] ([`Hist::bin`]).
+    #[inline]
+    fn place(&mut self, values: &[f32], loc: f64, inv: f64, bins: usize) {
+        for ((u, bin), &v) in self.u.iter_mut().zip(&mut self.bin).zip(values) {
+            *u = ((f64::from(v) - loc) * inv).clamp(-1.0, 1.0);
+            *bin = Hist::bin(*u, bins);
         }
     }
 }
@@ -308,10 +349,19 @@ impl Hist {
         }
     }
 
-    #[inline]
-    fn add(&mut self, u: f64, w: f64) {
-        let n = self.w.len();
-        let i = (((u + 1.0) * 0.5 * n as f64) as usize).min(n - 1);
+    /// The bin of `u` among `n` equal bins of [−1, 1] (NaN: bin 0), as
+    /// `floor((u + 1) / 2 · n)` clamped to the last bin.
+    #[inline(always)]
+    fn bin(u: f64, n: usize) -> u32 {
+        let t = ((u + 1.0) * 0.5 * n as f64).max(0.0).min((n - 1) as f64);
+        // SAFETY: `t` is in [0, n − 1] and not NaN (max maps NaN to 0), and
+        // `n` (at most 2^15 bins) fits an i32.
+        unsafe { t.to_int_unchecked::<i32>() as u32 }
+    }
+
+    /// Adds `w` and `w·u` to bin `i` (from [`Hist::bin`]).
+    #[inline(always)]
+    fn add_at(&mut self, i: usize, u: f64, w: f64) {
         self.w[i] += w;
         self.wu[i] += w * u;
     }
@@ -477,6 +527,21 @@ mod tests {
             granularity,
             family: FamilyChoice::Auto,
             codebook: CodebookChoice::Fitted,
+        }
+    }
+
+    /// A bin is `floor((u + 1) / 2 · n)` clamped to the last bin, at bin
+    /// edges and ends too, and a NaN lands in bin 0 rather than anywhere.
+    #[test]
+    fn bins_are_the_floor_of_the_scaled_value() {
+        for n in [1024usize, 4096, 1 << 15] {
+            let edges = (0..=n).map(|k| -1.0 + 2.0 * k as f64 / n as f64);
+            let near = edges.flat_map(|e| [e, e.next_down(), e.next_up()]);
+            for u in near.filter(|u| (-1.0..=1.0).contains(u)) {
+                let want = (((u + 1.0) * 0.5 * n as f64) as usize).min(n - 1);
+                assert_eq!(Hist::bin(u, n) as usize, want, "u = {u}, n = {n}");
+            }
+            assert_eq!(Hist::bin(f64::NAN, n), 0);
         }
     }
 
