@@ -37,7 +37,7 @@
 //! tensor's error is at most round-to-nearest's, and its largest weights'
 //! error at most half a decibel above it.
 
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use super::group::absmax;
@@ -172,8 +172,9 @@ impl Spans {
                 .zip(x.par_chunks(cols))
                 .for_each(|(out, row)| {
                     for (s, grp) in out.iter_mut().zip(row.chunks(span)) {
-                        *s = to_f16(absmax(grp) / q);
+                        *s = absmax(grp) / q;
                     }
+                    round_to_f16(out);
                 });
         }
         Spans {
@@ -193,6 +194,18 @@ impl Spans {
 /// `m` rounded to the nearest f16 (what the file stores), saturating.
 fn to_f16(m: f32) -> f32 {
     f16::from_f32(m.min(f16::MAX.to_f32())).to_f32()
+}
+
+/// [`to_f16`] of every value in place, converting a slice at a time (with
+/// the CPU's f16 conversions where it has them; the rounding is the same).
+fn round_to_f16(values: &mut [f32]) {
+    let mut halves = [f16::ZERO; 64];
+    for chunk in values.chunks_mut(halves.len()) {
+        chunk.iter_mut().for_each(|m| *m = m.min(f16::MAX.to_f32()));
+        let halves = &mut halves[..chunk.len()];
+        halves.convert_from_f32_slice(chunk);
+        halves.convert_to_f32_slice(chunk);
+    }
 }
 
 /// A histogram of normalised values on [−1, 1], as ascending bin centroids
@@ -528,6 +541,28 @@ mod tests {
             family: FamilyChoice::Auto,
             codebook: CodebookChoice::Fitted,
         }
+    }
+
+    /// Rounding a slice to f16 is rounding each value: ties to even,
+    /// subnormals, saturation above the largest f16 (a NaN too), zeros.
+    #[test]
+    fn slices_round_to_f16_as_values_do() {
+        let mut v: Vec<f32> = (0..3000).map(|i| (i as f32 * 0.37).exp2() * 1e-9).collect();
+        let tie = f16::from_f32(1.0).to_f32() + f16::EPSILON.to_f32() / 2.0;
+        v.extend([
+            0.0,
+            -0.0,
+            tie,
+            65504.0,
+            65520.0,
+            1e9,
+            f32::INFINITY,
+            f32::NAN,
+        ]);
+        v.extend([5.96e-8, 3.0e-8]);
+        let want: Vec<f32> = v.iter().map(|&m| to_f16(m)).collect();
+        round_to_f16(&mut v);
+        assert_eq!(v, want);
     }
 
     /// A bin is `floor((u + 1) / 2 · n)` clamped to the last bin, at bin
