@@ -21,10 +21,12 @@ use crate::weights::PackedWeights;
 /// Multiply-adds below which a call runs serially on the calling thread.
 ///
 /// Handing a call to a pool from a thread outside it (queue the job, wake the
-/// workers, wait on a latch) costs about as much as `2^18` multiply-adds of
-/// the LUT kernels, and the drivers split below that into at most a handful
-/// of tasks (decode: 16 weight rows per task, so 64 x 64 at `m = 1` is 4),
-/// so spreading such a call over threads cannot win back its hand-over.
+/// workers, wait on a latch) is a fixed cost per call, while below `2^18`
+/// multiply-adds the drivers have few tasks to spread (decode: 16 weight rows
+/// per task, so a 64 x 64 layer at `m = 1` is 4; the prefill drivers: one
+/// chunk of rows of `x` and a few tiles of weight rows) over work that is
+/// small against that cost. `benches/bench_matmul.py --overhead --sizes ...`
+/// measures both sides of the threshold.
 pub const SERIAL_WORK: usize = 1 << 18;
 
 /// Where the tasks of one call run (see the module doc).
