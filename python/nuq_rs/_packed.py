@@ -113,8 +113,9 @@ class PackedWeight(torch.Tensor):
         self.stored_shape = stored_shape
         self.bits, self.group_size = int(bits), group_size
         self.transposed, self.int8 = bool(transposed), bool(int8)
-        # The kernels' arguments, kept between calls (`self.dtype` would go
-        # through `__torch_function__` on every call).
+        # NumPy views of the parts and the bias for the kernels, kept between
+        # calls; the dtype as a plain attribute (`self.dtype` goes through
+        # `__torch_function__`).
         self._views, self._bias_views = NumpyViews(), NumpyViews()
         self._dtype = dtype
 

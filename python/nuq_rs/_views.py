@@ -18,28 +18,32 @@ import torch
 
 class NumpyViews:
     """The views of one tuple of tensors (see the module docstring). Copies and
-    pickles of it start empty: their views would belong to other tensors."""
+    pickles of it start empty: their views would belong to other tensors.
 
-    __slots__ = ("_tensors", "_key", "_arrays")
+    The state is one tuple, read and replaced whole, so threads that share a
+    layer never see the views of one call with the key of another."""
+
+    __slots__ = ("_state",)
 
     def __init__(self) -> None:
-        self._tensors: tuple[torch.Tensor, ...] = ()
-        self._key: tuple[int, ...] = ()
-        self._arrays: tuple[np.ndarray, ...] = ()
+        # (key, tensors, views); the ids in the key stay unique while the
+        # tensors are held here.
+        self._state: tuple[tuple[int, ...], tuple, tuple] = ((), (), ())
 
     def of(self, tensors: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
         """``t.numpy()`` of every tensor (detached first if it requires grad)."""
-        # The ids stay unique while `_tensors` holds the objects.
         key = (*map(id, tensors), *map(_data_ptr, tensors))
-        if key != self._key:
-            self._arrays = tuple(_numpy(t) for t in tensors)
-            self._tensors, self._key = tensors, key
-        return self._arrays
+        state = self._state
+        if key != state[0]:
+            state = (key, tensors, tuple(_numpy(t) for t in tensors))
+            self._state = state
+        return state[2]
 
     def one(self, t: torch.Tensor) -> np.ndarray:
         """``of((t,))[0]``, with less work per call."""
-        if self._tensors and self._tensors[0] is t and self._key[1] == t.data_ptr():
-            return self._arrays[0]
+        key, tensors, arrays = self._state
+        if len(tensors) == 1 and tensors[0] is t and key[1] == t.data_ptr():
+            return arrays[0]
         return self.of((t,))[0]
 
     def __deepcopy__(self, memo: dict) -> NumpyViews:
