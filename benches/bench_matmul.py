@@ -20,6 +20,19 @@ The weights cycled per case are at least twice the L3 size that ``lscpu`` report
 or ``--min-mb`` where that is larger. The output names the CPU and the L3 source.
 
     python benches/bench_matmul.py [--quick] [--repeats 5] [--min-mb MB]
+
+``--overhead`` measures instead what the layers add per call beyond the
+kernel, for N x N 4-bit layers (``--sizes``, default 64 256 4096) at M = 1: the
+median per-call time of ``F.linear`` fp32, the raw binding call
+(``_nuq_rs.linear`` on prebuilt NumPy arrays), an ``nn.Linear`` after
+``nuq_rs.quantize_`` (the ``PackedWeight`` path) and ``NuqLinear``, all on the
+same packed weight (per-channel), and each module's time minus the raw call.
+The four are timed in turn, ``--calls`` calls per sample (fewer for layers
+whose calls are slow, shown), ``--samples`` samples each, the order rotating
+between samples. The weights stay in cache (one layer each), so this isolates
+the per-call cost; it is only meaningful on an otherwise idle machine.
+
+    python benches/bench_matmul.py --overhead [--sizes 64 256 4096] [--calls 2000] [--samples 15]
 """
 
 from __future__ import annotations
@@ -230,6 +243,79 @@ def bench_shape(k: int, n: int, args, bandwidth: float) -> list[str]:
     return lines
 
 
+#: Variants of ``--overhead``, in the order of its columns.
+OVERHEAD_CASES = ("fp32", "raw", "quantize_", "NuqLinear")
+#: Longest a sample of one case may take: slower calls get fewer per sample.
+SAMPLE_SECONDS = 0.25
+
+
+def overhead_layers(n: int) -> dict:
+    """The four callables of ``--overhead`` for an n x n 4-bit layer at M = 1,
+    all on the same packed weight and bias."""
+    from nuq_rs.nn import NuqLinear
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(n, n)
+    packed = torch.nn.Linear(n, n)
+    packed.load_state_dict(dense.state_dict())
+    nuq_rs.quantize_(packed, bits=4, granularity="channel", bias_correction=False)
+    w = packed.weight
+    q = nuq_rs.quantize_tensor(dense.weight.detach(), 4, granularity="channel")
+    module = NuqLinear(q, dense.bias)
+    x = torch.randn(1, n)
+    xn, bias = x.numpy(), dense.bias.detach().numpy()
+    arrays = w._arrays()
+    return {
+        "fp32": lambda: F.linear(x, dense.weight, dense.bias),
+        "raw": lambda: linear(xn, *arrays, n, n, 4, w.group_size, bias),
+        "quantize_": lambda: packed(x),
+        "NuqLinear": lambda: module(x),
+    }
+
+
+def per_call(fn, calls: int) -> float:
+    """Seconds per call of ``calls`` calls of ``fn``."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def overhead_row(n: int, calls: int, samples: int) -> str:
+    """One table row of ``--overhead``: median microseconds per call."""
+    cases = overhead_layers(n)
+    for fn in cases.values():
+        fn()  # warm-up (page faults, thread pools)
+    slowest = max(per_call(fn, 1) for fn in cases.values())
+    calls = max(1, min(calls, int(SAMPLE_SECONDS / slowest)))
+    times: dict[str, list[float]] = {name: [] for name in OVERHEAD_CASES}
+    for r in range(samples):
+        order = OVERHEAD_CASES[r % 4 :] + OVERHEAD_CASES[: r % 4]
+        for name in order:
+            times[name].append(per_call(cases[name], calls))
+    us = {name: statistics.median(t) * 1e6 for name, t in times.items()}
+    cells = [f"{us[name]:.2f}" for name in OVERHEAD_CASES]
+    extra = [f"{us[name] - us['raw']:.2f}" for name in ("quantize_", "NuqLinear")]
+    return f"| {n}x{n} | 1 | {calls} | " + " | ".join(cells + extra) + " |"
+
+
+def overhead(args) -> None:
+    """The ``--overhead`` table (see the module docstring)."""
+    print(f"CPU: {cpu_model()}")
+    print(
+        f"threads: torch {torch.get_num_threads()}, nuq {nuq_rs.get_num_threads()}; "
+        f"{args.samples} samples, median per call; 4-bit per-channel layers"
+    )
+    print(
+        "| layer | M | calls/sample | fp32 F.linear us | raw binding us | quantize_ us "
+        "| NuqLinear us | quantize_ - raw us | NuqLinear - raw us |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    with torch.inference_mode():
+        for n in args.sizes:
+            print(overhead_row(n, args.calls, args.samples), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape, M = 1 and 64")
@@ -239,7 +325,17 @@ def main() -> None:
     )
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument(
+        "--overhead", action="store_true", help="per-call cost of the layers beyond the kernel"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 4096])
+    parser.add_argument("--calls", type=int, default=2000, help="--overhead: calls per sample")
+    parser.add_argument("--samples", type=int, default=15, help="--overhead: samples per case")
     args = parser.parse_args()
+    if args.overhead:
+        torch.set_num_threads(nuq_rs.get_num_threads())
+        overhead(args)
+        return
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.quick:
         args.m = [1, 64]

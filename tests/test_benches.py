@@ -136,3 +136,28 @@ def test_bench_models_check_catches_a_kernel_that_strays(monkeypatch):
     linear = PackedWeight.linear
     monkeypatch.setattr(PackedWeight, "linear", lambda w, x2, b=None: 1.01 * linear(w, x2, b))
     assert bm.max_rel_error(q, x) > bm.TOLERANCE
+
+
+def test_bench_matmul_overhead_mode_prints_a_parsable_table():
+    """``--overhead`` on tiny layers with few calls: the CPU is named, and every
+    row has the four timings and the two differences (no timing is judged)."""
+    cmd = [sys.executable, str(BENCHES / "bench_matmul.py"), "--overhead"]
+    args = ["--sizes", "8", "24", "--calls", "3", "--samples", "2"]
+    run = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = run.stdout
+    assert re.search(r"^CPU: .+", text, re.M), text
+    assert re.search(r"^threads: torch \d+, nuq \d+; 2 samples", text, re.M), text
+    header = "| layer | M | calls/sample | fp32 F.linear us | raw binding us | quantize_ us "
+    assert header in text, text
+    number = r"(-?\d+\.\d\d)"
+    for n in (8, 24):
+        row = rf"^\| {n}x{n} \| 1 \| (\d+) \| " + r" \| ".join([number] * 6) + r" \|$"
+        found = re.search(row, text, re.M)
+        assert found, (n, text)
+        calls, *us = found.groups()
+        assert 1 <= int(calls) <= 3
+        fp32, raw, packed, module, packed_extra, module_extra = map(float, us)
+        assert min(fp32, raw, packed, module) > 0
+        assert packed_extra == pytest.approx(packed - raw, abs=0.011)
+        assert module_extra == pytest.approx(module - raw, abs=0.011)

@@ -41,6 +41,7 @@ from ._nuq_rs import conv2d as _conv2d
 from ._nuq_rs import dequantize as _dequantize
 from ._nuq_rs import linear as _linear
 from ._tensor import QuantizedTensor, matrix_shape
+from ._views import NumpyViews, bias_array, f32_array
 
 __all__ = ["PackedWeight"]
 
@@ -109,9 +110,14 @@ class PackedWeight(torch.Tensor):
         if transposed and len(stored_shape) != 2:
             raise ValueError(f"only a matrix can be transposed, not shape {list(stored_shape)}")
         self.packed, self.levels, self.loc, self.scale = packed, levels, loc, scale
-        self.stored_shape = tuple(int(n) for n in stored_shape)
+        self.stored_shape = stored_shape
         self.bits, self.group_size = int(bits), group_size
         self.transposed, self.int8 = bool(transposed), bool(int8)
+        # NumPy views of the parts and the bias for the kernels, kept between
+        # calls; the dtype as a plain attribute (`self.dtype` goes through
+        # `__torch_function__`).
+        self._views, self._bias_views = NumpyViews(), NumpyViews()
+        self._dtype = dtype
 
     @classmethod
     def from_quantized(
@@ -154,12 +160,13 @@ class PackedWeight(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _MOVES:  # refused before torch looks for a CUDA device
-            _check_move(func, *args, **kwargs)
-        if func in _FUNCTIONS:  # before composite ops break them down (expand, bmm)
-            out = _FUNCTIONS[func](func, *args, **kwargs)
+        handler = _FUNCTIONS.get(func)
+        if handler is not None:  # before composite ops break them down (expand, bmm)
+            out = handler(func, *args, **kwargs)
             if out is not NotImplemented:
                 return out
+        elif func in _MOVES:  # refused before torch looks for a CUDA device
+            _check_move(func, *args, **kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
 
@@ -184,12 +191,21 @@ class PackedWeight(torch.Tensor):
     # ---- decoding and the kernels ------------------------------------------
 
     @property
+    def stored_shape(self) -> tuple[int, ...]:
+        return self._stored_shape
+
+    @stored_shape.setter
+    def stored_shape(self, shape: tuple[int, ...]) -> None:
+        self._stored_shape = tuple(int(n) for n in shape)
+        self._matrix = matrix_shape(self._stored_shape)
+
+    @property
     def rows(self) -> int:
-        return matrix_shape(self.stored_shape)[0]
+        return self._matrix[0]
 
     @property
     def cols(self) -> int:
-        return matrix_shape(self.stored_shape)[1]
+        return self._matrix[1]
 
     def dequantize(self) -> torch.Tensor:
         """The decoded weight: a plain tensor of this shape and dtype."""
@@ -200,7 +216,7 @@ class PackedWeight(torch.Tensor):
         return w.t() if self.transposed else w
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return tuple(getattr(self, p).numpy() for p in PARTS)
+        return self._views.of((self.packed, self.levels, self.loc, self.scale))
 
     def _with(self, **changes: Any) -> PackedWeight:
         names, (shape, dtype, bits, group, transposed, int8) = self.__tensor_flatten__()
@@ -227,17 +243,18 @@ class PackedWeight(torch.Tensor):
 
     def linear(self, x2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x2 @ W^T (+ bias)`` for ``W`` the stored matrix and ``x2`` of ``cols`` columns."""
-        if self.rows == 0 or self.cols == 0:  # an empty row slice, or no inputs
-            y = torch.zeros(x2.shape[0], self.rows)
+        rows, cols = self._matrix
+        if rows == 0 or cols == 0:  # an empty row slice, or no inputs
+            y = torch.zeros(x2.shape[0], rows)
             return y if bias is None else y + bias.detach().to(torch.float32)
         y = _linear(
-            x2.detach().to(torch.float32).contiguous().numpy(),
+            f32_array(x2),
             *self._arrays(),
-            self.rows,
-            self.cols,
+            rows,
+            cols,
             self.bits,
             self.group_size,
-            None if bias is None else bias.detach().to(torch.float32).contiguous().numpy(),
+            bias_array(self._bias_views, bias),
             self.int8,
         )
         return torch.from_numpy(y)
@@ -251,14 +268,15 @@ class PackedWeight(torch.Tensor):
             tuple(dilation),
             groups,
         )
+        rows, cols = self._matrix
         y = _conv2d(
-            x.detach().to(torch.float32).contiguous().numpy(),
+            f32_array(x),
             *self._arrays(),
-            self.rows,
-            self.cols,
+            rows,
+            cols,
             self.bits,
             self.group_size,
-            None if bias is None else bias.detach().to(torch.float32).contiguous().numpy(),
+            bias_array(self._bias_views, bias),
             geometry,
         )
         return torch.from_numpy(y)
@@ -344,7 +362,7 @@ def _refuse_grad(x: torch.Tensor) -> None:
 
 
 def _on_cpu(x: torch.Tensor) -> None:
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         raise ValueError(
             f"nuq_rs packed weights run on the CPU; got an input on {x.device}: move it with .cpu()"
         )
@@ -382,8 +400,9 @@ def _lut_mm(x: torch.Tensor, w: PackedWeight, bias: Any, flip: bool) -> torch.Te
     y = y.t() if flip else y
     if bias is not None and not fused:
         y = y + bias.to(torch.float32)
-    out_dtype = torch.promote_types(x.dtype, w.dtype)
-    return y.to(out_dtype)
+    if x.dtype is torch.float32 and w._dtype is torch.float32:
+        return y
+    return y.to(torch.promote_types(x.dtype, w._dtype))
 
 
 def _matmul(func, a, b):
@@ -405,6 +424,8 @@ def _linear_fn(func, x, w, bias=None):
     if not isinstance(x, torch.Tensor) or isinstance(x, PackedWeight) or x.ndim < 1:
         return NotImplemented
     # F.linear multiplies by the stored matrix's transpose: no transposed view needed.
+    if x.ndim == 2:
+        return _lut_mm(x, w, bias, flip=False)
     y = _lut_mm(x.reshape(-1, x.shape[-1]), w, bias, flip=False)
     return y.reshape(*x.shape[:-1], w.rows)
 
@@ -495,7 +516,7 @@ def _copy(func, dst, src, non_blocking=False):
             f"cannot copy a packed weight of shape {list(src.shape)} {src.dtype} into one of "
             f"shape {list(dst.shape)} {dst.dtype}"
         )
-    for p in PARTS:
+    for p in PARTS:  # new tensors: `dst._views` makes new views
         setattr(dst, p, getattr(src, p).clone())
     dst.stored_shape, dst.bits, dst.group_size = src.stored_shape, src.bits, src.group_size
     dst.transposed, dst.int8 = src.transposed, src.int8

@@ -41,6 +41,7 @@ from ._options import QuantConfig, check_activations
 from ._plan import MODEL
 from ._report import Report
 from ._tensor import QuantizedTensor, matrix_shape, quantize_with
+from ._views import NumpyViews, bias_array, f32_array
 
 __all__ = ["NuqConv2d", "NuqLinear", "quantize_model"]
 
@@ -54,6 +55,21 @@ class _Packed(nn.Module):
         self.weight_shape = q.shape
         for name in ("packed", "levels", "loc", "scale"):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(getattr(q, name))))
+        self._views, self._bias_views = NumpyViews(), NumpyViews()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_views", NumpyViews())  # layers pickled before the caches
+        self.__dict__.setdefault("_bias_views", NumpyViews())
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """The buffers as NumPy arrays for the kernels (kept between calls)."""
+        b = self._buffers
+        return self._views.of((b["packed"], b["levels"], b["loc"], b["scale"]))
+
+    def _bias(self) -> torch.Tensor | None:
+        """``self.bias`` (a buffer unless replaced), without ``Module.__getattr__``."""
+        return self._buffers["bias"] if "bias" in self._buffers else self.bias
 
     def _decoded_weight(self) -> torch.Tensor:
         """The fp32 weight decoded from the buffers (so a loaded state dict counts)."""
@@ -63,20 +79,17 @@ class _Packed(nn.Module):
         return torch.from_numpy(w).reshape(self.weight_shape)
 
     def _matmul(self, x2: torch.Tensor, bias: torch.Tensor | None, int8: bool) -> torch.Tensor:
-        """``x2 @ W^T (+ bias)`` for a float32 CPU matrix ``x2`` of ``in_features``
-        columns (``int8``: int8 activations, see the module docstring)."""
+        """``x2 @ W^T (+ bias)`` for a CPU matrix ``x2`` of ``in_features`` columns
+        (computed in float32; ``int8``: int8 activations, see the module docstring)."""
         rows, cols = matrix_shape(self.weight_shape)
         y = _linear(
-            x2.numpy(),
-            self.packed.numpy(),
-            self.levels.numpy(),
-            self.loc.numpy(),
-            self.scale.numpy(),
+            f32_array(x2),
+            *self._arrays(),
             rows,
             cols,
             self.bits,
             self.group_size,
-            None if bias is None else bias.numpy(),
+            bias_array(self._bias_views, bias),
             int8,
         )
         return torch.from_numpy(y)
@@ -88,7 +101,7 @@ class _Packed(nn.Module):
                 "nuq_rs layers are inference-only (packed weights have no gradient): "
                 "call the model under torch.no_grad() or torch.inference_mode()"
             )
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ValueError(
                 f"nuq_rs layers run on the CPU; got an input on {x.device}: move it with .cpu()"
             )
@@ -134,11 +147,16 @@ class NuqLinear(_Packed):
             raise ValueError(
                 f"input has {x.shape[-1]} features but the layer expects {self.in_features}"
             )
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        int8 = check_activations(self.activations) == "int8"
-        y = self._matmul(x2, self.bias, int8)
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        activations = self.activations
+        int8 = activations == "int8"
+        if not int8 and activations != "fp32":
+            check_activations(activations)
+        if x.ndim == 2:
+            y = self._matmul(x, self._bias(), int8)
+        else:
+            y = self._matmul(x.reshape(-1, self.in_features), self._bias(), int8)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dtype is torch.float32 else y.to(x.dtype)
 
     def dequantize(self) -> nn.Linear:
         """A float :class:`torch.nn.Linear` with the decoded weight."""
@@ -181,27 +199,28 @@ class NuqConv2d(_Packed):
                 f"expected input [batch, {self.in_channels}, height, width], got {list(x.shape)}"
             )
         rows, cols = matrix_shape(self.weight_shape)
-        geometry = (
+        y = _conv2d(
+            f32_array(x),
+            *self._arrays(),
+            rows,
+            cols,
+            self.bits,
+            self.group_size,
+            bias_array(self._bias_views, self._bias()),
+            self._geometry(),
+        )
+        y = torch.from_numpy(y)
+        return y if x.dtype is torch.float32 else y.to(x.dtype)
+
+    def _geometry(self) -> tuple:
+        """``(kernel, stride, padding, dilation, groups)`` as the kernel takes it."""
+        return (
             tuple(self.kernel_size),
             tuple(self.stride),
             tuple(self.padding),
             tuple(self.dilation),
             self.groups,
         )
-        y = _conv2d(
-            x.to(torch.float32).contiguous().numpy(),
-            self.packed.numpy(),
-            self.levels.numpy(),
-            self.loc.numpy(),
-            self.scale.numpy(),
-            rows,
-            cols,
-            self.bits,
-            self.group_size,
-            None if self.bias is None else self.bias.numpy(),
-            geometry,
-        )
-        return torch.from_numpy(y).to(x.dtype)
 
     def dequantize(self) -> nn.Conv2d:
         """A float :class:`torch.nn.Conv2d` with the decoded weight."""

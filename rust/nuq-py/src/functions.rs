@@ -177,7 +177,9 @@ fn linear<'py>(
     let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
     view.validate().map_err(CoreError)?;
     let mut y = zeros(m.checked_mul(rows))?;
-    py.detach(|| pool::run(|| matmul(xs, m, &view, bias, &mut y)))
+    // `linear` and `linear_int8` run serially exactly when `for_linear` says so.
+    let exec = nuq_core::lut::Exec::for_linear(m, &view);
+    py.detach(|| pool::run_as(exec, || matmul(xs, m, &view, bias, &mut y)))
         .map_err(CoreError)?;
     PyArray1::from_vec(py, y).reshape([m, rows])
 }
@@ -227,8 +229,10 @@ fn conv2d<'py>(
         .iter()
         .try_fold(batch, |a, &b| a.checked_mul(b));
     let mut y = zeros(n)?;
-    py.detach(|| pool::run(|| nuq_core::lut::conv2d(&shape, xs, &view, bias, &mut y)))
-        .map_err(CoreError)?;
+    // `conv2d` runs serially exactly when `for_conv` says so.
+    let exec = nuq_core::lut::Exec::for_conv(&shape, &view);
+    let conv = || nuq_core::lut::conv2d(&shape, xs, &view, bias, &mut y);
+    py.detach(|| pool::run_as(exec, conv)).map_err(CoreError)?;
     PyArray1::from_vec(py, y).reshape([batch, rows, oh, ow])
 }
 

@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use nuq_core::lut::Exec;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 struct Owned {
@@ -58,6 +59,16 @@ fn current() -> Arc<ThreadPool> {
 /// Runs `f` on the pool.
 pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     current().install(f)
+}
+
+/// Runs `f`, a core call that will run its tasks as `exec` says: on this
+/// thread for `Exec::Serial` (it makes no Rayon call, so handing it to the
+/// pool would only add the hand-over), else on the pool.
+pub fn run_as<T: Send>(exec: Exec, f: impl FnOnce() -> T + Send) -> T {
+    match exec {
+        Exec::Serial => f(),
+        Exec::Rayon => run(f),
+    }
 }
 
 /// Replaces the pool by one of `threads` threads (`None`: Rayon's default).

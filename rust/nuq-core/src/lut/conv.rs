@@ -10,9 +10,8 @@
 //! Convolutions with one input channel per group (depthwise) have too few
 //! columns for either product and run tap by tap instead (`depthwise`).
 
-use rayon::prelude::*;
-
 use super::dense;
+use super::exec::Exec;
 use super::kernel::{Isa, Kernel};
 use super::output;
 use super::prefill::Prefill;
@@ -107,28 +106,45 @@ pub fn conv2d_with_prefill(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    let exec = Exec::for_conv(shape, w);
+    conv2d_in((exec, kernel, prefill), shape, x, w, bias, y)
+}
+
+/// [`conv2d_with_prefill`] with an explicit [`Exec`] (for tests and
+/// benchmarks; the others take [`Exec::for_conv`]).
+pub fn conv2d_in(
+    (exec, kernel, prefill): (Exec, Kernel, Prefill),
+    shape: &ConvShape,
+    x: &[f32],
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
     let [oh, ow] = check(shape, x, w, bias, y)?;
     if y.is_empty() {
         return Ok(());
     }
     if depthwise::applies(shape) {
-        depthwise::run(kernel, shape, [oh, ow], (x, w, bias), y);
+        depthwise::run((exec, kernel), shape, [oh, ow], (x, w, bias), y);
         return Ok(());
     }
     let (isa, n, positions) = (kernel.isa(), w.rows, oh * ow);
     let per_out = n / shape.groups;
     for g in 0..shape.groups {
         let wg = w.row_range(g * per_out, (g + 1) * per_out);
-        let blocks = group_products((isa, prefill), shape, [oh, ow], (x, g), &wg);
-        y.par_chunks_mut(n * positions)
-            .enumerate()
-            .for_each(|(b, y_b)| {
+        let blocks = group_products((exec, isa, prefill), shape, [oh, ow], (x, g), &wg);
+        exec.chunks(
+            y,
+            n * positions,
+            || (),
+            |_, b, y_b| {
                 for t in 0..per_out {
                     let r = g * per_out + t;
                     let y_r = &mut y_b[r * positions..(r + 1) * positions];
                     write_row(w, (r, t), &blocks, b * positions, bias, y_r);
                 }
-            });
+            },
+        );
     }
     Ok(())
 }
@@ -174,7 +190,7 @@ fn check(
 /// offset-free products `[wg.rows, chunk]` and the patch sums `[chunk]`
 /// (zeros, without a pass over the patches, when no row has an offset).
 fn group_products(
-    (isa, prefill): (Isa, Prefill),
+    (exec, isa, prefill): (Exec, Isa, Prefill),
     shape: &ConvShape,
     out_hw: [usize; 2],
     (x, g): (&[f32], usize),
@@ -182,36 +198,34 @@ fn group_products(
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let total = shape.batch * out_hw[0] * out_hw[1];
     let offsets = wg.loc.iter().any(|&l| l != 0.0);
-    (0..total.div_ceil(MC))
-        .into_par_iter()
-        .map_init(
-            || (vec![0.0f32; TILE_N * TILE_K], Vec::new()),
-            |(tile, storage), c| {
-                let q0 = c * MC;
-                let chunk = q0..q0 + MC.min(total - q0);
-                let scratch = std::mem::take(storage);
-                let width = match prefill {
-                    Prefill::Micro => isa.panel_width(),
-                    Prefill::Gemm => chunk.len(),
-                };
-                let panels = patches(width, shape, out_hw, (x, g, scratch), chunk);
-                let sums = if offsets {
-                    panels.row_sums()
-                } else {
-                    vec![0.0; panels.m]
-                };
-                let dots = match prefill {
-                    Prefill::Micro => (0..wg.rows)
-                        .step_by(TILE_N)
-                        .flat_map(|r0| products(isa, wg, &panels, r0, tile))
-                        .collect(),
-                    Prefill::Gemm => dense::panel_products(isa, wg, &panels, tile),
-                };
-                *storage = panels.into_data();
-                (dots, sums)
-            },
-        )
-        .collect()
+    exec.map(
+        total.div_ceil(MC),
+        || (vec![0.0f32; TILE_N * TILE_K], Vec::new()),
+        |(tile, storage), c| {
+            let q0 = c * MC;
+            let chunk = q0..q0 + MC.min(total - q0);
+            let scratch = std::mem::take(storage);
+            let width = match prefill {
+                Prefill::Micro => isa.panel_width(),
+                Prefill::Gemm => chunk.len(),
+            };
+            let panels = patches((exec, width), shape, out_hw, (x, g, scratch), chunk);
+            let sums = if offsets {
+                panels.row_sums()
+            } else {
+                vec![0.0; panels.m]
+            };
+            let dots = match prefill {
+                Prefill::Micro => (0..wg.rows)
+                    .step_by(TILE_N)
+                    .flat_map(|r0| products(isa, wg, &panels, r0, tile))
+                    .collect(),
+                Prefill::Gemm => dense::panel_products(isa, wg, &panels, tile),
+            };
+            *storage = panels.into_data();
+            (dots, sums)
+        },
+    )
 }
 
 /// Output channel `r` (row `t` of its group) of the image whose first
@@ -242,7 +256,7 @@ fn write_row(
 /// The im2col columns of the batch-wide output positions `chunk` (group
 /// `g`) as panels (in the recycled `storage`).
 fn patches(
-    width: usize,
+    (exec, width): (Exec, usize),
     shape: &ConvShape,
     [oh, ow]: [usize; 2],
     (x, g, storage): (&[f32], usize, Vec<f32>),
@@ -251,7 +265,7 @@ fn patches(
     let plane = shape.height * shape.width;
     let c_g = shape.in_channels / shape.groups;
     let mc = chunk.len();
-    Panels::build(width, mc, shape.patch_len(), storage, |p, panel| {
+    Panels::build(exec, (width, mc, shape.patch_len()), storage, |p, panel| {
         let first = chunk.start + p * width;
         let count = width.min(mc - p * width);
         let mut runs = Vec::new();

@@ -14,8 +14,8 @@
 //! results are bit-identical for any thread count.
 
 use gemm::Parallelism;
-use rayon::prelude::*;
 
+use super::exec::Exec;
 use super::kernel::Isa;
 use super::output;
 use super::tile::Panels;
@@ -68,7 +68,7 @@ unsafe impl Sync for MatMut {}
 /// Writes `y = x · Wᵀ + loc · Σx + bias` (row-major `[m, w.rows]`);
 /// `sumx[i]` is the sum of row `i` of `x`.
 pub(super) fn linear(
-    isa: Isa,
+    (exec, isa): (Exec, Isa),
     x: &[f32],
     w: &PackedWeights,
     (sumx, bias): (&[f32], Option<&[f32]>),
@@ -82,33 +82,32 @@ pub(super) fn linear(
         rs: n,
         cs: 1,
     };
-    (0..m.div_ceil(CHUNK) * blocks)
-        .into_par_iter()
-        .for_each_init(Vec::new, |tile, task| {
-            let (i0, r0) = (task / blocks * CHUNK, task % blocks * ROWS);
-            let (mc, rows) = (CHUNK.min(m - i0), ROWS.min(n - r0));
-            let xs = Mat {
-                ptr: x[i0 * k..].as_ptr(),
-                rs: k,
-                cs: 1,
-            };
-            // Output (t, i) of the block is y[i0 + i, r0 + t].
-            let d = out.view((i0, r0), true);
-            // SAFETY: `x` holds `m · k` floats (checked by the caller), so
-            // rows `i0..i0 + mc` are readable; task `(i0, r0)` alone touches
-            // the rows `i0..i0 + mc` and columns `r0..r0 + rows` of `y`
-            // (`m · n` floats), and `y` is not used otherwise meanwhile.
-            unsafe {
-                products(isa, w, (r0, rows), (xs, mc), d, tile);
-                for i in 0..mc {
-                    let yi = d.ptr.add(i * n);
-                    for t in 0..rows {
-                        let v = yi.add(t);
-                        *v = output(w, r0 + t, *v, sumx[i0 + i], bias);
-                    }
+    let tasks = m.div_ceil(CHUNK) * blocks;
+    exec.map(tasks, Vec::new, |tile, task| {
+        let (i0, r0) = (task / blocks * CHUNK, task % blocks * ROWS);
+        let (mc, rows) = (CHUNK.min(m - i0), ROWS.min(n - r0));
+        let xs = Mat {
+            ptr: x[i0 * k..].as_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        // Output (t, i) of the block is y[i0 + i, r0 + t].
+        let d = out.view((i0, r0), true);
+        // SAFETY: `x` holds `m · k` floats (checked by the caller), so
+        // rows `i0..i0 + mc` are readable; task `(i0, r0)` alone touches
+        // the rows `i0..i0 + mc` and columns `r0..r0 + rows` of `y`
+        // (`m · n` floats), and `y` is not used otherwise meanwhile.
+        unsafe {
+            products(isa, w, (r0, rows), (xs, mc), d, tile);
+            for i in 0..mc {
+                let yi = d.ptr.add(i * n);
+                for t in 0..rows {
+                    let v = yi.add(t);
+                    *v = output(w, r0 + t, *v, sumx[i0 + i], bias);
                 }
             }
-        });
+        }
+    });
 }
 
 /// `d[t, i] = Σ_j scale · levels[code(r0 + t, j)] · xs[i, j]` for `t < rows`

@@ -3,7 +3,7 @@
 //! fallbacks.
 
 use super::scalar::code_at;
-use super::tests::{dense_f64, Case, Gran, Rng, REL_TOL};
+use super::tests::{dense_f64, on_pool, same_bits, Case, Gran, Rng, REL_TOL};
 use super::*;
 use crate::error::NuqError;
 
@@ -209,5 +209,26 @@ fn int8_is_bit_identical_for_any_thread_count() {
             .iter()
             .zip(run(3))
             .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+#[test]
+fn int8_serial_and_rayon_are_bit_identical() {
+    // 48 rows of x against 40 x 96 (below SERIAL_WORK) and 70 x 600 (above).
+    for (rows, cols) in [(40, 96), (70, 600)] {
+        let x = Rng(5).vec(48 * cols, -1.0, 1.0);
+        for gran in [Gran::Tensor, Gran::Channel, Gran::Group(24)] {
+            let case = Case::new(rows, cols, 4, gran, 6);
+            let w = case.view();
+            for kernel in int8_kernels() {
+                let run = |exec: Exec| {
+                    let mut y = vec![f32::NAN; 48 * rows];
+                    linear_int8_in((exec, kernel), &x, 48, &w, None, &mut y).unwrap();
+                    y
+                };
+                let serial = run(Exec::Serial);
+                assert!(same_bits(&serial, &on_pool(|| run(Exec::Rayon))));
+            }
+        }
     }
 }

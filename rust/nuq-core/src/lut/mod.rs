@@ -17,10 +17,13 @@
 //!   `gemm` crate (`dense`).
 //!
 //! Every output element is computed by exactly one task in a fixed order, so
-//! results are bit-identical for any Rayon thread count.
+//! results are bit-identical for any Rayon thread count. Calls of fewer than
+//! [`SERIAL_WORK`] multiply-adds run their tasks serially on the calling
+//! thread, with no Rayon call ([`Exec`]), with the same results.
 
 mod conv;
 mod dense;
+mod exec;
 mod phased;
 mod prefill;
 mod q8;
@@ -41,7 +44,8 @@ mod x86_avx512_q8;
 mod kernel;
 
 pub use crate::weights::PackedWeights;
-pub use conv::{conv2d, conv2d_with, conv2d_with_prefill, ConvShape};
+pub use conv::{conv2d, conv2d_in, conv2d_with, conv2d_with_prefill, ConvShape};
+pub use exec::{Exec, SERIAL_WORK};
 pub use kernel::Kernel;
 pub use prefill::{Prefill, PREFILL_VAR};
 pub use q8::BLOCK as INT8_BLOCK;
@@ -57,6 +61,8 @@ const SMALL_M: usize = 16;
 ///
 /// `x` is row-major `[m, w.cols]`, `y` row-major `[m, w.rows]`, `bias` has
 /// `w.rows` entries. Every length is checked; nothing panics on bad input.
+/// Runs on the calling thread without Rayon when [`Exec::for_linear`] says
+/// `Serial`, else on the current Rayon pool.
 ///
 /// ```
 /// use nuq_core::lut::{linear, PackedWeights};
@@ -115,6 +121,20 @@ pub fn linear_with_prefill(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    let exec = Exec::for_linear(m, w);
+    linear_in((exec, kernel, prefill), x, m, w, bias, y)
+}
+
+/// [`linear_with_prefill`] with an explicit [`Exec`] (for tests and
+/// benchmarks; the others take [`Exec::for_linear`]).
+pub fn linear_in(
+    (exec, kernel, prefill): (Exec, Kernel, Prefill),
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
     check_call(x, m, w, bias, y)?;
     if m == 0 || w.rows == 0 {
         return Ok(());
@@ -123,12 +143,12 @@ pub fn linear_with_prefill(
     let isa = kernel.isa();
     if m <= SMALL_M {
         let mut y_t = vec![0.0f32; w.rows * m];
-        small::run(isa, x, m, w, &mut y_t);
-        finish(&y_t, &sumx, m, w, bias, y);
+        small::run((exec, isa), x, m, w, &mut y_t);
+        finish(exec, &y_t, &sumx, w, bias, y);
     } else {
         match prefill {
-            Prefill::Micro => tile::run(isa, x, w, (&sumx, bias), y),
-            Prefill::Gemm => dense::linear(isa, x, w, (&sumx, bias), y),
+            Prefill::Micro => tile::run((exec, isa), x, w, (&sumx, bias), y),
+            Prefill::Gemm => dense::linear((exec, isa), x, w, (&sumx, bias), y),
         }
     }
     Ok(())
@@ -234,13 +254,25 @@ pub fn linear_int8_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    linear_int8_in((Exec::for_linear(m, w), kernel), x, m, w, bias, y)
+}
+
+/// [`linear_int8_with`] with an explicit [`Exec`].
+pub(crate) fn linear_int8_in(
+    (exec, kernel): (Exec, Int8Kernel),
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
     check_call(x, m, w, bias, y)?;
     q8::check(w)?;
     if m == 0 || w.rows == 0 {
         return Ok(());
     }
     let sumx = row_sums(x, m, w.cols);
-    q8::run(kernel.0, x, w, (&sumx, bias), y);
+    q8::run((exec, kernel.0), x, w, (&sumx, bias), y);
     Ok(())
 }
 
@@ -312,20 +344,24 @@ fn row_sum(row: &[f32]) -> f32 {
 /// Adds offset and bias to the per-row dot products `y_t` (`[N, m]`) and
 /// transposes them into `y` (`[m, N]`).
 fn finish(
+    exec: Exec,
     y_t: &[f32],
     sumx: &[f32],
-    m: usize,
     w: &PackedWeights,
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    use rayon::prelude::*;
-    let n = w.rows;
-    y.par_chunks_mut(n).enumerate().for_each(|(i, y_row)| {
-        for (r, out) in y_row.iter_mut().enumerate() {
-            *out = output(w, r, y_t[r * m + i], sumx[i], bias);
-        }
-    });
+    let (n, m) = (w.rows, sumx.len());
+    exec.chunks(
+        y,
+        n,
+        || (),
+        |_, i, y_row| {
+            for (r, out) in y_row.iter_mut().enumerate() {
+                *out = output(w, r, y_t[r * m + i], sumx[i], bias);
+            }
+        },
+    );
 }
 
 /// Output `r` of a row of `x` from its offset-free dot product `dot` and the

@@ -19,6 +19,7 @@
 
 use rayon::prelude::*;
 
+use super::exec::Exec;
 use super::output;
 use super::tile::{prefetch_codes, MC, TILE_K, TILE_N};
 use crate::error::{NuqError, Result};
@@ -139,7 +140,7 @@ pub(crate) fn check(w: &PackedWeights) -> Result<()> {
 /// int8 kernels; `sumx[i]` is the exact sum of row `i` of `x`. `w` is valid and
 /// passed [`check`].
 pub(crate) fn run(
-    kern: Q8,
+    (exec, kern): (Exec, Q8),
     x: &[f32],
     w: &PackedWeights,
     (sumx, bias): (&[f32], Option<&[f32]>),
@@ -148,24 +149,25 @@ pub(crate) fn run(
     let (k, n) = (w.cols, w.rows);
     let block = w.group_size.unwrap_or(BLOCK);
     let book = Codebook::new(w.levels);
-    y.par_chunks_mut(MC * n)
-        .enumerate()
-        .for_each(|(c, y_chunk)| {
+    exec.chunks(
+        y,
+        MC * n,
+        || (),
+        |_, c, y_chunk| {
             let i0 = c * MC;
             let rows = y_chunk.len() / n;
-            let act = Activations::new(&x[i0 * k..(i0 + rows) * k], rows, k, block);
-            let blocks: Vec<Vec<f32>> = (0..n.div_ceil(TILE_N))
-                .into_par_iter()
-                .map_init(
-                    || vec![0u8; TILE_N * TILE_K],
-                    |tile, b| products(kern, w, (&act, &book), b * TILE_N, tile),
-                )
-                .collect();
+            let act = Activations::new(exec, &x[i0 * k..(i0 + rows) * k], rows, k, block);
+            let blocks = exec.map(
+                n.div_ceil(TILE_N),
+                || vec![0u8; TILE_N * TILE_K],
+                |tile, b| products(kern, w, (&act, &book), b * TILE_N, tile),
+            );
             let m = act.padded_rows();
-            y_chunk
-                .par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(i, y_row)| {
+            exec.chunks(
+                y_chunk,
+                n,
+                || (),
+                |_, i, y_row| {
                     let sx = sumx[i0 + i];
                     for (b, block) in blocks.iter().enumerate() {
                         let r0 = b * TILE_N;
@@ -174,8 +176,10 @@ pub(crate) fn run(
                             *out = output(w, r0 + t, block[t * m + i], sx, bias);
                         }
                     }
-                });
-        });
+                },
+            );
+        },
+    );
 }
 
 /// Offset-free products of weight rows `r0..r0 + TILE_N` (clipped to
@@ -279,37 +283,48 @@ struct Activations {
 impl Activations {
     /// Quantizes the row-major `[rows, k]` matrix `x` in blocks of `block`
     /// columns (a multiple of 4).
-    fn new(x: &[f32], rows: usize, k: usize, block: usize) -> Self {
+    fn new(exec: Exec, x: &[f32], rows: usize, k: usize, block: usize) -> Self {
         let (quads, blocks) = (k.div_ceil(4), k.div_ceil(block));
         let panels = rows.div_ceil(ROWS);
         let mut xq = vec![0i8; panels * quads * ROWS * 4];
         let mut scales = vec![0.0f32; panels * blocks * ROWS];
         let mut prefix = vec![0i32; panels * (quads + 1) * ROWS];
+        let fill = |p: usize, ((panel, sc), pre): ((&mut [i8], &mut [f32]), &mut [i32])| {
+            let first = p * ROWS;
+            let own = &x[first * k..rows.min(first + ROWS) * k];
+            for (l, row) in own.chunks_exact(k).enumerate() {
+                quantize_row(
+                    row,
+                    block,
+                    |b, s| sc[b * ROWS + l] = s,
+                    |j, v| {
+                        panel[((j / 4) * ROWS + l) * 4 + j % 4] = v;
+                        pre[(j / 4 + 1) * ROWS + l] += i32::from(v);
+                    },
+                );
+            }
+            for q in 0..quads {
+                for l in 0..ROWS {
+                    pre[(q + 1) * ROWS + l] += pre[q * ROWS + l];
+                }
+            }
+        };
+        let sizes = (quads * ROWS * 4, blocks * ROWS, (quads + 1) * ROWS);
         if k > 0 {
-            xq.par_chunks_mut(quads * ROWS * 4)
-                .zip(scales.par_chunks_mut(blocks * ROWS))
-                .zip(prefix.par_chunks_mut((quads + 1) * ROWS))
-                .enumerate()
-                .for_each(|(p, ((panel, sc), pre))| {
-                    let first = p * ROWS;
-                    let own = &x[first * k..rows.min(first + ROWS) * k];
-                    for (l, row) in own.chunks_exact(k).enumerate() {
-                        quantize_row(
-                            row,
-                            block,
-                            |b, s| sc[b * ROWS + l] = s,
-                            |j, v| {
-                                panel[((j / 4) * ROWS + l) * 4 + j % 4] = v;
-                                pre[(j / 4 + 1) * ROWS + l] += i32::from(v);
-                            },
-                        );
-                    }
-                    for q in 0..quads {
-                        for l in 0..ROWS {
-                            pre[(q + 1) * ROWS + l] += pre[q * ROWS + l];
-                        }
-                    }
-                });
+            match exec {
+                Exec::Serial => xq
+                    .chunks_mut(sizes.0)
+                    .zip(scales.chunks_mut(sizes.1))
+                    .zip(prefix.chunks_mut(sizes.2))
+                    .enumerate()
+                    .for_each(|(p, bufs)| fill(p, bufs)),
+                Exec::Rayon => xq
+                    .par_chunks_mut(sizes.0)
+                    .zip(scales.par_chunks_mut(sizes.1))
+                    .zip(prefix.par_chunks_mut(sizes.2))
+                    .enumerate()
+                    .for_each(|(p, bufs)| fill(p, bufs)),
+            }
         }
         Activations {
             rows,
@@ -421,7 +436,7 @@ mod tests {
             127.0, -1.0, 2.0, 3.0, 0.5, -0.25, //
             0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
         ];
-        let act = Activations::new(&x, 2, 6, 4);
+        let act = Activations::new(Exec::Serial, &x, 2, 6, 4);
         let terms = |qa, qe, b| {
             let mut f = Flush {
                 corr: [0; ROWS],
@@ -445,7 +460,7 @@ mod tests {
 
     #[test]
     fn non_finite_blocks_get_a_non_finite_scale() {
-        let act = Activations::new(&[1.0, f32::NAN, 2.0, 3.0, 1.0, 1.0], 1, 6, 4);
+        let act = Activations::new(Exec::Serial, &[1.0, f32::NAN, 2.0, 3.0, 1.0, 1.0], 1, 6, 4);
         let mut f = Flush {
             corr: [0; ROWS],
             rs: [0.0; ROWS],

@@ -3,8 +3,7 @@
 //! Widths 1..=4 with chunk-aligned scale segments use the phase-split decode
 //! (`phased`), which needs `x` permuted once per call.
 
-use rayon::prelude::*;
-
+use super::exec::Exec;
 use super::kernel::Isa;
 use super::phased::Layout;
 use crate::weights::PackedWeights;
@@ -14,14 +13,22 @@ use crate::weights::PackedWeights;
 const ROWS_PER_TASK: usize = 16;
 
 /// Fills `y_t` (`[N, m]`) with the offset-free dot products of every weight row.
-pub(crate) fn run(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, y_t: &mut [f32]) {
+pub(crate) fn run(
+    (exec, isa): (Exec, Isa),
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    y_t: &mut [f32],
+) {
     let layout = isa
         .phased_lanes()
         .and_then(|lanes| Layout::new(lanes, w.bits, w.cols, w.group_size));
     let xp = layout.map(|l| l.permute_x(x, w.cols));
-    y_t.par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, chunk)| {
+    exec.chunks(
+        y_t,
+        ROWS_PER_TASK * m,
+        || (),
+        |_, task, chunk| {
             let r0 = task * ROWS_PER_TASK;
             match &xp {
                 Some(xp) => isa.dot_rows_phased(w, r0, (x, xp.as_slice(), m), chunk),
@@ -31,5 +38,6 @@ pub(crate) fn run(isa: Isa, x: &[f32], m: usize, w: &PackedWeights, y_t: &mut [f
                     }
                 }
             }
-        });
+        },
+    );
 }

@@ -323,6 +323,67 @@ fn bit_identical_for_any_thread_count() {
     }
 }
 
+/// Runs `f` on a pool of 3 threads, so that `Exec::Rayon` splits for real.
+pub(super) fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(f)
+}
+
+/// Whether `a` and `b` hold the same floats bit for bit.
+pub(super) fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn serial_and_rayon_are_bit_identical() {
+    // 40 x 96 stays below SERIAL_WORK up to m = 68, 130 x 520 is above it
+    // from m = 4; m covers the decode driver (<= 16) and the prefill.
+    let shapes: [(usize, usize, &[usize]); 2] =
+        [(40, 96, &[1, 16, 17, 40]), (130, 520, &[4, 16, 300])];
+    for (rows, cols, ms) in shapes {
+        assert!(40 * rows * cols < SERIAL_WORK || 4 * rows * cols >= SERIAL_WORK);
+        let x = Rng(9).vec(300 * cols, -1.0, 1.0);
+        let bias = Rng(10).vec(rows, -0.5, 0.5);
+        for (bits, gran) in (1..=8).flat_map(|b| {
+            [
+                Gran::Tensor,
+                Gran::Channel,
+                Gran::Group(cols / 4),
+                Gran::Group(8),
+            ]
+            .map(|g| (b, g))
+        }) {
+            let case = Case::new(rows, cols, bits, gran, u64::from(bits));
+            let w = case.view();
+            let runs = Kernel::available()
+                .into_iter()
+                .flat_map(|k| Prefill::ALL.map(|p| (k, p)));
+            for ((k, p), &m) in runs.flat_map(|kp| ms.iter().map(move |m| (kp, m))) {
+                let x = &x[..m * cols];
+                let run = |exec: Exec| {
+                    let mut y = vec![f32::NAN; m * rows];
+                    linear_in((exec, k, p), x, m, &w, Some(&bias), &mut y).unwrap();
+                    y
+                };
+                let serial = run(Exec::Serial);
+                let rayon = on_pool(|| run(Exec::Rayon));
+                let mut auto = vec![f32::NAN; m * rows];
+                on_pool(|| linear_with_prefill(k, p, x, m, &w, Some(&bias), &mut auto)).unwrap();
+                let what = format!(
+                    "{}/{} {bits} bits {gran:?} {rows}x{cols} m={m}",
+                    k.name(),
+                    p.name()
+                );
+                assert!(same_bits(&serial, &rayon), "{what}");
+                assert!(same_bits(&serial, &auto), "{what}");
+            }
+        }
+    }
+}
+
 fn gran_strategy(cols: usize) -> impl Strategy<Value = Gran> {
     let divisors: Vec<usize> = (1..=cols).filter(|&g| cols.is_multiple_of(g)).collect();
     prop_oneof![

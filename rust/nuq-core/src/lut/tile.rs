@@ -8,8 +8,7 @@
 //! (chunk of `x` rows, tile of weight rows) pairs, so both a tall `x`
 //! (im2col) and a wide `W` (LLM layers) spread over the cores.
 
-use rayon::prelude::*;
-
+use super::exec::Exec;
 use super::kernel::{Isa, PanelArgs};
 use super::output;
 use crate::weights::PackedWeights;
@@ -28,32 +27,34 @@ const OUT_ROWS: usize = 8;
 /// Writes `y = x · Wᵀ + loc · Σx + bias` (row-major `[m, w.rows]`);
 /// `sumx[i]` is the sum of row `i` of `x`.
 pub(crate) fn run(
-    isa: Isa,
+    (exec, isa): (Exec, Isa),
     x: &[f32],
     w: &PackedWeights,
     (sumx, bias): (&[f32], Option<&[f32]>),
     y: &mut [f32],
 ) {
     let (k, n) = (w.cols, w.rows);
-    y.par_chunks_mut(MC * n)
-        .enumerate()
-        .for_each(|(c, y_chunk)| {
+    exec.chunks(
+        y,
+        MC * n,
+        || (),
+        |_, c, y_chunk| {
             let i0 = c * MC;
             let rows = y_chunk.len() / n;
-            let panels = Panels::pack(isa.panel_width(), &x[i0 * k..(i0 + rows) * k], rows, k);
-            let blocks: Vec<Vec<f32>> = (0..n.div_ceil(TILE_N))
-                .into_par_iter()
-                .map_init(
-                    || vec![0.0f32; TILE_N * TILE_K],
-                    |tile, b| products(isa, w, &panels, b * TILE_N, tile),
-                )
-                .collect();
+            let x_chunk = &x[i0 * k..(i0 + rows) * k];
+            let panels = Panels::pack(exec, isa.panel_width(), x_chunk, rows, k);
+            let blocks = exec.map(
+                n.div_ceil(TILE_N),
+                || vec![0.0f32; TILE_N * TILE_K],
+                |tile, b| products(isa, w, &panels, b * TILE_N, tile),
+            );
             // Block-major within a few rows of y: the `TILE_N` lines of a
             // block that a row reads are still in L1 for the next rows.
-            y_chunk
-                .par_chunks_mut(OUT_ROWS * n)
-                .enumerate()
-                .for_each(|(c, y_rows)| {
+            exec.chunks(
+                y_chunk,
+                OUT_ROWS * n,
+                || (),
+                |_, c, y_rows| {
                     let first = c * OUT_ROWS;
                     for (b, block) in blocks.iter().enumerate() {
                         let r0 = b * TILE_N;
@@ -65,8 +66,10 @@ pub(crate) fn run(
                             }
                         }
                     }
-                });
-        });
+                },
+            );
+        },
+    );
 }
 
 /// Offset-free dot products of weight rows `r0..r0 + TILE_N` (clipped to
@@ -143,27 +146,30 @@ pub(super) struct Panels {
 }
 
 impl Panels {
-    /// Panels of `m` rows of `k` values, each filled in parallel by
+    /// Panels of `m` rows of `k` values, each filled (as a task of `exec`) by
     /// `fill(p, panel)` on a zeroed `[k, width]` buffer. `data` is recycled
     /// storage (see [`Panels::into_data`]), so repeated calls skip the
     /// allocator and its page faults.
-    pub(super) fn build<F>(width: usize, m: usize, k: usize, mut data: Vec<f32>, fill: F) -> Self
+    pub(super) fn build<F>(
+        exec: Exec,
+        (width, m, k): (usize, usize, usize),
+        mut data: Vec<f32>,
+        fill: F,
+    ) -> Self
     where
-        F: Fn(usize, &mut [f32]) + Sync,
+        F: Fn(usize, &mut [f32]) + Sync + Send,
     {
         data.clear();
         data.resize(m.div_ceil(width) * k * width, 0.0);
         if k > 0 {
-            data.par_chunks_mut(k * width)
-                .enumerate()
-                .for_each(|(p, panel)| fill(p, panel));
+            exec.chunks(&mut data, k * width, || (), |_, p, panel| fill(p, panel));
         }
         Panels { width, m, k, data }
     }
 
     /// Panels of the row-major `[m, k]` matrix `x`.
-    fn pack(width: usize, x: &[f32], m: usize, k: usize) -> Self {
-        Self::build(width, m, k, Vec::new(), |p, panel| {
+    fn pack(exec: Exec, width: usize, x: &[f32], m: usize, k: usize) -> Self {
+        Self::build(exec, (width, m, k), Vec::new(), |p, panel| {
             let rows = &x[p * width * k..m.min((p + 1) * width) * k];
             for (l, row) in rows.chunks_exact(k).enumerate() {
                 for (j, &v) in row.iter().enumerate() {
@@ -219,7 +225,7 @@ mod tests {
     fn panels_interleave_rows_and_zero_pad() {
         // x: 3 rows of 2 columns, panel width 2 -> 2 panels, the last half empty.
         let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let p = Panels::pack(2, &x, 3, 2);
+        let p = Panels::pack(Exec::Serial, 2, &x, 3, 2);
         assert_eq!(p.count(), 2);
         assert_eq!(p.slice(0, 0, 2), &[1.0, 3.0, 2.0, 4.0]);
         assert_eq!(p.slice(1, 0, 2), &[5.0, 0.0, 6.0, 0.0]);

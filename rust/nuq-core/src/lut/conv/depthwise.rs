@@ -8,9 +8,8 @@
 //! Every output element is written by one task, in a fixed order (bias, then
 //! the taps in weight order), so results do not depend on the thread count.
 
-use rayon::prelude::*;
-
 use super::ConvShape;
+use crate::lut::exec::Exec;
 use crate::lut::{decode_row, Kernel};
 use crate::weights::PackedWeights;
 
@@ -22,7 +21,7 @@ pub(super) fn applies(shape: &ConvShape) -> bool {
 /// Writes `y` (`[batch, w.rows, oh, ow]`); the geometry and every length
 /// were checked by the caller.
 pub(super) fn run(
-    kernel: Kernel,
+    (exec, kernel): (Exec, Kernel),
     shape: &ConvShape,
     [oh, ow]: [usize; 2],
     (x, w, bias): (&[f32], &PackedWeights, Option<&[f32]>),
@@ -35,9 +34,11 @@ pub(super) fn run(
     let spans: Vec<Span> = (0..shape.kernel[1])
         .map(|kx| Span::of(shape, kx, ow))
         .collect();
-    y.par_chunks_mut(oh * ow).enumerate().for_each_init(
+    exec.chunks(
+        y,
+        oh * ow,
         || vec![0.0f32; w.cols],
-        |taps, (i, out)| {
+        |taps, i, out| {
             let (b, r) = (i / w.rows, i % w.rows);
             decode_row(kernel, w, r, taps);
             out.fill(bias.map_or(0.0, |v| v[r]));

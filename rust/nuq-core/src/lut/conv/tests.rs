@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::lut::tests::{dense_f64, Case, Gran, Rng, REL_TOL};
+use crate::lut::tests::{dense_f64, on_pool, same_bits, Case, Gran, Rng, REL_TOL};
+use crate::lut::Exec;
 
 /// Explicit im2col of group `g` of image `b`: `[positions, patch]`.
 fn im2col(s: &ConvShape, x: &[f32], b: usize, g: usize) -> Vec<f32> {
@@ -151,6 +152,44 @@ fn depthwise_and_pointwise_past_one_tile_of_rows() {
     check(&depthwise, 48, 3, Gran::Tensor, 12).unwrap();
     let dilated = shape(1, 40, [11, 12], [3, 3], [1, 2, 2, 1]);
     check(&dilated, 20, 5, Gran::Group(50), 13).unwrap();
+}
+
+#[test]
+fn serial_and_rayon_are_bit_identical() {
+    // Work (positions x rows x cols) below and above SERIAL_WORK, for the
+    // matmul drivers and the depthwise one.
+    let cases = [
+        (shape(1, 4, [6, 6], [3, 3], [1, 1, 1, 1]), 8),
+        (shape(3, 32, [20, 20], [3, 3], [1, 1, 1, 1]), 50),
+        (shape(1, 6, [7, 7], [3, 3], [1, 1, 1, 6]), 12),
+        (shape(2, 64, [40, 40], [3, 3], [2, 1, 1, 64]), 64),
+        (shape(2, 6, [9, 9], [3, 3], [1, 1, 1, 2]), 10),
+    ];
+    for (s, cout) in cases {
+        let patch = s.in_channels / s.groups * s.kernel[0] * s.kernel[1];
+        let [oh, ow] = s.output_size().unwrap();
+        let x = Rng(3).vec(s.batch * s.in_channels * s.height * s.width, -1.0, 1.0);
+        let bias = Rng(4).vec(cout, -0.5, 0.5);
+        for bits in 1..=8 {
+            for gran in [Gran::Tensor, Gran::Channel, Gran::Group(patch.min(9))] {
+                let case = Case::new(cout, patch, bits, gran, u64::from(bits));
+                let w = case.view();
+                let runs = Kernel::available()
+                    .into_iter()
+                    .flat_map(|k| Prefill::ALL.map(|p| (k, p)));
+                for (k, p) in runs {
+                    let run = |exec: Exec| {
+                        let mut y = vec![f32::NAN; s.batch * cout * oh * ow];
+                        conv2d_in((exec, k, p), &s, &x, &w, Some(&bias), &mut y).unwrap();
+                        y
+                    };
+                    let serial = run(Exec::Serial);
+                    let what = format!("{}/{} {bits} bits {gran:?} {s:?}", k.name(), p.name());
+                    assert!(same_bits(&serial, &on_pool(|| run(Exec::Rayon))), "{what}");
+                }
+            }
+        }
+    }
 }
 
 #[test]
