@@ -91,49 +91,34 @@ pub(super) fn quantize(
         Levels::Fitted => rtn_steps(cfg.bits),
         Levels::Implied => 1.0,
     };
-    let spans_of = || Spans::of(x, rows, cols, cfg.granularity, q as f32);
-    let encode = |spans: &Spans, levels: &[f32]| {
-        let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
-        let book = Codebook {
-            bits: cfg.bits,
-            levels,
-            boundaries: &boundaries,
-            span: spans.span,
-        };
-        encode_rows(x, rows, cols, &book, |r, s| spans.at(r, s))
+    // The codebook is built beside the fit, which only the report and an
+    // implied codebook's family need: it fills the fit's serial steps.
+    let codebook = || -> (Spans, Option<Vec<f32>>) {
+        let spans = Spans::of(x, rows, cols, cfg.granularity, q as f32);
+        let levels = (source == Levels::Fitted).then(|| {
+            let bins = Binned::bins(cfg.bits);
+            let (fit, judge) = Binned::fit_and_judge(x, (rows, cols), &spans, q, bins);
+            let levels = fit_codebook(&fit, judge.as_ref().unwrap_or(&fit), cfg.bits);
+            levels.iter().map(|&v| (v * q) as f32).collect()
+        });
+        (spans, levels)
     };
-    let (fit, (spans, levels, enc)) = match source {
-        // A fitted codebook and the encoding need no fit (only the report
-        // does): they run beside it, filling its serial steps.
-        Levels::Fitted => {
-            let (fit, coded) = rayon::join(
-                || fit_tensor(x),
-                || {
-                    let spans = spans_of();
-                    let bins = Binned::bins(cfg.bits);
-                    let (fit, judge) = Binned::fit_and_judge(x, (rows, cols), &spans, q, bins);
-                    let levels = fit_codebook(&fit, judge.as_ref().unwrap_or(&fit), cfg.bits);
-                    let levels: Vec<f32> = levels.iter().map(|&v| (v * q) as f32).collect();
-                    let enc = encode(&spans, &levels);
-                    (spans, levels, enc)
-                },
-            );
-            (fit?, coded)
-        }
-        // An implied codebook is the fitted family's.
-        Levels::Implied => {
-            let (fit, spans) = rayon::join(|| fit_tensor(x), spans_of);
-            let fit = fit?;
-            let Granularity::Group(g) = cfg.granularity else {
-                unreachable!("implied codebooks are for groups only")
-            };
-            let family = super::affine::choose(cfg.family, fit.best());
-            let levels = crate::solve::implied_codebook(family, cfg.bits, g)?;
-            let enc = encode(&spans, &levels);
-            (fit, (spans, levels, enc))
-        }
-    };
+    let (fit, (spans, fitted)) = rayon::join(|| fit_tensor(x), codebook);
+    let fit = fit?;
     let family = super::affine::choose(cfg.family, fit.best());
+    let levels: Vec<f32> = match (fitted, cfg.granularity) {
+        (Some(levels), _) => levels,
+        (None, Granularity::Group(g)) => crate::solve::implied_codebook(family, cfg.bits, g)?,
+        (None, _) => unreachable!("implied codebooks are for groups only"),
+    };
+    let boundaries: Vec<f32> = levels.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
+    let book = Codebook {
+        bits: cfg.bits,
+        levels: &levels,
+        boundaries: &boundaries,
+        span: spans.span,
+    };
+    let enc = encode_rows(x, rows, cols, &book, |r, s| spans.at(r, s));
     let (fit_loc, fit_scale) = fit.params(family);
     Ok(Quantized {
         rows,
