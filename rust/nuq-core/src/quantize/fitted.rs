@@ -42,8 +42,10 @@ use rayon::prelude::*;
 
 use super::group::absmax;
 use super::rows::{encode_rows, Codebook};
+use super::simd::span_absmax;
 use super::{energy_of, Config, Granularity, Quantized};
 use crate::error::Result;
+use crate::pack::Kernel;
 use crate::solve::lloyd_pinned;
 use crate::stats::fit_tensor;
 
@@ -166,14 +168,14 @@ impl Spans {
             };
         }
         let mut scale = vec![0f32; rows * per_row];
+        let kernel = Kernel::selected();
         if cols > 0 {
             scale
                 .par_chunks_mut(per_row)
                 .zip(x.par_chunks(cols))
                 .for_each(|(out, row)| {
-                    for (s, grp) in out.iter_mut().zip(row.chunks(span)) {
-                        *s = absmax(grp) / q;
-                    }
+                    span_absmax(kernel, row, span, out);
+                    out.iter_mut().for_each(|m| *m /= q);
                     round_to_f16(out);
                 });
         }

@@ -60,9 +60,56 @@ pub(super) fn scan_task(
     }
 }
 
+/// [`scalar::span_absmax`] with `kernel` (one this CPU runs).
+pub(super) fn span_absmax(kernel: Kernel, row: &[f32], span: usize, out: &mut [f32]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { x86_avx512::span_absmax(row, span, out) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { x86_avx2::span_absmax(row, span, out) },
+        _ => scalar::span_absmax(row, span, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel this CPU runs gives the scalar absmax of every span, for
+    /// rows and spans of lengths on either side of the lane counts, with
+    /// signs, zeros, a NaN (skipped) and an infinity.
+    #[test]
+    fn span_absmax_agrees_with_the_scalar_one() {
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 200, 768] {
+            let mut row: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 613) as f32 * 0.013 - 4.0)
+                .collect();
+            if len > 20 {
+                row[len / 2] = f32::NAN;
+                row[len / 3] = f32::NEG_INFINITY;
+                row[len - 1] = -9.5;
+            }
+            for span in [1usize, 7, 16, 64, 100] {
+                let n = len.div_ceil(span);
+                let mut want = vec![0f32; n];
+                span_absmax(Kernel::Scalar, &row, span, &mut want);
+                for (m, piece) in want.iter().zip(row.chunks(span)) {
+                    let fold = piece.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    assert_eq!(m.to_bits(), fold.to_bits(), "len {len}, span {span}");
+                }
+                for kernel in crate::pack::available_kernels() {
+                    let mut got = vec![0f32; n];
+                    span_absmax(kernel, &row, span, &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|m| m.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{kernel:?}, len {len}, span {span}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Every kernel this CPU runs gives the scalar sums bit for bit, for
     /// spans of every length mod 16 and tables of 2..=256 levels.

@@ -62,6 +62,15 @@ impl Sums {
     }
 }
 
+/// The absmax of each `span`-long piece of `row` (the last may be
+/// shorter), in order, into `out` (one per piece).
+#[inline(always)]
+pub(in crate::quantize) fn span_absmax(row: &[f32], span: usize, out: &mut [f32]) {
+    for (m, piece) in out.iter_mut().zip(row.chunks(span)) {
+        *m = absmax(piece);
+    }
+}
+
 /// One task's part of `group::scan_groups` (`hist` empty: scales only):
 /// each group's absmax rounded to the nearest f16, and the group's values
 /// binned into `hist` when the group is in the sample. (The group tests

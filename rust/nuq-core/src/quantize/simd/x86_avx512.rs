@@ -62,3 +62,9 @@ pub(super) fn scan_task(
 ) {
     scalar::scan_task(data, g, at, scale, hist);
 }
+
+/// `scalar::span_absmax` compiled for AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) fn span_absmax(row: &[f32], span: usize, out: &mut [f32]) {
+    scalar::span_absmax(row, span, out);
+}
